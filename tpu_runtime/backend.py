@@ -1,0 +1,175 @@
+"""The one place that talks to torch_xla.
+
+PyTorch/XLA is being succeeded by TorchTPU: everything else in the pack calls the
+:class:`Backend` interface, so a second backend can slot in without touching the sampling code.
+torch_xla is imported lazily (on a TPU VM its import may need env vars set first).
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import logging
+from typing import Any, ContextManager, Optional, Protocol
+
+import torch
+
+log = logging.getLogger("comfy_tpu")
+
+
+class Backend(Protocol):
+    """What the sampling code needs from an accelerator runtime."""
+
+    name: str
+
+    def device(self) -> torch.device: ...
+    def is_device(self, device: Any) -> bool: ...
+    def step_boundary(self) -> None: ...
+    def wait_device(self) -> None: ...
+    def autocast(self, dtype: torch.dtype) -> ContextManager: ...
+    def counters(self) -> dict[str, int]: ...
+    def fallback_ops(self) -> dict[str, int]: ...
+    def memory_info(self, device: Any) -> Optional[tuple[int, int]]: ...
+
+
+class XlaBackend:
+    """PyTorch/XLA (PJRT) implementation of :class:`Backend`."""
+
+    name = "torch_xla"
+
+    def __init__(self) -> None:
+        import torch_xla  # noqa: F401  (lazy: the environment is settled by now)
+        import torch_xla.core.xla_model as xm
+        import torch_xla.debug.metrics as met
+        import torch_xla.runtime as xr
+
+        self._torch_xla = torch_xla
+        self._xm = xm
+        self._met = met
+        self._xr = xr
+        self._device: Optional[torch.device] = None
+
+    # -- devices -------------------------------------------------------------------------------
+    def device(self) -> torch.device:
+        if self._device is None:
+            self._device = torch.device(self._torch_xla.device())
+        return self._device
+
+    def is_device(self, device: Any) -> bool:
+        return getattr(device, "type", device if isinstance(device, str) else None) in ("xla",) or (
+            isinstance(device, str) and device.startswith("xla"))
+
+    def device_type(self) -> str:
+        try:
+            return str(self._xr.device_type())
+        except Exception as exc:  # pragma: no cover - runtime-specific
+            log.debug("device_type failed: %s", exc)
+            return "unknown"
+
+    def device_count(self) -> int:
+        try:
+            return int(self._xr.global_runtime_device_count())
+        except Exception:  # pragma: no cover
+            return 1
+
+    def device_attributes(self) -> dict[str, Any]:
+        """What the runtime says of the device (TPU type, core count...), or {} where it can't."""
+        try:
+            attrs = self._torch_xla._XLAC._xla_get_device_attributes(str(self.device()))
+            return dict(attrs) if attrs else {}
+        except Exception:
+            return {}
+
+    # -- execution -----------------------------------------------------------------------------
+    def step_boundary(self) -> None:
+        """Cut the lazy graph here and dispatch it (asynchronously)."""
+        self._torch_xla.sync()
+
+    def wait_device(self) -> None:
+        """Block until every dispatched graph has run (no data comes back to the host)."""
+        self._xm.wait_device_ops()
+
+    def autocast(self, dtype: torch.dtype) -> ContextManager:
+        if dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast("xla", dtype=dtype)
+
+    # -- metrics -------------------------------------------------------------------------------
+    def counters(self) -> dict[str, int]:
+        """Exact counts from torch_xla.debug.metrics: compiles, executions, transfers."""
+        met = self._met
+
+        def samples(metric: str) -> int:
+            data = met.metric_data(metric)
+            return int(data[0]) if data else 0
+
+        def counter(name: str) -> int:
+            value = met.counter_value(name)
+            return int(value) if value is not None else 0
+
+        return {
+            "compiles": samples("CompileTime"),
+            "executions": samples("ExecuteTime") + counter("ExecuteReplicatedTime"),
+            "transfers_to_host": samples("TransferFromDeviceTime"),
+            "transfers_to_device": samples("TransferToDeviceTime"),
+            "uncached_compiles": counter("UncachedCompile"),
+            "cached_compiles": counter("CachedCompile"),
+            "persistent_cache_hits": counter("PersistentCacheHit"),
+            "persistent_cache_misses": counter("PersistentCacheMiss"),
+            "persistent_cache_deserialize_failures": counter("PersistentCacheDeserializeFailure"),
+        }
+
+    def compile_seconds(self) -> float:
+        data = self._met.metric_data("CompileTime")
+        return float(data[1]) / 1e9 if data else 0.0
+
+    def fallback_ops(self) -> dict[str, int]:
+        """``aten::*`` counters: ops XLA ran on the CPU instead of the device."""
+        return {name: int(self._met.counter_value(name) or 0)
+                for name in self._met.counter_names() if name.startswith("aten::")}
+
+    def memory_info(self, device: Any) -> Optional[tuple[int, int]]:
+        """(free, total) bytes of device memory, or None where the runtime does not report it."""
+        try:
+            info = self._xm.get_memory_info(device)
+        except Exception:
+            return None
+        total = int(info.get("bytes_limit", 0) or info.get("kb_total", 0) * 1024)
+        used = int(info.get("bytes_used", 0) or (info.get("kb_total", 0) - info.get("kb_free", 0)) * 1024)
+        if total <= 0:
+            return None
+        return total - used, total
+
+
+_BACKEND: Optional[XlaBackend] = None
+_BACKEND_ERROR: Optional[str] = None
+
+
+def torch_xla_version() -> Optional[str]:
+    try:
+        return importlib.metadata.version("torch_xla")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def libtpu_version() -> Optional[str]:
+    for dist in ("libtpu", "libtpu-nightly"):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def get_backend() -> Optional[XlaBackend]:
+    """The backend, created on first use; None (with :func:`backend_error` saying why) if unusable."""
+    global _BACKEND, _BACKEND_ERROR
+    if _BACKEND is None and _BACKEND_ERROR is None:
+        try:
+            _BACKEND = XlaBackend()
+        except Exception as exc:  # ImportError, or a runtime that fails to start
+            _BACKEND_ERROR = f"torch_xla is not usable: {type(exc).__name__}: {exc}"
+    return _BACKEND
+
+
+def backend_error() -> Optional[str]:
+    return _BACKEND_ERROR

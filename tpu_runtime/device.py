@@ -1,0 +1,126 @@
+"""What hardware is here, and whether the TPU path should be on.
+
+Detection never raises: where the runtime cannot say something, the report says "unknown".
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from typing import Optional
+
+from pydantic import BaseModel
+
+from . import backend as backend_mod
+from .settings import LoadedSettings
+
+log = logging.getLogger("comfy_tpu")
+
+#: torch minor version each torch_xla release is built against (they are pinned together).
+TORCH_XLA_TORCH_PINS = {"2.9": "2.9", "2.8": "2.8", "2.7": "2.7", "2.6": "2.6", "2.5": "2.5"}
+
+
+class DeviceReport(BaseModel):
+    """Everything the doctor, the startup line and the device-info node show."""
+
+    torch_version: str
+    torch_xla_version: Optional[str]
+    libtpu_version: Optional[str]
+    torch_xla_importable: bool
+    device: Optional[str] = None
+    device_type: str = "unknown"
+    device_count: int = 0
+    tpu_type: str = "unknown"
+    hbm_per_chip_bytes: Optional[int] = None
+    error: Optional[str] = None
+
+    def summary(self) -> str:
+        hbm = f"{self.hbm_per_chip_bytes / 2**30:.1f} GiB" if self.hbm_per_chip_bytes else "unknown"
+        return (f"device {self.device or 'none'} ({self.device_type} x{self.device_count}, TPU type "
+                f"{self.tpu_type}, HBM/chip {hbm}); torch {self.torch_version}, torch_xla "
+                f"{self.torch_xla_version or 'missing'}, libtpu {self.libtpu_version or 'none'}")
+
+
+class PathDecision(BaseModel):
+    """Whether the pack runs ComfyUI's diffusion model on XLA, and the reason in words."""
+
+    on: bool
+    reason: str
+
+
+def version_mismatch(torch_version: str, xla_version: Optional[str]) -> Optional[str]:
+    """A sentence when torch and torch_xla are not a matching pair, else None."""
+    if not xla_version:
+        return None
+    torch_minor = ".".join(torch_version.split("+")[0].split(".")[:2])
+    xla_minor = ".".join(xla_version.split("+")[0].split(".")[:2])
+    wanted = TORCH_XLA_TORCH_PINS.get(xla_minor)
+    if wanted and wanted != torch_minor:
+        return f"torch_xla {xla_version} needs torch {wanted}.x but torch {torch_version} is installed"
+    return None
+
+
+def detect(start_runtime: bool = True) -> DeviceReport:
+    """Look at torch, torch_xla, libtpu and (if ``start_runtime``) the PJRT device."""
+    import torch
+
+    report = DeviceReport(torch_version=torch.__version__, torch_xla_version=backend_mod.torch_xla_version(),
+                          libtpu_version=backend_mod.libtpu_version(),
+                          torch_xla_importable=importlib.util.find_spec("torch_xla") is not None)
+    if not report.torch_xla_importable:
+        report.error = "torch_xla is not installed"
+        return report
+    mismatch = version_mismatch(report.torch_version, report.torch_xla_version)
+    if mismatch:
+        report.error = mismatch
+        return report
+    if not start_runtime:
+        return report
+    xla = backend_mod.get_backend()
+    if xla is None:
+        report.error = backend_mod.backend_error()
+        return report
+    try:
+        report.device = str(xla.device())
+    except Exception as exc:
+        report.error = f"no PJRT device: {type(exc).__name__}: {exc}"
+        return report
+    report.device_type = xla.device_type()
+    report.device_count = xla.device_count()
+    attrs = xla.device_attributes()
+    report.tpu_type = str(attrs.get("name") or attrs.get("device_kind") or os.environ.get(
+        "TPU_ACCELERATOR_TYPE") or ("n/a (not a TPU)" if report.device_type != "TPU" else "unknown"))
+    memory = xla.memory_info(xla.device())
+    report.hbm_per_chip_bytes = memory[1] if memory else None
+    return report
+
+
+def _tpu_runtime_present() -> bool:
+    """Cheap check (no runtime start) for auto mode: is there any chance of a TPU?"""
+    pjrt = os.environ.get("PJRT_DEVICE", "").upper()
+    if pjrt:
+        return pjrt == "TPU"
+    return backend_mod.libtpu_version() is not None
+
+
+def decide_path(loaded: LoadedSettings, report_fn=detect) -> tuple[PathDecision, Optional[DeviceReport]]:
+    """Apply the settings to what was detected. Auto mode turns on only for a real TPU."""
+    if not loaded.ok:
+        return PathDecision(on=False, reason="; ".join(p.message() for p in loaded.problems)), None
+    settings = loaded.settings
+    if settings.disable:
+        return PathDecision(on=False, reason="disabled by COMFY_TPU_DISABLE"), None
+    if settings.enable is False:
+        return PathDecision(on=False, reason="disabled by COMFY_TPU_ENABLE=0"), None
+    if settings.enable is None and not _tpu_runtime_present():
+        return PathDecision(on=False, reason="no TPU runtime here (libtpu missing, PJRT_DEVICE is not TPU); "
+                                             "set COMFY_TPU_ENABLE=1 to use XLA anyway"), None
+    report = report_fn()
+    if report.error:
+        return PathDecision(on=False, reason=report.error), report
+    if settings.enable:
+        return PathDecision(on=True, reason=f"enabled by COMFY_TPU_ENABLE on {report.device_type}"), report
+    if report.device_type == "TPU":
+        return PathDecision(on=True, reason="a TPU was found"), report
+    return PathDecision(on=False, reason=f"no TPU found (PJRT device type {report.device_type}); "
+                                         "set COMFY_TPU_ENABLE=1 to use it anyway"), report

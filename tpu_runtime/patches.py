@@ -1,0 +1,160 @@
+"""Every change the pack makes to ComfyUI's modules, in one place: idempotent and reversible.
+
+Only what ComfyUI offers no hook for is patched here:
+
+* ``comfy.model_management``: the diffusion model's device is XLA; memory queries answer for XLA;
+  bf16 is reported (and chosen for the UNet) when autocast is on. Text encoders, VAE and
+  intermediates keep the devices stock ComfyUI gives them.
+* ``comfy.samplers.calculate_sigmas``: schedules are computed from a host copy of ``model_sampling``.
+* ``comfy.sampler_helpers.prepare_model_patcher``: every sampling call of a model that loads on XLA
+  gets the sampling wrappers (``sampling.attach``), whatever node loaded the model.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any, Callable, Optional
+
+import torch
+
+from . import sampling, schedule
+from .host_values import as_host
+
+log = logging.getLogger("comfy_tpu")
+
+_ORIGINALS: dict[tuple[str, str], Any] = {}
+_STATE: dict[str, Any] = {}
+
+
+def installed() -> bool:
+    return bool(_ORIGINALS)
+
+
+def _set(module_name: str, attribute: str, value: Any) -> None:
+    module = importlib.import_module(module_name)
+    _ORIGINALS.setdefault((module_name, attribute), getattr(module, attribute))
+    setattr(module, attribute, value)
+
+
+def original(module_name: str, attribute: str) -> Any:
+    """The function ComfyUI had before the pack patched it."""
+    if (module_name, attribute) in _ORIGINALS:
+        return _ORIGINALS[(module_name, attribute)]
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+def uninstall() -> None:
+    """Put every patched attribute back."""
+    for (module_name, attribute), value in list(_ORIGINALS.items()):
+        setattr(importlib.import_module(module_name), attribute, value)
+    _ORIGINALS.clear()
+    _STATE.clear()
+
+
+def install(backend, options: sampling.RunOptions, host_memory_fallback: Optional[Callable] = None) -> None:
+    """Apply the patches once (a second call changes nothing)."""
+    if installed():
+        return
+    import comfy.model_management as mm
+
+    mm_name = "comfy.model_management"
+    xla_device = backend.device()
+    # Devices stock ComfyUI picks for everything but the diffusion model, read before we patch.
+    stock = {name: getattr(mm, name)() for name in (
+        "text_encoder_device", "text_encoder_offload_device", "vae_device", "vae_offload_device",
+        "intermediate_device", "unet_offload_device")}
+    _STATE.update(backend=backend, options=options, stock=stock)
+
+    def is_xla(device: Any) -> bool:
+        return device is not None and backend.is_device(device)
+
+    def get_torch_device():
+        return xla_device
+
+    def memory(device: Any) -> tuple[int, int]:
+        """(free, total) for an XLA device: the runtime's figures, else host RAM (PJRT CPU, SPMD)."""
+        reported = backend.memory_info(device)
+        if reported is not None:
+            return reported
+        import psutil
+        vm = psutil.virtual_memory()
+        return vm.available, vm.total
+
+    orig_free = mm.get_free_memory
+    orig_total = mm.get_total_memory
+    orig_bf16 = mm.should_use_bf16
+    orig_fp16 = mm.should_use_fp16
+    orig_unet_dtype = mm.unet_dtype
+
+    def get_free_memory(dev=None, torch_free_too=False):
+        dev = xla_device if dev is None else dev
+        if not is_xla(dev):
+            return orig_free(dev, torch_free_too)
+        free = memory(dev)[0]
+        return (free, free) if torch_free_too else free
+
+    def get_total_memory(dev=None, torch_total_too=False):
+        dev = xla_device if dev is None else dev
+        if not is_xla(dev):
+            return orig_total(dev, torch_total_too)
+        total = memory(dev)[1]
+        return (total, total) if torch_total_too else total
+
+    def should_use_bf16(device=None, model_params=0, prioritize_performance=True, manual_cast=False):
+        if device is None or is_xla(device):
+            return True
+        return orig_bf16(device, model_params, prioritize_performance, manual_cast)
+
+    def should_use_fp16(device=None, model_params=0, prioritize_performance=True, manual_cast=False):
+        if device is None or is_xla(device):
+            return False  # TPUs compute in bf16; fp16 would only add casts
+        return orig_fp16(device, model_params, prioritize_performance, manual_cast)
+
+    def unet_dtype(device=None, model_params=0, supported_dtypes=(torch.float16, torch.bfloat16, torch.float32),
+                   weight_dtype=None):
+        explicit = any(getattr(mm.args, flag, False) for flag in (
+            "fp32_unet", "fp64_unet", "bf16_unet", "fp16_unet", "fp8_e4m3fn_unet", "fp8_e5m2_unet",
+            "fp8_e8m0fnu_unet"))
+        if (device is None or is_xla(device)) and not explicit:
+            current = _STATE["options"]
+            if current.autocast_bf16 and torch.bfloat16 in supported_dtypes:
+                return torch.bfloat16
+            return torch.float32
+        return orig_unet_dtype(device, model_params, list(supported_dtypes), weight_dtype)
+
+    _set(mm_name, "get_torch_device", get_torch_device)
+    _set(mm_name, "get_free_memory", get_free_memory)
+    _set(mm_name, "get_total_memory", get_total_memory)
+    _set(mm_name, "should_use_bf16", should_use_bf16)
+    _set(mm_name, "should_use_fp16", should_use_fp16)
+    _set(mm_name, "unet_dtype", unet_dtype)
+    for name, device in stock.items():
+        _set(mm_name, name, (lambda d: (lambda *a, **k: d))(device))
+
+    import comfy.samplers
+    import comfy.sampler_helpers
+
+    orig_calculate_sigmas = comfy.samplers.calculate_sigmas
+
+    def calculate_sigmas(model_sampling, scheduler_name, steps):
+        sigmas = orig_calculate_sigmas(schedule.host_model_sampling(model_sampling), scheduler_name, steps)
+        # Tagged: when ComfyUI moves it to the device, the copy keeps these host values (DeviceTwin).
+        return as_host(sigmas) if sigmas.device.type == "cpu" else sigmas
+
+    orig_prepare = comfy.sampler_helpers.prepare_model_patcher
+
+    def prepare_model_patcher(model, conds, model_options):
+        result = orig_prepare(model, conds, model_options)
+        if is_xla(getattr(model, "load_device", None)):
+            schedule.remember(model.get_model_object("model_sampling"))
+            sampling.attach(model_options, backend, _STATE["options"])
+        return result
+
+    _set("comfy.samplers", "calculate_sigmas", calculate_sigmas)
+    _set("comfy.sampler_helpers", "prepare_model_patcher", prepare_model_patcher)
+    log.debug("comfy-tpu: patches installed")
+
+
+def set_options(options: sampling.RunOptions) -> None:
+    """Change the run options of an installed pack (tests, the optimisation node)."""
+    _STATE["options"] = options
