@@ -1,0 +1,65 @@
+"""Per-run figures from XLA's own counters (exact, unlike wall-clock time)."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional
+
+from pydantic import BaseModel
+
+log = logging.getLogger("comfy_tpu")
+
+
+class RunFigures(BaseModel):
+    """What one sampling run cost on the device."""
+
+    wall_s: float = 0.0
+    compiles: int = 0
+    compile_s: float = 0.0
+    executions: int = 0
+    transfers_to_host: int = 0
+    fallback_ops: dict[str, int] = {}
+
+
+class RunMeter:
+    """Snapshot the backend's counters at start, diff them at stop."""
+
+    def __init__(self, backend) -> None:
+        self._backend = backend
+        self._start_counters = backend.counters()
+        self._start_fallbacks = backend.fallback_ops()
+        self._start_compile_s = backend.compile_seconds()
+        self._t0 = time.perf_counter()
+
+    def stop(self) -> RunFigures:
+        counters = self._backend.counters()
+        fallbacks = self._backend.fallback_ops()
+        new_fallbacks = {name: count - self._start_fallbacks.get(name, 0) for name, count in fallbacks.items()
+                         if count > self._start_fallbacks.get(name, 0)}
+        return RunFigures(
+            wall_s=time.perf_counter() - self._t0,
+            compiles=counters["compiles"] - self._start_counters["compiles"],
+            compile_s=self._backend.compile_seconds() - self._start_compile_s,
+            executions=counters["executions"] - self._start_counters["executions"],
+            transfers_to_host=counters["transfers_to_host"] - self._start_counters["transfers_to_host"],
+            fallback_ops=new_fallbacks,
+        )
+
+
+class FallbackReporter:
+    """Names each CPU-fallback op once per model, so the log says what to fix without flooding."""
+
+    def __init__(self) -> None:
+        self._seen: set[tuple[str, str]] = set()
+
+    def report(self, model_name: str, fallback_ops: dict[str, int]) -> list[str]:
+        new = sorted(op for op in fallback_ops if (model_name, op) not in self._seen)
+        for op in new:
+            self._seen.add((model_name, op))
+        if new:
+            log.warning("comfy-tpu: %s ran %s on the CPU (XLA has no lowering); the run completed, "
+                        "but each such op costs a device-to-host round trip", model_name, ", ".join(new))
+        return new
+
+
+LAST_RUN: Optional[RunFigures] = None

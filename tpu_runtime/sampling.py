@@ -1,0 +1,228 @@
+"""ComfyUI's sampling on the XLA device, attached through ComfyUI's own wrapper hooks.
+
+Wrappers (``comfy.patcher_extension.WrappersMP``), added to the model options of every sampling
+call whose model loads on the XLA device:
+
+* ``OUTER_SAMPLE``: keeps the host schedule, meters the run (XLA counters), names CPU fallbacks.
+* ``SAMPLER_SAMPLE``: hands the sampler host sigmas, host-drawn noise and honest step pacing.
+* ``PREDICT_NOISE``: one step boundary before each model evaluation.
+* ``CALC_COND_BATCH``: cond/uncond batching fixed, not chosen from free memory each step.
+* ``APPLY_MODEL``: bf16 autocast around the model; the sampler's own math stays fp32.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from pydantic import BaseModel
+
+from . import metrics, schedule
+from .host_values import HostTensor, as_host, host_copy, plain, upload
+from .noise import host_brownian_noise_sampler, host_default_noise_sampler, noise_kind
+from .pacing import StepPacer
+
+log = logging.getLogger("comfy_tpu")
+
+WRAPPER_KEY = "comfy_tpu"
+OPTIONS_KEY = "comfy_tpu"  # transformer_options[OPTIONS_KEY]: per-model overrides (a dict)
+
+
+class RunOptions(BaseModel):
+    """What one sampling run does; the settings, overridden per model by the optimisation node."""
+
+    autocast_bf16: bool = True
+    sync_steps: int = 0
+    debug_metrics: bool = False
+
+
+@dataclass
+class SamplingRun:
+    backend: Any
+    options: RunOptions
+    host_sigmas: Optional[HostTensor]
+    model_name: str
+    pacer: Optional[StepPacer] = None
+    figures: Optional[metrics.RunFigures] = None
+    notes: list[str] = field(default_factory=list)
+
+
+_RUN: contextvars.ContextVar[Optional[SamplingRun]] = contextvars.ContextVar("comfy_tpu_run", default=None)
+_FALLBACKS = metrics.FallbackReporter()
+_SYNC_WARNED: set[str] = set()
+#: Per-run figures of the latest runs, newest last (read by the demo, stats and tests).
+RUN_HISTORY: list[metrics.RunFigures] = []
+#: Device-to-host transfers a run may make: the result.
+EXPECTED_TRANSFERS = 1
+
+
+def current_run() -> Optional[SamplingRun]:
+    return _RUN.get()
+
+
+# -- attaching ---------------------------------------------------------------------------------
+def attach(model_options: dict, backend, options: RunOptions) -> None:
+    """Add the wrappers (and PyTorch SDPA attention) to one sampling call's model options."""
+    import comfy.patcher_extension as pe
+
+    if pe.get_wrappers_with_key(pe.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, model_options, is_model_options=True):
+        return
+    overrides = model_options.get("transformer_options", {}).get(OPTIONS_KEY, {})
+    effective = options.model_copy(update={k: v for k, v in overrides.items() if k in RunOptions.model_fields})
+    wrappers = {
+        pe.WrappersMP.OUTER_SAMPLE: _outer_sample(backend, effective),
+        pe.WrappersMP.SAMPLER_SAMPLE: _sampler_sample,
+        pe.WrappersMP.PREDICT_NOISE: _predict_noise,
+        pe.WrappersMP.CALC_COND_BATCH: _calc_cond_batch,
+        pe.WrappersMP.APPLY_MODEL: _apply_model(backend, effective),
+    }
+    for kind, wrapper in wrappers.items():
+        pe.add_wrapper_with_key(kind, WRAPPER_KEY, wrapper, model_options, is_model_options=True)
+    transformer_options = model_options.setdefault("transformer_options", {})
+    transformer_options.setdefault("optimized_attention_override", _sdpa_attention)
+
+
+def _sdpa_attention(func, *args, **kwargs):
+    """XLA lowers PyTorch SDPA well; ComfyUI's CPU default (sub-quadratic) loops and asks for free memory."""
+    from comfy.ldm.modules.attention import attention_pytorch
+
+    return attention_pytorch(*args, **kwargs)
+
+
+# -- the wrappers ------------------------------------------------------------------------------
+def _outer_sample(backend, options: RunOptions):
+    def outer_sample(executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
+        guider = executor.class_obj
+        model_name = type(guider.model_patcher.model).__name__
+        if host_copy(sigmas) is None:
+            log.info("comfy-tpu: the sigmas given to the sampler are on %s; copying them to the host once",
+                     sigmas.device)
+        run = SamplingRun(backend=backend, options=options, host_sigmas=as_host(sigmas), model_name=model_name)
+        token = _RUN.set(run)
+        meter = metrics.RunMeter(backend)
+        try:
+            return executor(noise, _host_tagged(latent_image), sampler, as_host(sigmas), *args, **kwargs)
+        finally:
+            _RUN.reset(token)
+            run.figures = meter.stop()
+            _after_run(run, sampler)
+
+    return outer_sample
+
+
+def _host_tagged(latent: torch.Tensor) -> torch.Tensor:
+    """A host latent tagged so its device copy answers ``count_nonzero(...) > 0`` on the host."""
+    if latent is None or latent.is_nested or latent.device.type != "cpu":
+        return latent
+    return as_host(latent)
+
+
+def _after_run(run: SamplingRun, sampler) -> None:
+    figures = run.figures
+    RUN_HISTORY.append(figures)
+    del RUN_HISTORY[:-50]
+    metrics.LAST_RUN = figures
+    if figures.fallback_ops:
+        _FALLBACKS.report(run.model_name, figures.fallback_ops)
+    name = getattr(getattr(sampler, "sampler_function", None), "__name__", type(sampler).__name__)
+    # The result's own transfer happens after this wrapper returns, so anything seen here is extra.
+    if figures.transfers_to_host > EXPECTED_TRANSFERS - 1 and name not in _SYNC_WARNED:
+        _SYNC_WARNED.add(name)
+        log.warning("comfy-tpu: sampler %s made %d device-to-host syncs during sampling; it runs "
+                    "correctly, but slower than a sync-free sampler", name, figures.transfers_to_host)
+    if run.options.debug_metrics:
+        log.info("comfy-tpu: run figures %s", figures.model_dump())
+
+
+class _HostModelWrap:
+    """Just enough of a model wrapper for ``Sampler.max_denoise`` to read the host schedule."""
+
+    def __init__(self, model_sampling) -> None:
+        self.inner_model = type("InnerModel", (), {"model_sampling": model_sampling})()
+
+
+@contextlib.contextmanager
+def _host_sampler(sampler, model_wrap, noise: torch.Tensor, host_sigmas: HostTensor, seed):
+    """Point a KSAMPLER at host-side helpers for the length of one call, then restore it."""
+    saved = dict(vars(sampler))
+    try:
+        if hasattr(sampler, "max_denoise"):
+            ms = schedule.host_model_sampling(model_wrap.inner_model.model_sampling)
+            unbound = type(sampler).max_denoise
+            sampler.max_denoise = lambda _wrap, sigmas: unbound(sampler, _HostModelWrap(ms), sigmas)
+        function = getattr(sampler, "sampler_function", None)
+        extra = getattr(sampler, "extra_options", None)
+        kind = noise_kind(function) if function is not None else None
+        if kind and isinstance(extra, dict) and extra.get("noise_sampler") is None:
+            noise_sampler = (host_brownian_noise_sampler(noise, host_sigmas, seed) if kind == "brownian"
+                             else host_default_noise_sampler(noise, seed))
+            sampler.extra_options = {**extra, "noise_sampler": noise_sampler}
+        yield
+    finally:
+        vars(sampler).clear()
+        vars(sampler).update(saved)
+
+
+def _sampler_sample(executor, model_wrap, sigmas, extra_args, callback, noise, latent_image=None,
+                    denoise_mask=None, disable_pbar=False):
+    run = _RUN.get()
+    if run is None:
+        return executor(model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar)
+    host_sigmas = run.host_sigmas
+    if host_sigmas is None or host_sigmas.shape != sigmas.shape:
+        host_sigmas = as_host(sigmas)  # another wrapper changed the schedule: one transfer
+    total_steps = max(len(host_sigmas) - 1, 0)
+    pacer = StepPacer(run.backend, total_steps, wait_every=run.options.sync_steps, show_bar=not disable_pbar)
+    run.pacer = pacer
+    try:
+        with _host_sampler(executor.class_obj, model_wrap, noise, host_sigmas, extra_args.get("seed")):
+            samples = executor(model_wrap, host_sigmas, extra_args, pacer.step_callback(callback), noise,
+                               latent_image, denoise_mask, True)
+        samples = plain(samples)
+        pacer.finish()
+        return samples
+    finally:
+        pacer.close()
+        run.pacer = None
+
+
+def _predict_noise(executor, x, timestep, model_options={}, seed=None):
+    run = _RUN.get()
+    if run is not None and run.pacer is not None:
+        run.pacer.boundary()
+        if isinstance(timestep, torch.Tensor) and timestep.device != x.device:
+            # Samplers that pass a host sigma straight to the model (uni_pc): upload it as data, or
+            # ComfyUI's ``timestep(...).to(sigma.device)`` would bring the model's timestep back to the host.
+            timestep = upload(timestep, x.device)
+    return executor(x, timestep, model_options, seed)
+
+
+def _zero_memory_required(*args, **kwargs) -> int:
+    return 0
+
+
+def _calc_cond_batch(executor, model, conds, x_in, timestep, model_options):
+    """Batch every compatible cond together, always: the graph must not follow free memory."""
+    had_own = "memory_required" in vars(model)
+    saved = vars(model).get("memory_required")
+    model.memory_required = _zero_memory_required
+    try:
+        return executor(model, conds, x_in, timestep, model_options)
+    finally:
+        if had_own:
+            model.memory_required = saved
+        else:
+            del model.memory_required
+
+
+def _apply_model(backend, options: RunOptions):
+    dtype = torch.bfloat16 if options.autocast_bf16 else torch.float32
+
+    def apply_model(executor, *args, **kwargs):
+        with backend.autocast(dtype):
+            return executor(*args, **kwargs)
+
+    return apply_model

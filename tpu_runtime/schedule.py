@@ -1,0 +1,45 @@
+"""The sigma schedule, computed on the host.
+
+Once a model is loaded, its ``model_sampling`` buffers live on the XLA device, and ComfyUI's
+schedulers then run dozens of tiny graphs and read each value back (../BASELINE: ~41 of 56 graph
+executions of a run). We keep a host copy of each ``model_sampling`` module, taken while it is still
+on the CPU, and hand that copy to ComfyUI's own scheduler code.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import weakref
+
+import torch
+
+log = logging.getLogger("comfy_tpu")
+
+_HOST_COPIES: "weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module]" = weakref.WeakKeyDictionary()
+
+
+def _on_host(module: torch.nn.Module) -> bool:
+    return all(buffer.device.type == "cpu" for buffer in module.buffers())
+
+
+def remember(model_sampling) -> None:
+    """Take the host copy now, if the module is still on the CPU (free)."""
+    if isinstance(model_sampling, torch.nn.Module) and model_sampling not in _HOST_COPIES and _on_host(model_sampling):
+        _HOST_COPIES[model_sampling] = copy.deepcopy(model_sampling)
+
+
+def host_model_sampling(model_sampling):
+    """A CPU twin of ``model_sampling`` (the module itself while it is on the CPU)."""
+    if not isinstance(model_sampling, torch.nn.Module):
+        return model_sampling
+    cached = _HOST_COPIES.get(model_sampling)
+    if cached is not None:
+        return cached
+    if _on_host(model_sampling):
+        remember(model_sampling)
+        return model_sampling
+    log.info("comfy-tpu: copying %s's schedule buffers from the device once (seen only after loading)",
+             type(model_sampling).__name__)
+    twin = copy.deepcopy(model_sampling).to("cpu")
+    _HOST_COPIES[model_sampling] = twin
+    return twin
