@@ -1,0 +1,105 @@
+"""What ``install.py`` should do about torch_xla, decided from facts passed in (no I/O here).
+
+torch_xla wheels are built against one torch minor version; pairing them wrong crashes at import.
+ComfyUI owns torch (its own requirements and the user's CUDA/CPU choice put it there), so this
+logic only ever adds the torch_xla that matches the torch already installed and never plans a
+torch change: a mismatch or a torch without a torch_xla release is refused with one line saying why.
+
+The requirement carries the ``[tpu]`` extra (which pulls libtpu) only on a TPU host: elsewhere
+torch_xla still runs on its CPU PJRT device (useful for tests), and libtpu would be dead weight.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Literal, Optional
+
+from pydantic import BaseModel
+
+#: torch minor version -> the torch_xla release built for it.
+TORCH_XLA_PINS: dict[str, str] = {
+    "2.9": "2.9.0",
+    "2.8": "2.8.0",
+    "2.7": "2.7.0",
+    "2.6": "2.6.0",
+    "2.5": "2.5.1",
+}
+
+#: Environment variables that only a Cloud TPU VM (or someone who means TPU) sets.
+_TPU_ENV_VARS = ("TPU_ACCELERATOR_TYPE", "TPU_NAME", "TPU_WORKER_ID")
+#: /dev entries TPU chips show up as: /dev/accelN (v2-v4), /dev/vfio/N (v5e, v5p, v6e).
+_TPU_DEV_PATTERN = re.compile(r"^(accel\d+|vfio/\d+)$")
+
+
+class InstallPlan(BaseModel):
+    """One decision for install.py: what to do, the pip requirement (if any) and a one-line why."""
+
+    action: Literal["nothing", "install", "refuse"]
+    requirement: Optional[str] = None
+    message: str
+
+
+def minor_of(version: Optional[str]) -> Optional[str]:
+    """``"2.9.0+cu128"`` -> ``"2.9"``: torch and torch_xla match on major.minor."""
+    if not version:
+        return None
+    match = re.match(r"^\s*(\d+)\.(\d+)", version)
+    return f"{match.group(1)}.{match.group(2)}" if match else None
+
+
+def supported_torch() -> str:
+    """The torch versions that have a torch_xla release, for messages ("2.5, 2.6, ...")."""
+    ordered = sorted(TORCH_XLA_PINS, key=lambda v: tuple(int(p) for p in v.split(".")))
+    return ", ".join(ordered)
+
+
+def requirement_for(xla_version: str, platform_tpu: bool) -> str:
+    """The pip requirement for one torch_xla release; ``[tpu]`` adds libtpu on a TPU host."""
+    return f"torch_xla{'[tpu]' if platform_tpu else ''}=={xla_version}"
+
+
+def is_tpu_host(environ: Mapping[str, str], dev_entries: Iterable[str]) -> bool:
+    """A best guess that this machine has TPU chips: decides whether libtpu is worth installing.
+
+    ``dev_entries`` are names under /dev, with those under /dev/vfio given as ``"vfio/N"``.
+    """
+    if environ.get("PJRT_DEVICE", "").upper() == "TPU":
+        return True
+    if any(environ.get(name) for name in _TPU_ENV_VARS):
+        return True
+    return any(_TPU_DEV_PATTERN.match(entry) for entry in dev_entries)
+
+
+def plan_install(torch_version: Optional[str], torch_xla_version: Optional[str],
+                 platform_tpu: bool) -> InstallPlan:
+    """Decide what install.py does. Never plans a change to torch."""
+    if not torch_version:
+        return InstallPlan(action="refuse", message=(
+            "torch is not installed: install ComfyUI and its requirements (which bring its torch) "
+            "first, then run install.py again"))
+    torch_minor = minor_of(torch_version)
+    wanted = TORCH_XLA_PINS.get(torch_minor or "")
+    if torch_xla_version:
+        if minor_of(torch_xla_version) == torch_minor:
+            return InstallPlan(action="nothing", message=(
+                f"torch_xla {torch_xla_version} matches torch {torch_version}; nothing to install"))
+        fix = (f"replace it with {requirement_for(wanted, platform_tpu)}" if wanted
+               else f"torch_xla exists only for torch {supported_torch()}")
+        return InstallPlan(action="refuse", message=(
+            f"torch_xla {torch_xla_version} does not match torch {torch_version} (major.minor must be "
+            f"equal); not changing anything, torch stays as is: {fix}"))
+    if not wanted:
+        return InstallPlan(action="refuse", message=(
+            f"no torch_xla release matches torch {torch_version}; torch_xla exists for torch "
+            f"{supported_torch()}, so the pack will run ComfyUI stock"))
+    requirement = requirement_for(wanted, platform_tpu)
+    return InstallPlan(action="install", requirement=requirement, message=(
+        f"torch_xla is missing: {requirement} matches torch {torch_version} (torch stays as is)"))
+
+
+def pip_command(python: str, requirement: str) -> list[str]:
+    """The pip call for ``requirement``; refuses anything naming torch itself (ComfyUI owns it)."""
+    name = re.split(r"[\[=<>!~ ;]", requirement.strip(), maxsplit=1)[0].lower().replace("-", "_")
+    if name == "torch":
+        raise ValueError(f"refusing to pip install {requirement!r}: torch belongs to ComfyUI")
+    return [python, "-m", "pip", "install", requirement]

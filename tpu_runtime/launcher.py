@@ -1,0 +1,249 @@
+"""The ``comfy-tpu`` command (also ``python -m tpu_runtime``): ``launch`` and ``doctor``.
+
+ComfyUI rejects flags it does not know, so ``launch`` turns the ``--tpu-*`` flags into the
+``COMFY_TPU_*`` variables the pack reads (see :mod:`tpu_runtime.settings`) and starts ComfyUI's
+``main.py`` with everything else passed through unchanged. ``doctor`` says what hardware was found
+and whether (and why not) the TPU path would be on.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+from .settings import env_var, load_settings
+
+COMFYUI_PATH_ENV = "COMFYUI_PATH"
+
+#: On/off flags: (flag, settings field, value it sets).
+BOOL_FLAGS: list[tuple[str, str, bool]] = [
+    ("--tpu-enable", "enable", True),
+    ("--tpu-disable", "disable", True),
+    ("--tpu-manual-warmup", "manual_warmup", True),
+    ("--tpu-warmup", "warmup", True),
+    ("--no-tpu-warmup", "warmup", False),
+    ("--tpu-autocast-bf16", "autocast_bf16", True),
+    ("--no-tpu-autocast-bf16", "autocast_bf16", False),
+    ("--tpu-compilation-cache", "compilation_cache", True),
+    ("--no-tpu-compilation-cache", "compilation_cache", False),
+    ("--tpu-shape-padding", "shape_padding", True),
+    ("--no-tpu-shape-padding", "shape_padding", False),
+    ("--tpu-debug-metrics", "debug_metrics", True),
+]
+#: Flags with a value: (flag, settings field, metavar).
+VALUE_FLAGS: list[tuple[str, str, str]] = [
+    ("--tpu-warmup-steps", "warmup_steps", "N"),
+    ("--tpu-shape-padding-multiple", "shape_padding_multiple", "N"),
+    ("--tpu-sync-steps", "sync_steps", "N"),
+    ("--tpu-cache-dir", "cache_dir", "PATH"),
+]
+_INT_FIELDS = {"warmup_steps", "shape_padding_multiple", "sync_steps"}
+
+
+class ComfyUINotFound(Exception):
+    """No ComfyUI folder (one holding main.py) could be found; the message says how to point at one."""
+
+
+class LaunchError(Exception):
+    """A launch argument that cannot be honoured (an unknown --tpu-* flag, most likely a typo)."""
+
+
+# -- argument mapping (pure) -------------------------------------------------------------------
+def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
+    """The launch options, shared by the real parser and the ``--help`` text."""
+    parser.add_argument("--comfyui", metavar="PATH", help=f"the ComfyUI folder (used when {COMFYUI_PATH_ENV} "
+                                                          "is unset; default: the ComfyUI this pack sits in)")
+    for flag, field, value in BOOL_FLAGS:
+        parser.add_argument(flag, dest=field, action="store_const", const=value, default=None,
+                            help=f"sets {env_var(field)}={int(value)}")
+    for flag, field, metavar in VALUE_FLAGS:
+        parser.add_argument(flag, dest=field, metavar=metavar, type=int if field in _INT_FIELDS else str,
+                            default=None, help=f"sets {env_var(field)}")
+
+
+def _launch_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="comfy-tpu launch", allow_abbrev=False,
+                                     description="Start ComfyUI with the TPU settings given as flags.",
+                                     epilog="Other arguments, and all after --, go to ComfyUI's main.py.")
+    add_launch_arguments(parser)
+    return parser
+
+
+def _split_at_dashdash(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    if "--" in argv:
+        at = list(argv).index("--")
+        return list(argv[:at]), list(argv[at + 1:])
+    return list(argv), []
+
+
+def parse_launch(argv: Sequence[str]) -> tuple[dict[str, str], list[str], Optional[str]]:
+    """(env vars to set, args for ComfyUI, --comfyui) from the launch arguments."""
+    ours, after = _split_at_dashdash(argv)
+    args, unknown = _launch_parser().parse_known_args(ours)
+    typos = [arg for arg in unknown if arg.split("=", 1)[0].startswith(("--tpu-", "--no-tpu-"))]
+    if typos:
+        raise LaunchError(f"unknown TPU flag(s): {' '.join(typos)} (see comfy-tpu launch --help)")
+    env: dict[str, str] = {}
+    for field in dict.fromkeys(field for _, field, _ in BOOL_FLAGS + VALUE_FLAGS):
+        value = getattr(args, field)
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            env[env_var(field)] = "1" if value else "0"
+        elif field == "cache_dir":
+            env[env_var(field)] = os.path.abspath(value)  # ComfyUI runs from its own folder
+        else:
+            env[env_var(field)] = str(value)
+    return env, unknown + after, args.comfyui
+
+
+def flags_to_env(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """Map ``--tpu-*`` flags to ``COMFY_TPU_*`` variables; everything else is ComfyUI's."""
+    env, passthrough, _ = parse_launch(argv)
+    return env, passthrough
+
+
+# -- finding ComfyUI ---------------------------------------------------------------------------
+def _default_pack_dirs() -> list[Path]:
+    """This pack's folder as imported, plus the shell's logical cwd when that is the pack
+    (``os.getcwd()`` and ``__file__`` may already be symlink-resolved)."""
+    pack = Path(os.path.abspath(os.path.dirname(os.path.dirname(__file__))))
+    dirs = [pack]
+    logical = os.environ.get("PWD")
+    if logical and os.path.isabs(logical) and os.path.realpath(logical) == os.path.realpath(pack):
+        dirs.insert(0, Path(logical))
+    return dirs
+
+
+def _is_comfyui(folder: Path) -> bool:
+    return (folder / "main.py").is_file()
+
+
+def find_comfyui(cli_path: Optional[str] = None, environ: Optional[Mapping[str, str]] = None,
+                 pack_dirs: Optional[Sequence[Path]] = None) -> Path:
+    """The ComfyUI folder: ``COMFYUI_PATH``, else ``--comfyui``, else the one the pack sits in
+    (``<ComfyUI>/custom_nodes/<pack>``; tried through symlinks as given and resolved)."""
+    environ = os.environ if environ is None else environ
+    for source, value in ((COMFYUI_PATH_ENV, environ.get(COMFYUI_PATH_ENV)), ("--comfyui", cli_path)):
+        if value:
+            folder = Path(value).expanduser()
+            if not _is_comfyui(folder):
+                raise ComfyUINotFound(f"{source}={value} has no main.py; point it at the ComfyUI folder")
+            return folder.absolute()
+    tried = []
+    for pack in (_default_pack_dirs() if pack_dirs is None else pack_dirs):
+        for form in (Path(os.path.abspath(pack)), Path(pack).resolve()):
+            candidate = form.parent.parent
+            if _is_comfyui(candidate):
+                return candidate
+            tried.append(str(candidate))
+    raise ComfyUINotFound(f"cannot find ComfyUI (no main.py in {', '.join(dict.fromkeys(tried))}); "
+                          f"set {COMFYUI_PATH_ENV} to the ComfyUI folder or pass --comfyui PATH")
+
+
+# -- commands ----------------------------------------------------------------------------------
+def launch(argv: Sequence[str]) -> int:
+    """Run ComfyUI's main.py with the TPU flags as env vars; its exit code is ours."""
+    try:
+        env, passthrough, cli_path = parse_launch(argv)
+        comfy_dir = find_comfyui(cli_path)
+    except (LaunchError, ComfyUINotFound) as exc:
+        print(f"comfy-tpu: {exc}", file=sys.stderr)
+        return 2
+    os.environ.update(env)  # check the settings ComfyUI will see before starting it
+    loaded = load_settings()
+    if not loaded.ok:
+        for problem in loaded.problems:
+            print(f"comfy-tpu: not launching: {problem.message()}", file=sys.stderr)
+        return 2
+    command = [sys.executable, str(comfy_dir / "main.py"), *passthrough]
+    shown = " ".join(f"{k}={v}" for k, v in env.items()) or "no TPU flags"
+    print(f"comfy-tpu: starting ComfyUI in {comfy_dir} ({shown})", file=sys.stderr, flush=True)
+    process = subprocess.Popen(command, cwd=comfy_dir, env=dict(os.environ))
+    while True:
+        try:
+            return process.wait()
+        except KeyboardInterrupt:  # ComfyUI got the same Ctrl-C; let it shut down on its own
+            continue
+
+
+def doctor_data() -> dict[str, Any]:
+    """What doctor reports: detected hardware, settings in force and the TPU-path decision."""
+    from .device import decide_path, detect  # imports torch: only here
+
+    loaded = load_settings()
+    seen: list[Any] = []
+
+    def report_fn():
+        seen.append(detect())
+        return seen[-1]
+
+    decision, report = decide_path(loaded, report_fn)
+    report = report or (seen[-1] if seen else detect())
+    settings = loaded.settings
+    return {
+        "report": report.model_dump(mode="json"),
+        "settings": {
+            "non_defaults": {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.non_defaults().items()},
+            "cache_dir": str(settings.cache_dir) if settings.cache_dir else None,
+            "problems": [problem.message() for problem in loaded.problems],
+        },
+        "decision": decision.model_dump(mode="json"),
+    }
+
+
+def format_doctor(data: dict[str, Any]) -> str:
+    """The doctor report as text lines."""
+    r, s, d = data["report"], data["settings"], data["decision"]
+    hbm = f"{r['hbm_per_chip_bytes'] / 2**30:.1f} GiB" if r["hbm_per_chip_bytes"] else "unknown"
+    changed = ", ".join(f"{env_var(k)}={v}" for k, v in s["non_defaults"].items()) or "none"
+    lines = [
+        "comfy-tpu doctor",
+        f"  torch        {r['torch_version']}",
+        f"  torch_xla    {r['torch_xla_version'] or 'missing (python install.py in the pack folder)'}",
+        f"  libtpu       {r['libtpu_version'] or 'none'}",
+        f"  device       {r['device'] or 'none'}",
+        f"  device type  {r['device_type']} x{r['device_count']}",
+        f"  TPU type     {r['tpu_type']}",
+        f"  HBM per chip {hbm}",
+    ]
+    if r["error"]:
+        lines.append(f"  problem      {r['error']}")
+    lines += [f"  settings     changed from defaults: {changed}",
+              f"  cache dir    {s['cache_dir'] or '<ComfyUI user dir>/comfy-tpu (default)'}"]
+    lines += [f"  settings problem: {p}" for p in s["problems"]]
+    lines.append(f"TPU path {'ON' if d['on'] else 'OFF'}: {d['reason']}")
+    return "\n".join(lines)
+
+
+def doctor(as_json: bool) -> int:
+    data = doctor_data()
+    print(json.dumps(data, indent=2) if as_json else format_doctor(data))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="comfy-tpu", description="Run ComfyUI on TPUs (comfy-tpu pack).")
+    commands = parser.add_subparsers(dest="command", metavar="{launch,doctor}")
+    add_launch_arguments(commands.add_parser(
+        "launch", help="start ComfyUI with --tpu-* flags (other args go to ComfyUI)", allow_abbrev=False))
+    doc = commands.add_parser("doctor", help="show the hardware found and whether the TPU path would be on")
+    doc.add_argument("--json", action="store_true", help="print a JSON object")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["launch"]:  # parsed on its own: unknown args belong to ComfyUI
+        return launch(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "doctor":
+        return doctor(args.json)
+    parser.print_help()
+    return 2
