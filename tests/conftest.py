@@ -1,0 +1,39 @@
+"""Fixtures: the real ComfyUI 0.3.75 in-process with the pack loaded on PJRT CPU, tiny models."""
+from __future__ import annotations
+
+import os
+
+# Before torch_xla or ComfyUI is imported anywhere in the test process.
+os.environ.setdefault("PJRT_DEVICE", "CPU")
+os.environ.setdefault("COMFY_TPU_ENABLE", "1")
+os.environ.setdefault("COMFY_TPU_AUTOCAST_BF16", "0")
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def comfy():
+    """ComfyUI's ``nodes`` module, with the pack loaded and its patches in force."""
+    from tests.comfy_env import import_comfy
+
+    return import_comfy(load_pack=True)
+
+
+@pytest.fixture(scope="session")
+def backend(comfy):
+    import tpu_runtime.backend as backend_mod
+
+    b = backend_mod.get_backend()
+    assert b is not None, backend_mod.backend_error()
+    return b
+
+
+@pytest.fixture(scope="session")
+def tiny(comfy):
+    """(XLA patcher, eager-CPU patcher with the same weights, positive, negative)."""
+    from tpu_runtime import tiny_model
+
+    xla = tiny_model.build_patcher("tiny", seed=0)
+    cpu = tiny_model.build_patcher("tiny", seed=0, load_device=torch.device("cpu"))
+    return xla, cpu, tiny_model.sd15_conditioning(1), tiny_model.sd15_conditioning(2)

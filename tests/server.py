@@ -1,0 +1,118 @@
+"""A real ComfyUI server (main.py) with the pack linked into custom_nodes, on a free loopback port."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+from tests.comfy_env import PACK_DIR, comfyui_path
+
+TEST_NODES = PACK_DIR / "tests" / "comfy_test_nodes"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def link_into_custom_nodes(root: Path) -> None:
+    custom = root / "custom_nodes"
+    custom.mkdir(exist_ok=True)
+    for name, target in (("comfy-tpu", PACK_DIR), ("comfy-tpu-testnodes", TEST_NODES)):
+        link = custom / name
+        if not (link.is_symlink() and link.resolve() == target.resolve()):
+            if link.is_symlink():
+                link.unlink()
+            link.symlink_to(target)
+
+
+class ComfyServer:
+    def __init__(self, tmp: Path, env: Optional[dict] = None, extra_args: Optional[list] = None) -> None:
+        self.root = comfyui_path()
+        link_into_custom_nodes(self.root)
+        self.port = free_port()
+        self.output = tmp / "output"
+        self.output.mkdir(parents=True, exist_ok=True)
+        self.log_path = tmp / "server.log"
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "main.py", "--listen", "127.0.0.1", "--port", str(self.port), "--output-directory",
+             str(self.output), "--disable-auto-launch", *(extra_args or [])],
+            cwd=self.root, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 240) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited ({self.proc.returncode}):\n{self.log()}")
+            try:
+                self.get("/system_stats")
+                return
+            except OSError:
+                time.sleep(0.5)
+        raise TimeoutError(f"ComfyUI did not start in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            return json.loads(response.read())
+
+    def post(self, path: str, body: dict):
+        request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"{}")
+
+    def run_prompt(self, prompt: dict, timeout: float = 600) -> dict:
+        status, body = self.post("/prompt", {"prompt": prompt})
+        if status != 200:
+            raise AssertionError(f"/prompt answered {status}: {body}")
+        prompt_id = body["prompt_id"]
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            history = self.get(f"/history/{prompt_id}")
+            if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+                return history[prompt_id]
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI died:\n{self.log()}")
+            time.sleep(0.5)
+        raise TimeoutError(f"prompt {prompt_id} did not finish:\n{self.log()[-4000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._log.close()
+
+
+def txt2img_prompt(steps: int = 2, seed: int = 5, size: int = 64) -> dict:
+    """Tiny model -> KSampler -> SaveLatent, in ComfyUI's API format."""
+    return {
+        "1": {"class_type": "TPUTestTinyModel", "inputs": {"seed": 0}},
+        "2": {"class_type": "TPUTestConditioning", "inputs": {"seed": 1, "tokens": 77}},
+        "3": {"class_type": "TPUTestConditioning", "inputs": {"seed": 2, "tokens": 77}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+        "5": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "seed": seed, "steps": steps, "cfg": 7.0,
+                                                   "sampler_name": "euler", "scheduler": "normal",
+                                                   "positive": ["2", 0], "negative": ["3", 0],
+                                                   "latent_image": ["4", 0], "denoise": 1.0}},
+        "6": {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0], "filename_prefix": "tpu_test"}},
+    }

@@ -1,0 +1,100 @@
+"""The sampling path's acceptance figures (issue: one graph per step, no host syncs).
+
+Exact counts from torch_xla.debug.metrics, tiny SD1.5-architecture model, 128x128, PJRT CPU,
+autocast off, ComfyUI's own ``nodes.common_ksampler``; parity against eager CPU with the same weights.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.sampling_harness import ksample, max_abs_diff
+
+SAMPLERS = ["euler", "euler_ancestral", "heun", "dpm_2", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_sde", "lcm", "ddim",
+            "uni_pc"]
+SCHEDULERS = ["normal", "karras", "exponential", "sgm_uniform", "simple", "beta"]
+PARITY = 1e-3
+
+
+def assert_run_figures(run, steps: int, *, first: bool) -> None:
+    if not first:
+        assert run.compiles == 0, f"{run.compiles} new graphs compiled on a repeat signature"
+    assert run.transfers_to_host <= 2, f"{run.transfers_to_host} device-to-host transfers"
+    assert run.executions <= 2 * steps + 2, f"{run.executions} graph executions for {steps} steps"
+    assert not run.fallbacks, f"CPU-fallback ops during sampling: {run.fallbacks}"
+    assert torch.isfinite(run.samples).all()
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_sampler_compiles_nothing_after_first_run(comfy, backend, tiny, sampler):
+    xla, cpu, pos, neg = tiny
+    for index, steps in enumerate((6, 12, 20, 12)):
+        run = ksample(comfy, xla, pos, neg, steps=steps, sampler=sampler, backend=backend)
+        assert run.samples.device.type == "cpu"
+        assert_run_figures(run, steps, first=index == 0)
+        reference = ksample(comfy, cpu, pos, neg, steps=steps, sampler=sampler)
+        assert max_abs_diff(run.samples, reference.samples) <= PARITY, sampler
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_schedulers_are_data_not_graphs(comfy, backend, tiny, scheduler):
+    xla, cpu, pos, neg = tiny
+    ksample(comfy, xla, pos, neg, steps=6, scheduler=scheduler, backend=backend)  # may compile (first use)
+    run = ksample(comfy, xla, pos, neg, steps=9, scheduler=scheduler, cfg=5.5, seed=7, backend=backend)
+    assert_run_figures(run, 9, first=False)
+    reference = ksample(comfy, cpu, pos, neg, steps=9, scheduler=scheduler, cfg=5.5, seed=7)
+    assert max_abs_diff(run.samples, reference.samples) <= PARITY
+
+
+def _variant_inputs(kind: str):
+    generator = torch.Generator().manual_seed(3)
+    latent = torch.randn(1, 4, 16, 16, generator=generator)
+    if kind == "batch2":
+        return dict(batch=2)
+    if kind == "cfg1":
+        return dict(cfg=1.0)
+    if kind == "img2img":
+        return dict(latent=latent, denoise=0.6)
+    if kind == "mask":
+        mask = torch.zeros(1, 1, 128, 128)
+        mask[..., 32:96, 32:96] = 1.0
+        return dict(latent=latent, noise_mask=mask)
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m"])
+@pytest.mark.parametrize("kind", ["batch2", "cfg1", "img2img", "mask"])
+def test_variants(comfy, backend, tiny, sampler, kind):
+    xla, cpu, pos, neg = tiny
+    inputs = _variant_inputs(kind)
+    for index, steps in enumerate((6, 12)):
+        run = ksample(comfy, xla, pos, neg, steps=steps, sampler=sampler, backend=backend, **inputs)
+        assert_run_figures(run, steps, first=index == 0)
+        reference = ksample(comfy, cpu, pos, neg, steps=steps, sampler=sampler, **inputs)
+        assert run.samples.shape == reference.samples.shape
+        assert max_abs_diff(run.samples, reference.samples) <= PARITY
+
+
+def test_step_count_independent_of_cfg_and_seed(comfy, backend, tiny):
+    xla, _, pos, neg = tiny
+    ksample(comfy, xla, pos, neg, steps=4, cfg=7.0, backend=backend)
+    for cfg, seed, steps in ((3.0, 1, 5), (11.5, 99, 17)):
+        run = ksample(comfy, xla, pos, neg, steps=steps, cfg=cfg, seed=seed, backend=backend)
+        assert run.compiles == 0
+
+
+def test_bf16_autocast_parity(comfy, backend, tiny):
+    import tpu_runtime.patches as patches
+    from tpu_runtime.sampling import RunOptions
+
+    xla, cpu, pos, neg = tiny
+    patches.set_options(RunOptions(autocast_bf16=True))
+    try:
+        run = ksample(comfy, xla, pos, neg, steps=6, backend=backend)
+        again = ksample(comfy, xla, pos, neg, steps=12, backend=backend)
+    finally:
+        patches.set_options(RunOptions(autocast_bf16=False))
+    assert again.compiles == 0 and again.transfers_to_host <= 2
+    reference = ksample(comfy, cpu, pos, neg, steps=6)
+    assert torch.isfinite(run.samples).all()
+    assert max_abs_diff(run.samples, reference.samples) <= 3e-2
