@@ -41,7 +41,8 @@ class ComfyServer:
         self.output = tmp / "output"
         self.output.mkdir(parents=True, exist_ok=True)
         self.log_path = tmp / "server.log"
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        merged = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        full_env = {key: value for key, value in merged.items() if value is not None}  # None: unset it
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "main.py", "--listen", "127.0.0.1", "--port", str(self.port), "--output-directory",

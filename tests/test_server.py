@@ -41,11 +41,11 @@ def test_ksampler_runs_on_the_device_through_prompt(server):
     assert saved, "SaveLatent wrote nothing"
 
 
-def _start_and_read_log(tmp_path, env: dict, pythonpath_prefix: str = "") -> str:
+def _start_and_read_log(tmp_path, env: dict, pythonpath_prefix: str = "", extra_args=None):
     full_env = {**ENV_ON, **env}
     if pythonpath_prefix:
         full_env["PYTHONPATH"] = pythonpath_prefix + os.pathsep + os.environ.get("PYTHONPATH", "")
-    srv = ComfyServer(tmp_path, env=full_env)
+    srv = ComfyServer(tmp_path, env=full_env, extra_args=extra_args)
     try:
         srv.wait_ready()
         stats = srv.get("/system_stats")
@@ -57,7 +57,9 @@ def _start_and_read_log(tmp_path, env: dict, pythonpath_prefix: str = "") -> str
 
 
 def test_disabled_pack_loads_and_comfy_runs_stock(tmp_path):
-    log, stats = _start_and_read_log(tmp_path, {"COMFY_TPU_DISABLE": "1", "COMFY_TPU_ENABLE": ""})
+    # --cpu: what stock ComfyUI needs on a machine without CUDA.
+    log, stats = _start_and_read_log(tmp_path, {"COMFY_TPU_DISABLE": "1", "COMFY_TPU_ENABLE": None},
+                                     extra_args=["--cpu"])
     assert stats["devices"][0]["type"] == "cpu"
     assert sum("TPU path off" in l and "COMFY_TPU_DISABLE" in l for l in log.splitlines()) == 1
     assert "IMPORT FAILED" not in log
@@ -74,6 +76,6 @@ def test_without_torch_xla_the_pack_loads_and_says_why(tmp_path):
 
 
 def test_bad_setting_is_named_and_comfy_keeps_running(tmp_path):
-    log, stats = _start_and_read_log(tmp_path, {"COMFY_TPU_WARMUP_STEPS": "lots"})
+    log, stats = _start_and_read_log(tmp_path, {"COMFY_TPU_WARMUP_STEPS": "lots"}, extra_args=["--cpu"])
     assert stats["devices"][0]["type"] == "cpu"
     assert any("COMFY_TPU_WARMUP_STEPS='lots'" in l for l in log.splitlines())

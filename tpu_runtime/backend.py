@@ -7,7 +7,6 @@ torch_xla is imported lazily (on a TPU VM its import may need env vars set first
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import logging
 from typing import Any, ContextManager, Optional, Protocol
 
@@ -142,22 +141,6 @@ class XlaBackend:
 
 _BACKEND: Optional[XlaBackend] = None
 _BACKEND_ERROR: Optional[str] = None
-
-
-def torch_xla_version() -> Optional[str]:
-    try:
-        return importlib.metadata.version("torch_xla")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def libtpu_version() -> Optional[str]:
-    for dist in ("libtpu", "libtpu-nightly"):
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
 
 
 def get_backend() -> Optional[XlaBackend]:

@@ -11,7 +11,7 @@ from typing import Optional
 
 from pydantic import BaseModel
 
-from . import backend as backend_mod
+from . import versions
 from .settings import LoadedSettings
 
 log = logging.getLogger("comfy_tpu")
@@ -64,8 +64,8 @@ def detect(start_runtime: bool = True) -> DeviceReport:
     """Look at torch, torch_xla, libtpu and (if ``start_runtime``) the PJRT device."""
     import torch
 
-    report = DeviceReport(torch_version=torch.__version__, torch_xla_version=backend_mod.torch_xla_version(),
-                          libtpu_version=backend_mod.libtpu_version(),
+    report = DeviceReport(torch_version=torch.__version__, torch_xla_version=versions.torch_xla_version(),
+                          libtpu_version=versions.libtpu_version(),
                           torch_xla_importable=importlib.util.find_spec("torch_xla") is not None)
     if not report.torch_xla_importable:
         report.error = "torch_xla is not installed"
@@ -76,6 +76,8 @@ def detect(start_runtime: bool = True) -> DeviceReport:
         return report
     if not start_runtime:
         return report
+    from . import backend as backend_mod
+
     xla = backend_mod.get_backend()
     if xla is None:
         report.error = backend_mod.backend_error()
@@ -100,7 +102,7 @@ def _tpu_runtime_present() -> bool:
     pjrt = os.environ.get("PJRT_DEVICE", "").upper()
     if pjrt:
         return pjrt == "TPU"
-    return backend_mod.libtpu_version() is not None
+    return versions.libtpu_version() is not None
 
 
 def decide_path(loaded: LoadedSettings, report_fn=detect) -> tuple[PathDecision, Optional[DeviceReport]]:

@@ -8,6 +8,9 @@ Only what ComfyUI offers no hook for is patched here:
 * ``comfy.samplers.calculate_sigmas``: schedules are computed from a host copy of ``model_sampling``.
 * ``comfy.sampler_helpers.prepare_model_patcher``: every sampling call of a model that loads on XLA
   gets the sampling wrappers (``sampling.attach``), whatever node loaded the model.
+* ``comfy.extra_samplers.uni_pc``'s ``torch``: UniPC builds its small solver matrices with
+  ``torch.tensor(host_values, device=x.device)`` and solves them with ``torch.linalg.solve``, which XLA
+  runs on the CPU (a fallback and two syncs per step). Those matrices are kept on the host instead.
 """
 from __future__ import annotations
 
@@ -150,9 +153,47 @@ def install(backend, options: sampling.RunOptions, host_memory_fallback: Optiona
             sampling.attach(model_options, backend, _STATE["options"])
         return result
 
+    import comfy.extra_samplers.uni_pc as uni_pc
+
+    _set("comfy.extra_samplers.uni_pc", "torch", HostAwareTorch(uni_pc.torch, backend))
     _set("comfy.samplers", "calculate_sigmas", calculate_sigmas)
     _set("comfy.sampler_helpers", "prepare_model_patcher", prepare_model_patcher)
     log.debug("comfy-tpu: patches installed")
+
+
+class HostAwareTorch:
+    """``torch`` as one ComfyUI module sees it: ``torch.tensor(host values, ...)`` is a host value.
+
+    A HostTensor stays on the host (solves, branches) and uploads itself as data when it meets the
+    latent; with no device tensor around it behaves as a plain CPU tensor.
+    """
+
+    def __init__(self, real_torch, backend) -> None:
+        self._torch = real_torch
+        self._backend = backend
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._torch, name)
+
+    def tensor(self, data, *args, device=None, **kwargs):
+        on_host_or_xla = device is None or torch.device(device).type == "cpu" or self._backend.is_device(device)
+        if on_host_or_xla and _host_only(data):
+            return as_host(self._torch.tensor(_host_values(data), *args, **kwargs))
+        return self._torch.tensor(data, *args, device=device, **kwargs)
+
+
+def _host_only(data: Any) -> bool:
+    if isinstance(data, (list, tuple)):
+        return all(_host_only(item) for item in data)
+    if isinstance(data, torch.Tensor):
+        return data.device.type == "cpu"
+    return isinstance(data, (int, float, bool))
+
+
+def _host_values(data: Any) -> Any:
+    if isinstance(data, (list, tuple)):
+        return [_host_values(item) for item in data]
+    return data.item() if isinstance(data, torch.Tensor) else data
 
 
 def set_options(options: sampling.RunOptions) -> None:

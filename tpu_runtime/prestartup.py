@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 
 from .device import _tpu_runtime_present
 from .settings import load_settings
@@ -17,15 +19,29 @@ def path_may_be_on() -> bool:
     return bool(loaded.settings.enable) or _tpu_runtime_present()
 
 
+def needs_cpu_mode() -> bool:
+    """ComfyUI must run in CPU mode when the path may be on, and also on a TPU host whose settings
+    are broken (the path is off, but without CUDA ComfyUI would otherwise crash at startup)."""
+    loaded = load_settings()
+    if loaded.ok and (loaded.settings.disable or loaded.settings.enable is False):
+        return False
+    return path_may_be_on() or _tpu_runtime_present()
+
+
+def _cuda_present() -> bool:
+    """Whether an NVIDIA GPU is here, without importing torch (ComfyUI wants torch imported later)."""
+    return os.path.exists("/dev/nvidiactl") or shutil.which("nvidia-smi") is not None
+
+
 def prepare_comfy_args() -> None:
-    if not path_may_be_on():
+    if not needs_cpu_mode():
         return
-    import torch
     from comfy.cli_args import args
 
-    if not torch.cuda.is_available() and not args.cpu:
+    if not _cuda_present() and not args.cpu:
         args.cpu = True
-        log.info("comfy-tpu: no CUDA here; ComfyUI runs in CPU mode and the diffusion model goes to XLA")
-    if not any(getattr(args, flag, False) for flag in ("use_split_cross_attention", "use_quad_cross_attention",
+        log.info("comfy-tpu: no CUDA here; ComfyUI runs in CPU mode (the diffusion model goes to XLA "
+                 "when the TPU path is on)")
+    if path_may_be_on() and not any(getattr(args, flag, False) for flag in ("use_split_cross_attention", "use_quad_cross_attention",
                                                         "use_sage_attention", "use_flash_attention")):
         args.use_pytorch_cross_attention = True

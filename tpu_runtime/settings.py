@@ -40,7 +40,7 @@ _ACCEPTED: dict[str, str] = {
 class TPUSettings(BaseSettings):
     """Every knob of the pack. Field ``x`` is read from ``COMFY_TPU_X``."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, env_ignore_empty=True)
 
     enable: Optional[bool] = Field(None, description="--tpu-enable: force the TPU path on (unset: auto).")
     disable: bool = Field(False, description="--tpu-disable: force the TPU path off.")
