@@ -18,7 +18,10 @@ NODE_DISPLAY_NAME_MAPPINGS = {}
 try:
     import tpu_runtime.runtime as _runtime
 
-    _runtime.start()
+    # Only inside ComfyUI (it imports model_management before loading custom nodes); a test runner
+    # or packaging tool importing this folder as a package gets no side effects.
+    if "comfy.model_management" in sys.modules:
+        _runtime.start()
     from tpu_nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: F811
 except Exception as _exc:  # never take ComfyUI down with us
     logging.getLogger("comfy_tpu").exception("comfy-tpu: failed to start, ComfyUI runs as stock: %s", _exc)

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 # Before torch_xla or ComfyUI is imported anywhere in the test process.
 os.environ.setdefault("PJRT_DEVICE", "CPU")
 os.environ.setdefault("COMFY_TPU_ENABLE", "1")
 os.environ.setdefault("COMFY_TPU_AUTOCAST_BF16", "0")
+os.environ.setdefault("COMFY_TPU_CACHE_DIR", tempfile.mkdtemp(prefix="comfy-tpu-test-cache-"))
 
 import pytest
 import torch

@@ -24,6 +24,11 @@ class Backend(Protocol):
     def is_device(self, device: Any) -> bool: ...
     def step_boundary(self) -> None: ...
     def wait_device(self) -> None: ...
+    def to_host(self, tensor: torch.Tensor) -> torch.Tensor: ...
+    def to_host(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The run's one device-to-host transfer: its result."""
+        return tensor.to("cpu")
+
     def autocast(self, dtype: torch.dtype) -> ContextManager: ...
     def counters(self) -> dict[str, int]: ...
     def fallback_ops(self) -> dict[str, int]: ...
@@ -35,11 +40,21 @@ class XlaBackend:
 
     name = "torch_xla"
 
-    def __init__(self) -> None:
+    def __init__(self, persistent_cache_dir: Optional[str] = None) -> None:
         import torch_xla  # noqa: F401  (lazy: the environment is settled by now)
         import torch_xla.core.xla_model as xm
         import torch_xla.debug.metrics as met
         import torch_xla.runtime as xr
+
+        self.persistent_cache_error: Optional[str] = None
+        if persistent_cache_dir:
+            try:  # must come before the first computation
+                xr.initialize_cache(persistent_cache_dir, readonly=False)
+            except Exception as exc:
+                self.persistent_cache_error = f"{type(exc).__name__}: {exc}"
+                log.warning("comfy-tpu: XLA persistent cache not initialised at %s: %s", persistent_cache_dir,
+                            self.persistent_cache_error)
+        self.persistent_cache_dir = persistent_cache_dir if not self.persistent_cache_error else None
 
         self._torch_xla = torch_xla
         self._xm = xm
@@ -86,6 +101,10 @@ class XlaBackend:
     def wait_device(self) -> None:
         """Block until every dispatched graph has run (no data comes back to the host)."""
         self._xm.wait_device_ops()
+
+    def to_host(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The run's one device-to-host transfer: its result."""
+        return tensor.to("cpu")
 
     def autocast(self, dtype: torch.dtype) -> ContextManager:
         if dtype == torch.float32:
@@ -141,6 +160,13 @@ class XlaBackend:
 
 _BACKEND: Optional[XlaBackend] = None
 _BACKEND_ERROR: Optional[str] = None
+_PERSISTENT_CACHE_DIR: Optional[str] = None
+
+
+def configure_persistent_cache(path: Optional[str]) -> None:
+    """Where XLA keeps compiled executables; takes effect when the backend is created."""
+    global _PERSISTENT_CACHE_DIR
+    _PERSISTENT_CACHE_DIR = path
 
 
 def get_backend() -> Optional[XlaBackend]:
@@ -148,7 +174,7 @@ def get_backend() -> Optional[XlaBackend]:
     global _BACKEND, _BACKEND_ERROR
     if _BACKEND is None and _BACKEND_ERROR is None:
         try:
-            _BACKEND = XlaBackend()
+            _BACKEND = XlaBackend(_PERSISTENT_CACHE_DIR)
         except Exception as exc:  # ImportError, or a runtime that fails to start
             _BACKEND_ERROR = f"torch_xla is not usable: {type(exc).__name__}: {exc}"
     return _BACKEND

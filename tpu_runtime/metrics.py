@@ -19,6 +19,9 @@ class RunFigures(BaseModel):
     executions: int = 0
     transfers_to_host: int = 0
     fallback_ops: dict[str, int] = {}
+    model_calls: int = 0
+    host_trace_s: float = 0.0   # host time spent tracing graphs between step boundaries
+    device_wait_s: float = 0.0  # host time blocked waiting for the device
 
 
 class RunMeter:

@@ -7,6 +7,7 @@ are replayed once the device has really finished that step, not when Python disp
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Optional
 
 
@@ -17,6 +18,9 @@ class StepPacer:
         self._pending: list[tuple[Optional[Callable], tuple, bool]] = []  # (callback, args, dispatched)
         self.boundaries = 0
         self.reported_steps = 0
+        self.host_trace_s = 0.0   # host time between boundaries: tracing the next step's graph
+        self.device_wait_s = 0.0  # host time blocked on the device
+        self._last = time.perf_counter()
         self._bar = None
         if show_bar:
             from tqdm.auto import tqdm
@@ -30,7 +34,11 @@ class StepPacer:
 
     def boundary(self) -> None:
         """Called before each model evaluation."""
+        start = time.perf_counter()
+        if self.boundaries:
+            self.host_trace_s += start - self._last
         self._backend.wait_device()          # graphs dispatched so far are done...
+        self.device_wait_s += time.perf_counter() - start
         self._replay(dispatched_only=True)   # ...so the steps they computed can be reported
         self._backend.step_boundary()        # dispatch what was traced since the last boundary
         self._pending = [(cb, args, True) for cb, args, _ in self._pending]
@@ -38,11 +46,15 @@ class StepPacer:
         if self._wait_every and self.boundaries % self._wait_every == 0:
             self._backend.wait_device()
             self._replay(dispatched_only=True)
+        self._last = time.perf_counter()
 
     def finish(self) -> None:
         """After the sampler returns: run what is left and report every step."""
+        start = time.perf_counter()
+        self.host_trace_s += start - self._last
         self._backend.step_boundary()
         self._backend.wait_device()
+        self.device_wait_s += time.perf_counter() - start
         self._pending = [(cb, args, True) for cb, args, _ in self._pending]
         self._replay(dispatched_only=True)
         self.close()

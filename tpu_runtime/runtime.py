@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Optional
 
 from pydantic import BaseModel
@@ -25,11 +26,44 @@ class RuntimeState(BaseModel):
 
 
 STATE: Optional[RuntimeState] = None
+MANAGER = None  # the TPUManager once the path is on
 
 
 def run_options(loaded: LoadedSettings) -> RunOptions:
     s = loaded.settings
-    return RunOptions(autocast_bf16=s.autocast_bf16, sync_steps=s.sync_steps, debug_metrics=s.debug_metrics)
+    return RunOptions(autocast_bf16=s.autocast_bf16, sync_steps=s.sync_steps, debug_metrics=s.debug_metrics,
+                      shape_padding=s.shape_padding, shape_padding_multiple=s.shape_padding_multiple,
+                      compilation_cache=s.compilation_cache)
+
+
+def default_cache_dir() -> Path:
+    """``<ComfyUI user dir>/comfy-tpu`` inside ComfyUI, else ``~/.cache/comfy-tpu``."""
+    try:
+        import folder_paths
+
+        return Path(folder_paths.get_user_directory()) / "comfy-tpu"
+    except Exception:
+        return Path.home() / ".cache" / "comfy-tpu"
+
+
+def xla_cache_subdir(cache_dir: Path) -> Path:
+    """XLA executables only load into the runtime that built them: one folder per version triple."""
+    from .versions import libtpu_version, torch_xla_version
+    import torch
+
+    key = f"torch-{torch.__version__}_xla-{torch_xla_version()}_libtpu-{libtpu_version() or 'none'}"
+    return cache_dir / "xla" / key.replace("+", "-")
+
+
+def persistent_cache_note(report: Optional[DeviceReport]) -> str:
+    device_type = report.device_type if report else "unknown"
+    if device_type == "CPU":
+        return ("PJRT CPU cannot load serialized executables (torch_xla 2.9): compiled graphs do not survive a "
+                "restart; the pack re-warms recorded signatures before their first use instead")
+    if device_type == "TPU" and (report.torch_xla_version or "").startswith("2.9"):
+        return ("torch_xla 2.9 on TPU may fail to load its persistent cache (pytorch/xla#9094); see the "
+                "deserialize_failures counter; recorded signatures are re-warmed before their first use")
+    return "XLA persistent cache in use; hits and misses are XLA's own counters"
 
 
 def start(force: bool = False) -> RuntimeState:
@@ -40,14 +74,37 @@ def start(force: bool = False) -> RuntimeState:
     loaded = load_settings()
     for problem in loaded.problems:
         log.error("comfy-tpu: %s", problem.message())
+    settings = loaded.settings
+    cache_dir = Path(settings.cache_dir) if loaded.ok and settings.cache_dir else default_cache_dir()
+    xla_dir = xla_cache_subdir(cache_dir) if loaded.ok and settings.compilation_cache else None
+    if xla_dir is not None:
+        try:
+            xla_dir.mkdir(parents=True, exist_ok=True)
+            backend_mod.configure_persistent_cache(str(xla_dir))
+        except OSError as exc:
+            log.warning("comfy-tpu: no XLA persistent cache at %s (%s)", xla_dir, exc)
+            xla_dir = None
     decision, report = decide_path(loaded, detect)
     STATE = RuntimeState(loaded=loaded, decision=decision, report=report)
     if not decision.on:
         log.info("comfy-tpu: TPU path off: %s. ComfyUI runs as stock.", decision.reason)
         return STATE
-    from . import patches
+    from . import manager as manager_mod, patches, sampling
+    from .cache import SignatureRegistry
+    from .versions import libtpu_version, torch_xla_version
+    import torch
 
-    patches.install(backend_mod.get_backend(), run_options(loaded))
+    backend = backend_mod.get_backend()
+    options = run_options(loaded)
+    registry = SignatureRegistry(cache_dir, {"torch": torch.__version__, "torch_xla": torch_xla_version(),
+                                             "libtpu": libtpu_version()})
+    global MANAGER
+    MANAGER = manager_mod.TPUManager(
+        backend, registry, options, warmup=settings.warmup, manual_warmup=settings.manual_warmup,
+        warmup_steps=settings.warmup_steps, xla_cache_dir=Path(backend.persistent_cache_dir)
+        if backend.persistent_cache_dir else None, persistent_cache_note=persistent_cache_note(report))
+    sampling.OBSERVERS[:] = [MANAGER]
+    patches.install(backend, options)
     changed = loaded.settings.non_defaults()
     log.info("comfy-tpu: TPU path on (%s): %s; settings changed from defaults: %s", decision.reason,
              report.summary() if report else "?", changed or "none")
@@ -56,8 +113,10 @@ def start(force: bool = False) -> RuntimeState:
 
 def stop() -> None:
     """Undo the patches (tests; a user switching the pack off without a restart)."""
-    global STATE
-    from . import patches
+    global STATE, MANAGER
+    from . import patches, sampling
 
     patches.uninstall()
+    sampling.OBSERVERS.clear()
     STATE = None
+    MANAGER = None

@@ -14,13 +14,15 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
 from pydantic import BaseModel
 
-from . import metrics, schedule
+from . import metrics, padding, schedule
+from .signature import ExecutionSignature, build_signature
 from .host_values import HostTensor, as_host, host_copy, plain, upload
 from .noise import host_brownian_noise_sampler, host_default_noise_sampler, noise_kind
 from .pacing import StepPacer
@@ -37,6 +39,20 @@ class RunOptions(BaseModel):
     autocast_bf16: bool = True
     sync_steps: int = 0
     debug_metrics: bool = False
+    shape_padding: bool = True
+    shape_padding_multiple: int = 64
+    compilation_cache: bool = True
+
+
+class RunObserver:
+    """Told about each sampling run on the device (the compilation cache listens here)."""
+
+    def before_run(self, run: "SamplingRun", patcher: Any) -> None: ...
+    def after_run(self, run: "SamplingRun") -> None: ...
+
+
+#: Observers of every run (the cache registry adds itself when the pack starts).
+OBSERVERS: list[RunObserver] = []
 
 
 @dataclass
@@ -45,7 +61,9 @@ class SamplingRun:
     options: RunOptions
     host_sigmas: Optional[HostTensor]
     model_name: str
+    signature: Optional[ExecutionSignature] = None
     pacer: Optional[StepPacer] = None
+    pacers: list[StepPacer] = field(default_factory=list)
     figures: Optional[metrics.RunFigures] = None
     notes: list[str] = field(default_factory=list)
 
@@ -94,23 +112,81 @@ def _sdpa_attention(func, *args, **kwargs):
 
 # -- the wrappers ------------------------------------------------------------------------------
 def _outer_sample(backend, options: RunOptions):
-    def outer_sample(executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
+    def outer_sample(executor, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None,
+                     disable_pbar=False, seed=None, latent_shapes=None):
         guider = executor.class_obj
-        model_name = type(guider.model_patcher.model).__name__
+        patcher = guider.model_patcher
         if host_copy(sigmas) is None:
             log.info("comfy-tpu: the sigmas given to the sampler are on %s; copying them to the host once",
                      sigmas.device)
-        run = SamplingRun(backend=backend, options=options, host_sigmas=as_host(sigmas), model_name=model_name)
+        user_shape = tuple(noise.shape)
+        padded = _padded_shape(user_shape, options)
+        if padded != user_shape:
+            noise, latent_image, denoise_mask = _pad_inputs(noise, latent_image, denoise_mask, padded)
+            latent_shapes = [latent_image.shape]
+        run = SamplingRun(backend=backend, options=options, host_sigmas=as_host(sigmas),
+                          model_name=type(patcher.model).__name__)
+        run.signature = _signature(guider, sampler, user_shape, tuple(noise.shape), options, len(sigmas) - 1)
+        for observer in OBSERVERS:
+            observer.before_run(run, patcher)
         token = _RUN.set(run)
         meter = metrics.RunMeter(backend)
+        completed = False
         try:
-            return executor(noise, _host_tagged(latent_image), sampler, as_host(sigmas), *args, **kwargs)
+            output = executor(noise, _host_tagged(latent_image), sampler, as_host(sigmas), denoise_mask, callback,
+                              disable_pbar, seed, latent_shapes=latent_shapes)
+            completed = True
+            # The result comes to the host here (once), then is cropped there: cropping on the device
+            # would make one more graph for every size of a bucket.
+            return padding.crop(backend.to_host(output), user_shape[-2], user_shape[-1])
         finally:
             _RUN.reset(token)
-            run.figures = meter.stop()
+            run.figures = meter.stop().model_copy(update={
+                "model_calls": sum(p.boundaries for p in run.pacers),
+                "host_trace_s": sum(p.host_trace_s for p in run.pacers),
+                "device_wait_s": sum(p.device_wait_s for p in run.pacers)})
             _after_run(run, sampler)
+            if completed:
+                for observer in OBSERVERS:
+                    observer.after_run(run)
 
     return outer_sample
+
+
+def _padded_shape(shape: tuple[int, ...], options: RunOptions) -> tuple[int, ...]:
+    if not options.shape_padding or len(shape) < 4:
+        return shape
+    height, width = padding.padded_hw(shape[-2], shape[-1], options.shape_padding_multiple)
+    return (*shape[:-2], height, width)
+
+
+def _pad_inputs(noise, latent_image, denoise_mask, padded: tuple[int, ...]):
+    """Pad the run's inputs (on the host, before ComfyUI moves them) to the bucket shape."""
+    import comfy.sampler_helpers
+
+    height, width = padded[-2], padded[-1]
+    if denoise_mask is not None:
+        # At latent resolution first (as ComfyUI would), so the padding does not stretch the mask.
+        denoise_mask = padding.pad(comfy.sampler_helpers.prepare_mask(denoise_mask, noise.shape, "cpu"),
+                                   height, width)
+    return padding.pad(noise, height, width), padding.pad(latent_image, height, width), denoise_mask
+
+
+def _signature(guider, sampler, user_shape, padded_shape, options: RunOptions, steps: int) -> ExecutionSignature:
+    tokens = []
+    for conds in getattr(guider, "original_conds", {}).values():
+        for cond in conds:
+            cross_attn = cond.get("cross_attn") if isinstance(cond, dict) else None
+            if isinstance(cross_attn, torch.Tensor) and cross_attn.dim() >= 2:
+                tokens.append(int(cross_attn.shape[1]))
+    cfg = getattr(guider, "cfg", 1.0)
+    uncond = "negative" in getattr(guider, "original_conds", {}) and not math.isclose(float(cfg), 1.0)
+    function = getattr(sampler, "sampler_function", None)
+    model_dtype = guider.model_patcher.model_dtype()
+    dtype = "bfloat16" if options.autocast_bf16 else str(model_dtype).removeprefix("torch.")
+    return build_signature(guider.model_patcher, user_shape, padded_shape, tuple(tokens) or (0,), uncond, dtype,
+                           getattr(function, "__name__", type(sampler).__name__), cfg_scale=float(cfg),
+                           steps=steps)
 
 
 def _host_tagged(latent: torch.Tensor) -> torch.Tensor:
@@ -177,6 +253,7 @@ def _sampler_sample(executor, model_wrap, sigmas, extra_args, callback, noise, l
     total_steps = max(len(host_sigmas) - 1, 0)
     pacer = StepPacer(run.backend, total_steps, wait_every=run.options.sync_steps, show_bar=not disable_pbar)
     run.pacer = pacer
+    run.pacers.append(pacer)
     try:
         with _host_sampler(executor.class_obj, model_wrap, noise, host_sigmas, extra_args.get("seed")):
             samples = executor(model_wrap, host_sigmas, extra_args, pacer.step_callback(callback), noise,

@@ -6,7 +6,7 @@ ComfyUI's ``supported_models.SD15`` config, scaled down, and fill it with seeded
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 
@@ -20,12 +20,14 @@ SD15_UNET = dict(num_res_blocks=[2, 2, 2, 2], channel_mult=[1, 2, 4, 4], transfo
                  use_checkpoint=False, image_size=32, in_channels=4, out_channels=4)
 
 
-def build_sd15_model(size: Literal["tiny", "sd15"] = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32):
+def build_sd15_model(size: Literal["tiny", "sd15"] = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32,
+                     overrides: Optional[dict] = None):
     """A ``comfy.model_base.BaseModel`` (SD1.5 architecture) on the CPU with seeded random weights."""
     import comfy.supported_models
 
     config = dict(comfy.supported_models.SD15.unet_config)
     config.update(TINY_UNET if size == "tiny" else SD15_UNET)
+    config.update(overrides or {})
     config["dtype"] = dtype
     model_config = comfy.supported_models.SD15(config)
     model_config.unet_config = config
@@ -38,12 +40,13 @@ def build_sd15_model(size: Literal["tiny", "sd15"] = "tiny", seed: int = 0, dtyp
     return model
 
 
-def build_patcher(size: Literal["tiny", "sd15"] = "tiny", seed: int = 0, load_device=None):
+def build_patcher(size: Literal["tiny", "sd15"] = "tiny", seed: int = 0, load_device=None,
+                  overrides: Optional[dict] = None):
     """The model wrapped the way ComfyUI's loaders wrap it: load on ``get_torch_device()``."""
     import comfy.model_management as mm
     import comfy.model_patcher
 
-    model = build_sd15_model(size, seed, dtype=mm.unet_dtype())
+    model = build_sd15_model(size, seed, dtype=mm.unet_dtype(), overrides=overrides)
     return comfy.model_patcher.ModelPatcher(model, load_device=load_device or mm.get_torch_device(),
                                             offload_device=mm.unet_offload_device())
 

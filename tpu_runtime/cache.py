@@ -1,0 +1,201 @@
+"""The compilation cache: which execution signatures were compiled, what they cost, and whether
+later runs reused them, measured with XLA's own counters; persisted as a warm set.
+
+XLA keeps the compiled executables (in memory, and on disk where the runtime can load its persistent
+cache); this registry records *which* signatures are warm so that stats are honest, misses are
+explained, and after a restart the recorded signatures can be compiled again before their first use.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+from pydantic import BaseModel, ValidationError
+
+from .signature import ExecutionSignature, nearest
+
+log = logging.getLogger("comfy_tpu")
+
+WARM_SET_FORMAT = "comfy-tpu-warm-set"
+WARM_SET_VERSION = 1
+WARM_SET_FILE = "warm_set.json"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class SignatureStats(BaseModel):
+    signature: ExecutionSignature
+    first_seen: str
+    last_used: str
+    graphs_compiled: int = 0
+    compile_seconds: float = 0.0
+    hits: int = 0
+    misses: int = 0
+    warm_in_this_process: bool = False
+
+
+class WarmSet(BaseModel):
+    """The on-disk form (versioned JSON)."""
+
+    format: str = WARM_SET_FORMAT
+    version: int = WARM_SET_VERSION
+    runtime: dict[str, Optional[str]] = {}
+    entries: list[SignatureStats] = []
+
+
+class RunOutcome(BaseModel):
+    signature: ExecutionSignature
+    hit: bool
+    new_signature: bool
+    reason: str = ""
+
+
+class SignatureRegistry:
+    """Per-signature stats plus persistence under ``cache_dir`` (memory only if it is unwritable)."""
+
+    def __init__(self, cache_dir: Optional[Path], runtime_versions: dict[str, Optional[str]]) -> None:
+        self._entries: dict[ExecutionSignature, SignatureStats] = {}
+        self.hits = 0
+        self.misses = 0
+        self.runtime_versions = runtime_versions
+        self.cache_dir = self._usable_dir(cache_dir)
+        self._load()
+
+    # -- persistence -----------------------------------------------------------------------------
+    @staticmethod
+    def _usable_dir(cache_dir: Optional[Path]) -> Optional[Path]:
+        if cache_dir is None:
+            return None
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            probe = tempfile.NamedTemporaryFile(dir=cache_dir, prefix=".probe-", delete=True)
+            probe.close()
+            return cache_dir
+        except OSError as exc:
+            log.warning("comfy-tpu: cache dir %s is not writable (%s); the compilation cache works in memory "
+                        "only this session", cache_dir, exc)
+            return None
+
+    @property
+    def warm_set_path(self) -> Optional[Path]:
+        return self.cache_dir / WARM_SET_FILE if self.cache_dir else None
+
+    def _load(self) -> None:
+        path = self.warm_set_path
+        if path is None or not path.exists():
+            return
+        try:
+            warm = WarmSet.model_validate_json(path.read_text(encoding="utf-8"))
+            if warm.format != WARM_SET_FORMAT or warm.version != WARM_SET_VERSION:
+                raise ValueError(f"format {warm.format!r} version {warm.version} is not ours")
+        except (OSError, ValueError, ValidationError) as exc:
+            aside = path.with_name(f"{path.name}.corrupt-{dt.datetime.now():%Y%m%d-%H%M%S}")
+            try:
+                path.replace(aside)
+            except OSError:
+                aside = None
+            log.warning("comfy-tpu: warm-set file %s is unreadable (%s); moved aside to %s, starting empty",
+                        path, str(exc).splitlines()[0], aside)
+            return
+        for entry in warm.entries:
+            self._entries[entry.signature] = entry.model_copy(update={"warm_in_this_process": False})
+        log.info("comfy-tpu: %d recorded signature(s) loaded from %s", len(self._entries), path)
+
+    def save(self) -> None:
+        """Atomic write: a crash never leaves a half-written warm set."""
+        path = self.warm_set_path
+        if path is None:
+            return
+        warm = WarmSet(runtime=self.runtime_versions, entries=list(self._entries.values()))
+        try:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".warm_set-", suffix=".json")
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(warm.model_dump_json(indent=1))
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("comfy-tpu: could not write %s (%s); the cache stays in memory", path, exc)
+
+    # -- recording -----------------------------------------------------------------------------
+    def known(self) -> list[ExecutionSignature]:
+        return list(self._entries)
+
+    def get(self, signature: ExecutionSignature) -> Optional[SignatureStats]:
+        return self._entries.get(signature)
+
+    def is_cached(self, signature: ExecutionSignature) -> bool:
+        entry = self._entries.get(signature)
+        return bool(entry and entry.warm_in_this_process)
+
+    def record(self, signature: ExecutionSignature, compiles: int, compile_seconds: float) -> RunOutcome:
+        """One sampling run at ``signature`` that made ``compiles`` new XLA compiles."""
+        now = _now()
+        entry = self._entries.get(signature)
+        new = entry is None
+        if new:
+            closest = nearest(signature, self.known())
+            entry = SignatureStats(signature=signature, first_seen=now, last_used=now)
+            self._entries[signature] = entry
+            reason = ("new signature: " + ", ".join(signature.differences(closest))) if closest else "first signature"
+        else:
+            reason = "same signature, new graph (please report)" if entry.warm_in_this_process else \
+                "recorded in an earlier session, not yet compiled in this one"
+        entry.last_used = now
+        entry.graphs_compiled += compiles
+        entry.compile_seconds += compile_seconds
+        hit = compiles == 0
+        if hit:
+            entry.hits += 1
+            self.hits += 1
+        else:
+            entry.misses += 1
+            self.misses += 1
+        entry.warm_in_this_process = True
+        self.save()
+        return RunOutcome(signature=signature, hit=hit, new_signature=new, reason="" if hit else reason)
+
+    def estimate_compile_seconds(self, signature: ExecutionSignature) -> Optional[float]:
+        """What compiling this signature took before, or a similar one did."""
+        entry = self._entries.get(signature)
+        if entry and entry.compile_seconds:
+            return entry.compile_seconds
+        closest = nearest(signature, [s for s, e in self._entries.items() if e.compile_seconds])
+        return self._entries[closest].compile_seconds if closest else None
+
+    def pending_rewarm(self, model_fingerprint: str) -> list[ExecutionSignature]:
+        """Recorded signatures of this model that are not compiled in this process yet."""
+        return [s for s, e in self._entries.items() if s.model_fingerprint == model_fingerprint
+                and not e.warm_in_this_process]
+
+    def clear(self, xla_cache_dir: Optional[Path] = None) -> None:
+        """Forget every signature and delete the pack's own files (nothing else in cache_dir)."""
+        self._entries.clear()
+        self.hits = self.misses = 0
+        if self.warm_set_path and self.warm_set_path.exists():
+            self.warm_set_path.unlink()
+        if xla_cache_dir and self.cache_dir and xla_cache_dir.is_dir() and \
+                self.cache_dir.resolve() in xla_cache_dir.resolve().parents:
+            shutil.rmtree(xla_cache_dir, ignore_errors=True)
+
+    def stats(self) -> dict[str, Any]:
+        total = self.hits + self.misses
+        return {
+            "cached_signatures": sum(e.warm_in_this_process for e in self._entries.values()),
+            "recorded_signatures": len(self._entries),
+            "signatures": [
+                {**e.model_dump(mode="json", exclude={"signature"}), "signature": e.signature.model_dump(mode="json"),
+                 "summary": e.signature.short()} for e in self._entries.values()],
+            "hits": self.hits,
+            "misses": self.misses,
+            "hit_rate": (self.hits / total) if total else 0.0,
+            "compiles": sum(e.graphs_compiled for e in self._entries.values()),
+            "compile_seconds": round(sum(e.compile_seconds for e in self._entries.values()), 3),
+            "cache_dir": str(self.cache_dir) if self.cache_dir else None,
+        }

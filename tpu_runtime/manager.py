@@ -1,0 +1,177 @@
+"""The public face of the compilation cache: ``tpu_manager`` and ``get_tpu_stats()``.
+
+The manager observes every sampling run on the device (see ``sampling.OBSERVERS``): it records the
+run's signature and XLA's compile count in the registry, explains misses, logs first-time compiles,
+and re-warms signatures recorded in an earlier session before a model's first step.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from pydantic import BaseModel
+
+from . import sampling, warmup as warmup_mod
+from .cache import SignatureRegistry
+from .signature import ExecutionSignature, build_signature
+
+log = logging.getLogger("comfy_tpu")
+
+
+class WarmupResult(BaseModel):
+    signature: ExecutionSignature
+    graphs_compiled: int
+    seconds: float
+    steps_run: int
+    already_cached: bool = False
+
+    def status(self) -> str:
+        if self.already_cached:
+            return f"already cached: {self.signature.short()}"
+        return (f"warmed {self.signature.short()}: {self.graphs_compiled} graph(s) compiled in "
+                f"{self.seconds:.1f} s ({self.steps_run} step(s) run)")
+
+
+class TPUManager(sampling.RunObserver):
+    def __init__(self, backend, registry: SignatureRegistry, options: sampling.RunOptions, *, warmup: bool = True,
+                 manual_warmup: bool = False, warmup_steps: int = 1, xla_cache_dir: Optional[Path] = None,
+                 persistent_cache_note: str = "", mesh: str = "single") -> None:
+        self.backend = backend
+        self.registry = registry
+        self.options = options
+        self.auto_warmup = warmup and not manual_warmup
+        self.warmup_steps = warmup_steps
+        self.xla_cache_dir = xla_cache_dir
+        self.persistent_cache_note = persistent_cache_note
+        self.mesh = mesh
+        self._warming = False
+        self.last_outcome = None
+
+    # -- observing runs --------------------------------------------------------------------------
+    def before_run(self, run: sampling.SamplingRun, patcher: Any) -> None:
+        signature = run.signature
+        if self.auto_warmup and not self._warming:
+            self._rewarm(patcher, exclude=signature)
+        if signature is not None and not self.registry.is_cached(signature):
+            estimate = self.registry.estimate_compile_seconds(signature)
+            log.info("comfy-tpu: compiling %s (first time, ~%s)", signature.short(),
+                     f"{estimate:.0f} s" if estimate else "unknown s")
+
+    def after_run(self, run: sampling.SamplingRun) -> None:
+        if run.signature is None or run.figures is None or not run.options.compilation_cache:
+            return
+        outcome = self.registry.record(run.signature, run.figures.compiles, run.figures.compile_s)
+        self.last_outcome = outcome
+        if not outcome.hit:
+            log.info("comfy-tpu: cache miss for %s (%d graph(s), %.1f s): %s", run.signature.short(),
+                     run.figures.compiles, run.figures.compile_s, outcome.reason)
+
+    def _rewarm(self, patcher: Any, exclude: Optional[ExecutionSignature]) -> None:
+        pending = self.registry.pending_rewarm(self._fingerprint(patcher))
+        for signature in pending:
+            log.info("comfy-tpu: re-warming %s (recorded in an earlier session) before the first step",
+                     signature.short())
+            result = self._warm_signature(patcher, signature)
+            log.info("comfy-tpu: %s", result.status())
+
+    def _warm_signature(self, patcher: Any, signature: ExecutionSignature) -> WarmupResult:
+        _, height, width = signature.latent_shape
+        sampler_name = _sampler_name(signature.sampler)
+        tokens = max(signature.context_tokens or (77,))
+        conditioning = warmup_mod.zero_conditioning(patcher, tokens)
+        return self.warmup(patcher, width * 8, height * 8, signature.batch_size,
+                           cfg=7.0 if signature.uncond_pass else 1.0, sampler_name=sampler_name,
+                           positive=conditioning, negative=conditioning, force_recompile=True)
+
+    @staticmethod
+    def _fingerprint(patcher: Any) -> str:
+        from .signature import cached_fingerprint
+
+        return cached_fingerprint(patcher)
+
+    # -- the public API --------------------------------------------------------------------------
+    def create_execution_signature(self, model: Any, width: int, height: int, batch_size: int = 1,
+                                   cfg_scale: float = 7.0, scheduler: str = "normal", sampler: str = "euler",
+                                   steps: int = 20, dtype: Optional[str] = None, context_tokens: int = 77
+                                   ) -> ExecutionSignature:
+        inner = getattr(model, "model", model)
+        channels = int(getattr(getattr(inner, "latent_format", None), "latent_channels", 4))
+        user_shape = (batch_size, channels, height // 8, width // 8)
+        padded = sampling._padded_shape(user_shape, self.options)
+        if dtype is None:
+            dtype = "bfloat16" if self.options.autocast_bf16 else str(model.model_dtype()).removeprefix("torch.")
+        return build_signature(model, user_shape, padded, (context_tokens,), not math.isclose(cfg_scale, 1.0),
+                               dtype, _sampler_function_name(sampler), mesh=self.mesh, cfg_scale=cfg_scale,
+                               scheduler=scheduler, steps=steps)
+
+    def is_cached(self, signature: ExecutionSignature) -> bool:
+        return self.registry.is_cached(signature)
+
+    def warmup(self, model: Any, width: int, height: int, batch_size: int = 1, cfg: float = 7.0,
+               sampler_name: str = "euler", scheduler: str = "normal", positive: Optional[list] = None,
+               negative: Optional[list] = None, force_recompile: bool = False) -> WarmupResult:
+        """Compile every graph of this signature now; later runs at it compile nothing."""
+        tokens = int(positive[0][0].shape[1]) if positive else 77
+        signature = self.create_execution_signature(model, width, height, batch_size, cfg, scheduler,
+                                                    sampler_name, context_tokens=tokens)
+        steps = warmup_mod.steps_for(sampler_name, self.warmup_steps)
+        if self.registry.is_cached(signature) and not force_recompile:
+            return WarmupResult(signature=signature, graphs_compiled=0, seconds=0.0, steps_run=0,
+                                already_cached=True)
+        before = self.backend.counters()["compiles"]
+        start = time.perf_counter()
+        self._warming = True
+        try:
+            warmup_mod.run_warmup_sampling(model, width, height, batch_size, cfg, sampler_name, scheduler,
+                                           positive, negative, steps)
+        finally:
+            self._warming = False
+        compiled = self.backend.counters()["compiles"] - before
+        seconds = time.perf_counter() - start
+        recorded = self.last_outcome.signature if self.last_outcome else signature
+        log.info("comfy-tpu: warm-up of %s: %d step(s), %d graph(s) compiled, %.1f s", recorded.short(), steps,
+                 compiled, seconds)
+        return WarmupResult(signature=recorded, graphs_compiled=compiled, seconds=seconds, steps_run=steps)
+
+    def clear_cache(self) -> None:
+        self.registry.clear(self.xla_cache_dir)
+        log.info("comfy-tpu: compilation cache cleared")
+
+    def stats(self) -> dict[str, Any]:
+        counters = self.backend.counters()
+        stats = self.registry.stats()
+        stats["xla"] = {k: counters[k] for k in ("compiles", "uncached_compiles", "cached_compiles", "executions",
+                                                 "transfers_to_host")}
+        stats["persistent_cache"] = {
+            "dir": str(self.xla_cache_dir) if self.xla_cache_dir else None,
+            "hits": counters["persistent_cache_hits"], "misses": counters["persistent_cache_misses"],
+            "deserialize_failures": counters["persistent_cache_deserialize_failures"],
+            "note": self.persistent_cache_note}
+        stats["options"] = self.options.model_dump()
+        stats["auto_warmup"] = self.auto_warmup
+        return stats
+
+
+def _sampler_function_name(sampler_name: str) -> str:
+    import comfy.samplers
+
+    sampler = comfy.samplers.sampler_object(sampler_name)
+    function = getattr(sampler, "sampler_function", None)
+    return getattr(function, "__name__", type(sampler).__name__)
+
+
+def _sampler_name(function_name: str) -> str:
+    """A sampler name that produces this sampler function (for re-warming a recorded signature)."""
+    import comfy.samplers
+
+    for name in comfy.samplers.KSampler.SAMPLERS:
+        try:
+            if _sampler_function_name(name) == function_name:
+                return name
+        except Exception:
+            continue
+    return "euler"
