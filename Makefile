@@ -8,7 +8,7 @@ STACK := torch==2.9.0 torch-xla==2.9.0 torchvision==0.24.0 torchaudio==2.9.0
 export PJRT_DEVICE ?= CPU
 export COMFYUI_PATH
 
-.PHONY: setup demo test bench doctor clean
+.PHONY: setup demo test bench doctor clean chromium
 
 setup: $(VENV)/.stack $(COMFYUI_PATH)/.comfy-tpu-ready $(VENV)/.pack
 
@@ -30,10 +30,15 @@ $(VENV)/.pack: pyproject.toml requirements.txt
 	$(VPY) -m pip install -q -e ".[test]"
 	touch $@
 
+# Debian's Chromium for the browser test (the frontend's node search, workflow loading).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } \
+	  || echo "comfy-tpu: could not install chromium (not root?); the browser test will be skipped"
+
 demo: setup
 	COMFY_TPU_ENABLE=$${COMFY_TPU_ENABLE:-1} $(VPY) -m tpu_runtime.demo
 
-test: setup
+test: setup chromium
 	$(VPY) -m pytest -q -ra tests
 
 bench: setup

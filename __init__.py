@@ -12,9 +12,6 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-NODE_CLASS_MAPPINGS = {}
-NODE_DISPLAY_NAME_MAPPINGS = {}
-
 try:
     import tpu_runtime.runtime as _runtime
 
@@ -22,8 +19,8 @@ try:
     # or packaging tool importing this folder as a package gets no side effects.
     if "comfy.model_management" in sys.modules:
         _runtime.start()
-    from tpu_nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: F811
+        from tpu_nodes import comfy_entrypoint, register_routes  # noqa: F401  (V3 nodes)
+
+        register_routes()
 except Exception as _exc:  # never take ComfyUI down with us
     logging.getLogger("comfy_tpu").exception("comfy-tpu: failed to start, ComfyUI runs as stock: %s", _exc)
-
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -83,7 +83,9 @@ class ComfyServer:
         status, body = self.post("/prompt", {"prompt": prompt})
         if status != 200:
             raise AssertionError(f"/prompt answered {status}: {body}")
-        prompt_id = body["prompt_id"]
+        return self.wait_for(body["prompt_id"], timeout)
+
+    def wait_for(self, prompt_id: str, timeout: float = 600) -> dict:
         deadline = time.time() + timeout
         while time.time() < deadline:
             history = self.get(f"/history/{prompt_id}")

@@ -97,4 +97,7 @@ def test_bf16_autocast_parity(comfy, backend, tiny):
     assert again.compiles == 0 and again.transfers_to_host <= 2
     reference = ksample(comfy, cpu, pos, neg, steps=6)
     assert torch.isfinite(run.samples).all()
-    assert max_abs_diff(run.samples, reference.samples) <= 3e-2
+    # The random tiny model's latents reach ~150 (a trained model's stay near unit scale), so the
+    # bf16 bound is taken relative to the latent's magnitude: 3e-2 per unit of scale.
+    scale = max(1.0, reference.samples.abs().max().item())
+    assert max_abs_diff(run.samples, reference.samples) <= 3e-2 * scale

@@ -110,20 +110,27 @@ class DeviceTwin(torch.Tensor):
                 return func(*tree_map(_host_of, args), **tree_map(_host_of, kwargs))
             if twins_only and func in (torch.Tensor.cpu, torch.Tensor.to) and _targets_cpu(args, kwargs):
                 return func(*tree_map(_host_of, args), **tree_map(_host_of, kwargs)).clone()
+            name = getattr(func, "__name__", "")
+            random = "rand" in name or "normal" in name or "bernoulli" in name
+            in_place = (name.endswith("_") and not name.endswith("__")) or name in (
+                "__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__")
+            if twins_only and not random and not in_place:
+                # Computed on the host only; the device side is a fresh upload (device data, never a
+                # pending op): a pending op on these small tensors would be materialised at the next
+                # step boundary and, with shapes that follow the step count, compile a new graph.
+                host_result = func(*tree_map(_host_of, args), **tree_map(_host_of, kwargs))
+                if isinstance(host_result, torch.Tensor):
+                    return _twin(upload(host_result, leaves[0].device), host_result)
+                # Metadata (device, shape, dtype...): the device tensor's own answer.
+                return func(*tree_map(_plain_twin, args), **tree_map(_plain_twin, kwargs))
             device_args, device_kwargs = tree_map(_plain_twin, (args, kwargs))
             result = func(*device_args, **device_kwargs)
-            name = getattr(func, "__name__", "")
-            if not twins_only or "rand" in name or "normal" in name or "bernoulli" in name:
-                if name.endswith("_") or name == "__setitem__":
-                    for leaf in leaves:  # an in-place change we cannot mirror: forget the host copy
-                        if isinstance(leaf, DeviceTwin) and leaf is args[0]:
-                            leaf._host = None
-                return result
-            host_result = func(*tree_map(_host_of, args), **tree_map(_host_of, kwargs))
-            if isinstance(result, torch.Tensor) and isinstance(host_result, torch.Tensor):
-                if result is device_args[0] if device_args else False:
-                    return args[0]  # in-place op: both sides updated, keep the twin object
-                return _twin(result, host_result)
+            if twins_only and in_place and not random:
+                func(*tree_map(_host_of, args), **tree_map(_host_of, kwargs))  # mirror it on the host
+                return args[0] if isinstance(result, torch.Tensor) else result
+            for leaf in leaves:  # a change we cannot mirror: forget the host copy
+                if in_place and isinstance(leaf, DeviceTwin) and args and leaf is args[0]:
+                    leaf._host = None
             return result
 
 

@@ -54,6 +54,8 @@ class TPUManager(sampling.RunObserver):
     # -- observing runs --------------------------------------------------------------------------
     def before_run(self, run: sampling.SamplingRun, patcher: Any) -> None:
         signature = run.signature
+        if not self._warming:
+            self._prompt_warmup(patcher, signature)
         if self.auto_warmup and not self._warming:
             self._rewarm(patcher, exclude=signature)
         if signature is not None and not self.registry.is_cached(signature):
@@ -69,6 +71,25 @@ class TPUManager(sampling.RunObserver):
         if not outcome.hit:
             log.info("comfy-tpu: cache miss for %s (%d graph(s), %.1f s): %s", run.signature.short(),
                      run.figures.compiles, run.figures.compile_s, outcome.reason)
+
+    def _prompt_warmup(self, patcher: Any, signature: Optional[ExecutionSignature]) -> None:
+        """A ``tpu_warmup`` block sent with this prompt: warm its signature before the first step."""
+        from comfy_execution.utils import get_executing_context
+
+        from .prompt_warmup import PENDING
+
+        context = get_executing_context()
+        request = PENDING.take(getattr(context, "prompt_id", None))
+        if request is None or not request.enabled:
+            return
+        width, height = request.target_resolution
+        sampler_name = _sampler_name(signature.sampler) if signature else "euler"
+        cfg = signature.cfg_scale if signature and signature.uncond_pass else (1.0 if signature else 7.0)
+        tokens = max(signature.context_tokens) if signature and signature.context_tokens else 77
+        conditioning = warmup_mod.zero_conditioning(patcher, tokens)
+        result = self.warmup(patcher, width, height, request.batch_size, cfg=cfg, sampler_name=sampler_name,
+                             positive=conditioning, negative=conditioning)
+        log.info("comfy-tpu: prompt warm-up: %s", result.status())
 
     def _rewarm(self, patcher: Any, exclude: Optional[ExecutionSignature]) -> None:
         pending = self.registry.pending_rewarm(self._fingerprint(patcher))

@@ -11,9 +11,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-#: How the padded border is filled. Measured on the tiny model (bench/RESULTS.md, padding section):
-#: 'replicate' disturbs the cropped border least.
-PAD_MODE = "replicate"
+#: How the padded border of noise and latent is filled. Measured (bench/bench_padding.py, table in
+#: bench/RESULTS.md): zeros gave the smallest mean change on the two latent rows/columns next to
+#: the padding (0.099-0.110 vs 0.128-0.148 for replicate/reflect/circular, euler and dpmpp_2m).
+PAD_MODE = "zeros"
 
 
 def bucket(size: int, multiple: int) -> int:

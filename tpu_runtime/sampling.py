@@ -168,7 +168,7 @@ def _pad_inputs(noise, latent_image, denoise_mask, padded: tuple[int, ...]):
     if denoise_mask is not None:
         # At latent resolution first (as ComfyUI would), so the padding does not stretch the mask.
         denoise_mask = padding.pad(comfy.sampler_helpers.prepare_mask(denoise_mask, noise.shape, "cpu"),
-                                   height, width)
+                                   height, width, mode="replicate")
     return padding.pad(noise, height, width), padding.pad(latent_image, height, width), denoise_mask
 
 
@@ -251,6 +251,7 @@ def _sampler_sample(executor, model_wrap, sigmas, extra_args, callback, noise, l
     if host_sigmas is None or host_sigmas.shape != sigmas.shape:
         host_sigmas = as_host(sigmas)  # another wrapper changed the schedule: one transfer
     total_steps = max(len(host_sigmas) - 1, 0)
+    latent_image = _as_device_data(latent_image)
     pacer = StepPacer(run.backend, total_steps, wait_every=run.options.sync_steps, show_bar=not disable_pbar)
     run.pacer = pacer
     run.pacers.append(pacer)
@@ -264,6 +265,16 @@ def _sampler_sample(executor, model_wrap, sigmas, extra_args, callback, noise, l
     finally:
         pacer.close()
         run.pacer = None
+
+
+def _as_device_data(tensor):
+    """A device twin re-sent from its host values: whether ComfyUI's preprocessing of it (such as
+    ``process_latent_in``) was already run on the device or is still pending must not change the
+    first step's graph."""
+    host = host_copy(tensor) if isinstance(tensor, torch.Tensor) else None
+    if host is None or tensor.device.type == "cpu":
+        return tensor
+    return upload(host, tensor.device)
 
 
 def _predict_noise(executor, x, timestep, model_options={}, seed=None):

@@ -1,0 +1,73 @@
+"""The ComfyUI page in headless Chromium with the pack: the nodes are found by the node search, the
+example workflows load through the frontend's own loader, and a screenshot is kept as an artifact."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.comfy_env import PACK_DIR
+from tests.server import ComfyServer
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = PACK_DIR / "out" / "artifacts"
+DISPLAY_NAMES = ["TPU Manual Warmup", "TPU Compilation Cache", "TPU Device Info", "TPU Model Optimization"]
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium is not installed (make setup)")
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    from playwright.sync_api import sync_playwright
+
+    tmp = tmp_path_factory.mktemp("browser")
+    srv = ComfyServer(tmp, env={"COMFY_TPU_ENABLE": "1", "PJRT_DEVICE": "CPU", "COMFY_TPU_CACHE_DIR": str(tmp / "c")})
+    srv.wait_ready()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.goto(srv.url, wait_until="domcontentloaded")
+        page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph && "
+                               "Object.keys(window.LiteGraph.registered_node_types).length > 100", timeout=120_000)
+        try:
+            yield page
+        finally:
+            browser.close()
+            srv.stop()
+
+
+def test_node_search_finds_the_four_nodes(page):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.evaluate("() => window.app.graph.clear()")
+    canvas = page.locator("canvas#graph-canvas")
+    box = canvas.bounding_box()
+    page.mouse.dblclick(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    search = page.locator("input:focus")
+    search.wait_for(timeout=10_000)
+    search.type("TPU", delay=50)
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(ARTIFACTS / "node_search_tpu.png"))
+    text = page.locator("body").inner_text()
+    missing = [name for name in DISPLAY_NAMES if name not in text]
+    assert not missing, f"node search did not list {missing}"
+    page.keyboard.press("Escape")
+
+
+@pytest.mark.parametrize("workflow", sorted((PACK_DIR / "workflows").glob("*.json")), ids=lambda p: p.stem)
+def test_example_workflows_load_without_missing_nodes(page, workflow: Path):
+    data = json.loads(workflow.read_text())
+    result = page.evaluate("""async (wf) => {
+        await window.app.loadGraphData(wf);
+        const types = window.app.graph._nodes.map(n => n.type);
+        const missing = types.filter(t => !window.LiteGraph.registered_node_types[t]);
+        return {count: types.length, missing};
+    }""", data)
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(ARTIFACTS / f"workflow_{workflow.stem}.png"))
+    assert result["missing"] == [] and result["count"] == len(data["nodes"]), result
+    assert "missing" not in page.locator("body").inner_text().lower()
