@@ -10,7 +10,6 @@ flag the pack as broken, while without torch_xla the pack simply leaves ComfyUI 
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import os
 import shlex
 import subprocess
@@ -22,16 +21,9 @@ if _PACK_DIR not in sys.path:
     sys.path.insert(0, _PACK_DIR)
 
 from tpu_runtime.install_logic import is_tpu_host, pip_command, plan_install  # noqa: E402
+from tpu_runtime.versions import installed_version  # noqa: E402
 
 _PREFIX = "comfy-tpu install:"
-
-
-def installed_version(dist: str) -> Optional[str]:
-    """The installed version of ``dist`` in this interpreter, or None."""
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def dev_entries() -> list[str]:

@@ -12,7 +12,8 @@ ENV_ON = {"COMFY_TPU_ENABLE": "1", "PJRT_DEVICE": "CPU", "COMFY_TPU_AUTOCAST_BF1
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = ComfyServer(tmp_path_factory.mktemp("server"), env=ENV_ON)
+    tmp = tmp_path_factory.mktemp("server")
+    srv = ComfyServer(tmp, env={**ENV_ON, "COMFY_TPU_CACHE_DIR": str(tmp / "cache")})
     try:
         srv.wait_ready()
         yield srv
@@ -42,7 +43,7 @@ def test_ksampler_runs_on_the_device_through_prompt(server):
 
 
 def _start_and_read_log(tmp_path, env: dict, pythonpath_prefix: str = "", extra_args=None):
-    full_env = {**ENV_ON, **env}
+    full_env = {**ENV_ON, "COMFY_TPU_CACHE_DIR": str(tmp_path / "cache"), **env}
     if pythonpath_prefix:
         full_env["PYTHONPATH"] = pythonpath_prefix + os.pathsep + os.environ.get("PYTHONPATH", "")
     srv = ComfyServer(tmp_path, env=full_env, extra_args=extra_args)

@@ -34,9 +34,10 @@ def test_object_info_lists_the_four_nodes(server):
         assert node["category"] == "advanced/tpu"
         declared = set(node["input"].get("required", {})) | set(node["input"].get("optional", {}))
         assert declared == inputs, (node_id, declared)
-        for section in node["input"].values():
-            for name, spec in section.items():
-                assert spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+        for section in ("required", "optional"):
+            for name, spec in node["input"].get(section, {}).items():
+                options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+                assert options.get("tooltip"), f"{node_id}.{name} has no tooltip: {spec}"
     assert info["TPUCompilationCache"]["output_node"] is True
 
 
