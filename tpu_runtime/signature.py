@@ -9,6 +9,7 @@ the compute dtype, the sampler (its step update and model calls per step) and th
 from __future__ import annotations
 
 import hashlib
+import weakref
 from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict
@@ -77,18 +78,17 @@ def nearest(signature: ExecutionSignature, known: list[ExecutionSignature]) -> O
                                          len(signature.differences(other))))
 
 
-_FINGERPRINTS: "dict[int, tuple[Any, str]]" = {}
+_FINGERPRINTS: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
 
 
 def cached_fingerprint(model: Any) -> str:
-    """``model_fingerprint`` memoised per diffusion-model object (it is read on every run)."""
+    """``model_fingerprint`` memoised per diffusion-model object (read on every run; held weakly so
+    ComfyUI can still free an unloaded model)."""
     inner = getattr(model, "model", model)
-    cached = _FINGERPRINTS.get(id(inner))
-    if cached is not None and cached[0] is inner:
-        return cached[1]
-    value = model_fingerprint(model)
-    _FINGERPRINTS[id(inner)] = (inner, value)
-    return value
+    cached = _FINGERPRINTS.get(inner)
+    if cached is None:
+        cached = _FINGERPRINTS[inner] = model_fingerprint(model)
+    return cached
 
 
 def build_signature(model: Any, latent_shape: tuple[int, ...], padded_shape: tuple[int, ...],

@@ -37,6 +37,7 @@ def run_warmup_sampling(model: Any, width: int, height: int, batch_size: int, cf
                         scheduler: str, positive: Optional[list], negative: Optional[list], steps: int) -> None:
     """One sampling call through ComfyUI's own ``comfy.sample.sample`` (so the real wrappers run)."""
     import comfy.sample
+    import latent_preview
 
     inner = getattr(model, "model", model)
     channels = int(getattr(getattr(inner, "latent_format", None), "latent_channels", 4))
@@ -44,6 +45,7 @@ def run_warmup_sampling(model: Any, width: int, height: int, batch_size: int, cf
     positive = positive if positive is not None else zero_conditioning(model)
     negative = negative if negative is not None else zero_conditioning(model)
     noise = comfy.sample.prepare_noise(latent, 0)
+    callback = latent_preview.prepare_callback(model, steps)  # ComfyUI's progress bar, in the UI too
     with torch.inference_mode():
         comfy.sample.sample(model, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent,
-                            denoise=1.0, seed=0)
+                            denoise=1.0, seed=0, callback=callback)
