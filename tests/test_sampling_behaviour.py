@@ -10,6 +10,13 @@ import torch
 from tests.sampling_harness import ksample, max_abs_diff
 
 
+def test_sync_free_run_logs_no_sync_warning(comfy, backend, tiny, caplog):
+    xla, _, pos, neg = tiny
+    with caplog.at_level(logging.WARNING, logger="comfy_tpu"):
+        ksample(comfy, xla, pos, neg, steps=3, sampler="dpmpp_2m", backend=backend)
+    assert not [r for r in caplog.records if "syncs" in r.getMessage()]
+
+
 def test_progress_is_reported_after_the_device_ran_the_step(comfy, backend, tiny):
     """ComfyUI's per-step callback (its progress bar) fires for every step, in order, and only once
     the graph that computed the step has executed: never ahead of the device."""
@@ -79,6 +86,8 @@ def test_cpu_fallback_in_the_model_is_named_once(comfy, backend, tiny, caplog):
     assert first.fallbacks, "the test op did not fall back to the CPU"
     named = [r.getMessage() for r in caplog.records if "aten::nonzero" in r.getMessage()]
     assert len(named) == 1 and "BaseModel" in named[0], named
+    syncs = [r.getMessage() for r in caplog.records if "device-to-host syncs" in r.getMessage()]
+    assert len(syncs) == 1 and "sample_euler" in syncs[0], syncs  # said once, not every run
     assert torch.isfinite(first.samples).all()
 
 
