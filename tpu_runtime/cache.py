@@ -8,7 +8,6 @@ explained, and after a restart the recorded signatures can be compiled again bef
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import shutil

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 from pydantic import BaseModel
 
 from . import sampling, warmup as warmup_mod

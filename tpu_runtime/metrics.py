@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Optional
+
 
 from pydantic import BaseModel
 
@@ -64,5 +64,3 @@ class FallbackReporter:
                         "but each such op costs a device-to-host round trip", model_name, ", ".join(new))
         return new
 
-
-LAST_RUN: Optional[RunFigures] = None

@@ -17,7 +17,6 @@ class StepPacer:
         self._wait_every = wait_every
         self._pending: list[tuple[Optional[Callable], tuple, bool]] = []  # (callback, args, dispatched)
         self.boundaries = 0
-        self.reported_steps = 0
         self.host_trace_s = 0.0   # host time between boundaries: tracing the next step's graph
         self.device_wait_s = 0.0  # host time blocked on the device
         self._last = time.perf_counter()
@@ -67,7 +66,6 @@ class StepPacer:
     def _replay(self, dispatched_only: bool) -> None:
         while self._pending and (self._pending[0][2] or not dispatched_only):
             callback, args, _ = self._pending.pop(0)
-            self.reported_steps += 1
             if self._bar is not None:
                 self._bar.update(1)
             if callback is not None:

@@ -200,7 +200,6 @@ def _after_run(run: SamplingRun, sampler) -> None:
     figures = run.figures
     RUN_HISTORY.append(figures)
     del RUN_HISTORY[:-50]
-    metrics.LAST_RUN = figures
     if figures.fallback_ops:
         _FALLBACKS.report(run.model_name, figures.fallback_ops)
     name = getattr(getattr(sampler, "sampler_function", None), "__name__", type(sampler).__name__)
