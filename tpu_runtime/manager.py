@@ -56,7 +56,7 @@ class TPUManager(sampling.RunObserver):
         if not self._warming:
             self._prompt_warmup(patcher, signature)
         if self.auto_warmup and not self._warming:
-            self._rewarm(patcher, exclude=signature)
+            self._rewarm(patcher)
         if signature is not None and not self.registry.is_cached(signature):
             estimate = self.registry.estimate_compile_seconds(signature)
             log.info("comfy-tpu: compiling %s (first time, ~%s)", signature.short(),
@@ -90,7 +90,7 @@ class TPUManager(sampling.RunObserver):
                              positive=conditioning, negative=conditioning)
         log.info("comfy-tpu: prompt warm-up: %s", result.status())
 
-    def _rewarm(self, patcher: Any, exclude: Optional[ExecutionSignature]) -> None:
+    def _rewarm(self, patcher: Any) -> None:
         pending = self.registry.pending_rewarm(self._fingerprint(patcher))
         for signature in pending:
             log.info("comfy-tpu: re-warming %s (recorded in an earlier session) before the first step",
