@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, ContextManager, Optional, Protocol
+from typing import Any, Callable, ContextManager, Optional, Protocol
 
 import torch
 
@@ -29,6 +29,13 @@ class Backend(Protocol):
     def counters(self) -> dict[str, int]: ...
     def fallback_ops(self) -> dict[str, int]: ...
     def memory_info(self, device: Any) -> Optional[tuple[int, int]]: ...
+    def compile_module(self, module: torch.nn.Module) -> Callable: ...
+    def compiler_counters(self) -> dict[str, int]: ...
+
+
+#: Dynamo keeps this many guarded variants per code object before it silently runs eagerly; each
+#: execution signature (latent bucket, batch, token length) of each model is one variant.
+_DYNAMO_RECOMPILE_LIMIT = 256
 
 
 class XlaBackend:
@@ -107,6 +114,29 @@ class XlaBackend:
             return contextlib.nullcontext()
         return torch.autocast("xla", dtype=dtype)
 
+    def compile_module(self, module: torch.nn.Module) -> Callable:
+        """The module captured by dynamo and lowered by torch_xla's ``openxla`` backend.
+
+        Static shapes (``dynamic=False``): XLA wants one graph per shape, which the pack's shape
+        buckets already bound; symbolic shapes would reach XLA as dynamic dimensions.
+        """
+        import torch._dynamo
+
+        config = torch._dynamo.config
+        config.recompile_limit = max(config.recompile_limit, _DYNAMO_RECOMPILE_LIMIT)
+        config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 4 * _DYNAMO_RECOMPILE_LIMIT)
+        return torch.compile(module, backend="openxla", dynamic=False)
+
+    def compiler_counters(self) -> dict[str, int]:
+        """Dynamo's own counts: frames it compiled (first captures and recompiles), graphs, breaks."""
+        from torch._dynamo.utils import counters
+
+        return {
+            "dynamo_frames": int(counters["frames"]["total"]),
+            "dynamo_graphs": int(counters["stats"]["unique_graphs"]),
+            "dynamo_graph_breaks": int(sum(counters["graph_break"].values())),
+        }
+
     # -- metrics -------------------------------------------------------------------------------
     def counters(self) -> dict[str, int]:
         """Exact counts from torch_xla.debug.metrics: compiles, executions, transfers."""
@@ -121,6 +151,7 @@ class XlaBackend:
             return int(value) if value is not None else 0
 
         return {
+            **self.compiler_counters(),
             "compiles": samples("CompileTime"),
             "executions": samples("ExecuteTime") + counter("ExecuteReplicatedTime"),
             "transfers_to_host": samples("TransferFromDeviceTime"),

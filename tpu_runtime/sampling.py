@@ -16,12 +16,12 @@ import contextvars
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
 from pydantic import BaseModel
 
-from . import metrics, padding, schedule
+from . import compiled, metrics, padding, schedule
 from .signature import ExecutionSignature, build_signature
 from .host_values import HostTensor, as_host, host_copy, plain, upload
 from .noise import host_brownian_noise_sampler, host_default_noise_sampler, noise_kind
@@ -31,6 +31,7 @@ log = logging.getLogger("comfy_tpu")
 
 WRAPPER_KEY = "comfy_tpu"
 OPTIONS_KEY = "comfy_tpu"  # transformer_options[OPTIONS_KEY]: per-model overrides (a dict)
+CORE_TORCH_COMPILE_KEY = "torch_compile_kwargs"  # set in model_options by core's TorchCompileModel node
 
 
 class RunOptions(BaseModel):
@@ -42,6 +43,8 @@ class RunOptions(BaseModel):
     shape_padding: bool = True
     shape_padding_multiple: int = 64
     compilation_cache: bool = True
+    execution: Literal["compiled", "lazy"] = "compiled"
+    compiled_graph_break_limit: int = 0
 
 
 class RunObserver:
@@ -90,12 +93,16 @@ def attach(model_options: dict, backend, options: RunOptions) -> None:
         return
     overrides = model_options.get("transformer_options", {}).get(OPTIONS_KEY, {})
     effective = options.model_copy(update={k: v for k, v in overrides.items() if k in RunOptions.model_fields})
+    if effective.execution == "compiled" and CORE_TORCH_COMPILE_KEY in model_options:
+        # The user's own TorchCompileModel node already compiles this model: don't capture it twice.
+        effective = effective.model_copy(update={"execution": "lazy"})
+    compiled_mode = effective.execution == "compiled"
     wrappers = {
         pe.WrappersMP.OUTER_SAMPLE: _outer_sample(backend, effective),
         pe.WrappersMP.SAMPLER_SAMPLE: _sampler_sample,
-        pe.WrappersMP.PREDICT_NOISE: _predict_noise,
+        pe.WrappersMP.PREDICT_NOISE: _predict_noise(boundary=not compiled_mode),
         pe.WrappersMP.CALC_COND_BATCH: _calc_cond_batch,
-        pe.WrappersMP.APPLY_MODEL: _apply_model(backend, effective),
+        pe.WrappersMP.APPLY_MODEL: (_compiled_apply_model if compiled_mode else _apply_model)(backend, effective),
     }
     for kind, wrapper in wrappers.items():
         pe.add_wrapper_with_key(kind, WRAPPER_KEY, wrapper, model_options, is_model_options=True)
@@ -277,15 +284,22 @@ def _as_device_data(tensor):
     return upload(host, tensor.device)
 
 
-def _predict_noise(executor, x, timestep, model_options={}, seed=None):
-    run = _RUN.get()
-    if run is not None and run.pacer is not None:
-        run.pacer.boundary()
-        if isinstance(timestep, torch.Tensor) and timestep.device != x.device:
-            # Samplers that pass a host sigma straight to the model (uni_pc): upload it as data, or
-            # ComfyUI's ``timestep(...).to(sigma.device)`` would bring the model's timestep back to the host.
-            timestep = upload(timestep, x.device)
-    return executor(x, timestep, model_options, seed)
+def _predict_noise(boundary: bool):
+    """Lazy mode cuts the graph before each model evaluation; compiled mode cuts it later, right
+    before the captured graph runs (see :mod:`.compiled`)."""
+
+    def predict_noise(executor, x, timestep, model_options={}, seed=None):
+        run = _RUN.get()
+        if run is not None and run.pacer is not None:
+            if boundary:
+                run.pacer.boundary()
+            if isinstance(timestep, torch.Tensor) and timestep.device != x.device:
+                # Samplers that pass a host sigma straight to the model (uni_pc): upload it as data, or
+                # ComfyUI's ``timestep(...).to(sigma.device)`` would bring the model's timestep back to the host.
+                timestep = upload(timestep, x.device)
+        return executor(x, timestep, model_options, seed)
+
+    return predict_noise
 
 
 def _zero_memory_required(*args, **kwargs) -> int:
@@ -312,5 +326,31 @@ def _apply_model(backend, options: RunOptions):
     def apply_model(executor, *args, **kwargs):
         with backend.autocast(dtype):
             return executor(*args, **kwargs)
+
+    return apply_model
+
+
+def _compiled_apply_model(backend, options: RunOptions):
+    """APPLY_MODEL in compiled mode: the base model's diffusion model is its captured stand-in for
+    the length of the call (as core's torch.compile wrapper does), under the same autocast."""
+    dtype = torch.bfloat16 if options.autocast_bf16 else torch.float32
+    models = compiled.registry(backend)
+
+    def apply_model(executor, *args, **kwargs):
+        base_model = executor.class_obj
+        original = getattr(base_model, "diffusion_model", None)
+        if not isinstance(original, torch.nn.Module) or isinstance(original, compiled.CompiledDiffusionModel):
+            with backend.autocast(dtype):  # no diffusion model to capture, or already inside one
+                return executor(*args, **kwargs)
+        stand_in = models.for_module(original, type(base_model).__name__, options.compiled_graph_break_limit)
+        run = _RUN.get()
+        stand_in.before_call = run.pacer.boundary if run is not None and run.pacer is not None else None
+        base_model.diffusion_model = stand_in
+        try:
+            with backend.autocast(dtype):
+                return executor(*args, **kwargs)
+        finally:
+            base_model.diffusion_model = original
+            stand_in.before_call = None
 
     return apply_model

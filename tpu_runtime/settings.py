@@ -11,7 +11,7 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -34,6 +34,8 @@ _ACCEPTED: dict[str, str] = {
     "debug_metrics": _ACCEPTED_BOOL,
     "sync_steps": "an integer >= 0 (0 = auto: wait one step behind the device)",
     "cache_dir": "a directory path",
+    "execution": "compiled (dynamo + openxla) or lazy (lazy tensor tracing every step)",
+    "compiled_graph_break_limit": "an integer >= 0",
 }
 
 
@@ -54,6 +56,11 @@ class TPUSettings(BaseSettings):
     debug_metrics: bool = Field(False, description="--tpu-debug-metrics: log XLA metrics per run.")
     sync_steps: int = Field(0, ge=0, description="--tpu-sync-steps N: also wait for the device every N steps.")
     cache_dir: Optional[Path] = Field(None, description="Where the pack keeps its cache (default <ComfyUI user dir>/comfy-tpu).")
+    execution: Literal["compiled", "lazy"] = Field(
+        "compiled", description="How the diffusion model runs: captured once by dynamo (openxla backend) or "
+                                "re-traced lazily every step.")
+    compiled_graph_break_limit: int = Field(
+        0, ge=0, description="Graph breaks a captured model may have before it falls back to lazy execution.")
 
     @field_validator("shape_padding_multiple")
     @classmethod

@@ -1,0 +1,127 @@
+"""Compiled execution: the diffusion model captured once by dynamo, replayed every step.
+
+Lazy mode re-runs the model's Python every step to trace its graph (tens to hundreds of ms of host
+time a call); on a TPU, whose UNet step takes ~10-20 ms, that host time would set the pace. Here the
+model goes through ``backend.compile_module`` (dynamo + torch_xla's openxla backend): after the first
+capture a call costs a guard check and one graph launch.
+
+It attaches the way core's ``comfy_api.torch_helpers`` does: during one ``apply_model`` call the
+base model's ``diffusion_model`` is swapped for a :class:`CompiledDiffusionModel`. What differs:
+
+* ``transformer_options["sample_sigmas"]`` (the whole schedule) is held back from the captured
+  region: its length is the step count, and dynamo guards on it, so every new step count would be a
+  new capture. A model that needs it fails its capture and runs lazily (see below).
+* the step boundary is taken just before the captured graph runs (``before_call``), so the graph's
+  inputs are already materialised: torch_xla's bridge would otherwise sync them itself, blocking.
+* a model dynamo cannot capture well (an exception, or more graph breaks than allowed) runs lazily
+  from then on, named once in the log with the reason; the run it happened in completes.
+"""
+from __future__ import annotations
+
+import logging
+import weakref
+from typing import Any, Callable, Optional
+
+import torch
+
+log = logging.getLogger("comfy_tpu")
+
+#: transformer_options entries the captured region must not see (their shape follows the step count).
+STEP_DEPENDENT_OPTIONS = ("sample_sigmas",)
+
+
+class CompiledDiffusionModel(torch.nn.Module):
+    """Stands in for a base model's ``diffusion_model`` while it runs compiled (or its fallback)."""
+
+    def __init__(self, module: torch.nn.Module, backend, model_name: str, graph_break_limit: int) -> None:
+        super().__init__()
+        self.inner = module
+        self._backend = backend
+        self._model_name = model_name
+        self._graph_break_limit = graph_break_limit
+        # Kept out of ``_modules``: the captured module wraps ``inner``, which is already a child.
+        self.__dict__["_compiled"] = None
+        self.fallback_reason: Optional[str] = None
+        self.before_call: Optional[Callable[[], None]] = None
+
+    def __getattr__(self, name: str) -> Any:
+        # ComfyUI reads attributes of the diffusion model (``dtype`` in ``get_dtype``, config values).
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["inner"], name)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.before_call is not None:
+            self.before_call()
+        if self.fallback_reason is not None:
+            return self.inner(*args, **kwargs)
+        options = kwargs.get("transformer_options")
+        if isinstance(options, dict):
+            kwargs["transformer_options"] = {k: v for k, v in options.items() if k not in STEP_DEPENDENT_OPTIONS}
+        before = self._backend.compiler_counters()
+        try:
+            if self._compiled is None:
+                self.__dict__["_compiled"] = self._backend.compile_module(self.inner)
+            output = self._compiled(*args, **kwargs)
+        except Exception as exc:
+            if before["dynamo_frames"] == self._backend.compiler_counters()["dynamo_frames"]:
+                raise  # no capture was attempted: the model's own error, not the compiler's
+            kwargs["transformer_options"] = options
+            output = self.inner(*args, **kwargs)  # raises too if the model itself is at fault
+            self._fall_back(f"{type(exc).__name__}: {_first_line(exc)}")
+            return output
+        after = self._backend.compiler_counters()
+        breaks = after["dynamo_graph_breaks"] - before["dynamo_graph_breaks"]
+        if breaks > self._graph_break_limit:
+            self._fall_back(f"{breaks} graph breaks when captured (limit {self._graph_break_limit}, "
+                            "COMFY_TPU_COMPILED_GRAPH_BREAK_LIMIT)")
+        return output
+
+    def _fall_back(self, reason: str) -> None:
+        self.fallback_reason = reason
+        log.warning("comfy-tpu: %s cannot run compiled (%s); it runs in lazy mode from now on",
+                    self._model_name, reason)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "no message"
+
+
+_ENTRY_ATTR = "_comfy_tpu_compiled"
+
+
+class CompiledModels:
+    """One :class:`CompiledDiffusionModel` per diffusion module: its captures live as long as it does."""
+
+    def __init__(self, backend) -> None:
+        self._backend = backend
+        self._entries: "weakref.WeakSet[CompiledDiffusionModel]" = weakref.WeakSet()
+
+    def for_module(self, module: torch.nn.Module, model_name: str, graph_break_limit: int) -> CompiledDiffusionModel:
+        # Kept in the module's __dict__ (not a child module, not a registry holding it alive): the
+        # entry and its captures go when the model is unloaded and collected.
+        entry = module.__dict__.get(_ENTRY_ATTR)
+        if entry is None or entry._backend is not self._backend:
+            entry = CompiledDiffusionModel(module, self._backend, model_name, graph_break_limit)
+            module.__dict__[_ENTRY_ATTR] = entry
+            self._entries.add(entry)
+        entry._graph_break_limit = graph_break_limit
+        return entry
+
+    def fallbacks(self) -> dict[str, str]:
+        """Models that run lazily although compiled mode is on, with why."""
+        return {entry._model_name: entry.fallback_reason for entry in list(self._entries)
+                if entry.fallback_reason}
+
+
+_REGISTRIES: "weakref.WeakKeyDictionary[Any, CompiledModels]" = weakref.WeakKeyDictionary()
+
+
+def registry(backend) -> CompiledModels:
+    """The compiled models of one backend."""
+    found = _REGISTRIES.get(backend)
+    if found is None:
+        found = _REGISTRIES[backend] = CompiledModels(backend)
+    return found
