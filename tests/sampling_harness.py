@@ -1,6 +1,7 @@
 """Runs ComfyUI's own ``nodes.common_ksampler`` and measures it with torch_xla's counters."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -14,6 +15,9 @@ class Measured:
     executions: int
     transfers_to_host: int
     fallbacks: dict
+    dynamo_frames: int = 0   # dynamo's frame compilations (first captures and recompiles)
+    dynamo_graphs: int = 0   # graphs dynamo captured
+    model_calls: int = 0     # model evaluations (step boundaries) of the run
 
 
 def ksample(comfy, patcher, positive, negative, *, steps: int, sampler: str = "euler", scheduler: str = "normal",
@@ -35,8 +39,26 @@ def ksample(comfy, patcher, positive, negative, *, steps: int, sampler: str = "e
     after = backend.counters()
     fallbacks = {k: v - fallbacks_before.get(k, 0) for k, v in backend.fallback_ops().items()
                  if v != fallbacks_before.get(k, 0)}
-    return Measured(out, after["compiles"] - before["compiles"], after["executions"] - before["executions"],
-                    after["transfers_to_host"] - before["transfers_to_host"], fallbacks)
+    from tpu_runtime.sampling import RUN_HISTORY
+
+    delta = {key: after[key] - before[key] for key in after}
+    return Measured(out, delta["compiles"], delta["executions"], delta["transfers_to_host"], fallbacks,
+                    dynamo_frames=delta["dynamo_frames"], dynamo_graphs=delta["dynamo_graphs"],
+                    model_calls=RUN_HISTORY[-1].model_calls)
+
+
+@contextlib.contextmanager
+def execution_mode(mode: str):
+    """Runs inside use ``mode`` (compiled or lazy); the test default is restored after."""
+    import tpu_runtime.patches as patches
+    from tpu_runtime.sampling import RunOptions
+
+    saved = patches.get_options() or RunOptions(autocast_bf16=False)
+    patches.set_options(saved.model_copy(update={"execution": mode}))
+    try:
+        yield mode
+    finally:
+        patches.set_options(saved)
 
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -77,7 +77,8 @@ def test_env_from_all_flags_is_what_settings_read(monkeypatch, tmp_path):
     env, _ = flags_to_env(["--tpu-enable", "--tpu-manual-warmup", "--no-tpu-warmup", "--tpu-warmup-steps", "3",
                            "--no-tpu-autocast-bf16", "--no-tpu-compilation-cache", "--no-tpu-shape-padding",
                            "--tpu-shape-padding-multiple", "32", "--tpu-debug-metrics", "--tpu-sync-steps", "2",
-                           "--tpu-cache-dir", str(tmp_path)])
+                           "--tpu-cache-dir", str(tmp_path), "--tpu-execution", "lazy",
+                           "--tpu-compiled-graph-break-limit", "2"])
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     loaded = load_settings()
@@ -85,7 +86,8 @@ def test_env_from_all_flags_is_what_settings_read(monkeypatch, tmp_path):
     assert loaded.settings.model_dump() == {
         "enable": True, "disable": False, "warmup": False, "warmup_steps": 3, "manual_warmup": True,
         "autocast_bf16": False, "compilation_cache": False, "shape_padding": False, "shape_padding_multiple": 32,
-        "debug_metrics": True, "sync_steps": 2, "cache_dir": tmp_path}
+        "debug_metrics": True, "sync_steps": 2, "cache_dir": tmp_path, "execution": "lazy",
+        "compiled_graph_break_limit": 2}
 
 
 def test_last_of_an_on_off_pair_wins():
@@ -253,11 +255,12 @@ def test_doctor_text_shows_report_settings_and_decision():
     data = {"report": {"torch_version": "2.9.0", "torch_xla_version": None, "libtpu_version": None,
                        "device": None, "device_type": "unknown", "device_count": 0, "tpu_type": "unknown",
                        "hbm_per_chip_bytes": 16 * 2**30, "error": "torch_xla is not installed"},
-            "settings": {"non_defaults": {"sync_steps": 4}, "cache_dir": None, "problems": []},
+            "settings": {"non_defaults": {"sync_steps": 4}, "cache_dir": None, "execution": "lazy", "problems": []},
             "decision": {"on": False, "reason": "torch_xla is not installed"}}
     text = launcher.format_doctor(data)
     assert "torch_xla    missing" in text
     assert "HBM per chip 16.0 GiB" in text
     assert "problem      torch_xla is not installed" in text
     assert "COMFY_TPU_SYNC_STEPS=4" in text
+    assert "execution    lazy" in text
     assert text.splitlines()[-1] == "TPU path OFF: torch_xla is not installed"

@@ -1,47 +1,65 @@
-"""The sampling path's acceptance figures (issue: one graph per step, no host syncs).
+"""The sampling path's acceptance figures (issue: one graph per step, no host syncs), in both
+execution modes (compiled: dynamo + openxla; lazy: lazy tensor tracing).
 
-Exact counts from torch_xla.debug.metrics, tiny SD1.5-architecture model, 128x128, PJRT CPU,
-autocast off, ComfyUI's own ``nodes.common_ksampler``; parity against eager CPU with the same weights.
+Exact counts from torch_xla.debug.metrics and dynamo's counters, tiny SD1.5-architecture model,
+128x128, PJRT CPU, autocast off, ComfyUI's own ``nodes.common_ksampler``; parity against eager CPU
+with the same weights.
 """
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tests.sampling_harness import ksample, max_abs_diff
+from tests.sampling_harness import execution_mode, ksample, max_abs_diff
 
 SAMPLERS = ["euler", "euler_ancestral", "heun", "dpm_2", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_sde", "lcm", "ddim",
             "uni_pc"]
 SCHEDULERS = ["normal", "karras", "exponential", "sgm_uniform", "simple", "beta"]
 PARITY = 1e-3
+#: Graph executions per model call: lazy runs one graph a step; compiled runs the sampler's math
+#: (lazy, cut at the boundary) and then the captured model graph.
+EXECUTIONS_PER_CALL = {"lazy": 1, "compiled": 2}
 
 
-def assert_run_figures(run, steps: int, *, first: bool) -> None:
+@pytest.fixture(params=["compiled", "lazy"], scope="module", autouse=True)
+def mode(request, comfy):
+    with execution_mode(request.param) as name:
+        yield name
+
+
+def assert_run_figures(run, steps: int, mode: str, *, first: bool) -> None:
     if not first:
-        assert run.compiles == 0, f"{run.compiles} new graphs compiled on a repeat signature"
+        assert run.compiles == 0, f"{run.compiles} new XLA graphs compiled on a repeat signature"
+        assert run.dynamo_frames == 0, f"dynamo recompiled {run.dynamo_frames} frames on a repeat signature"
+    if mode == "lazy":
+        assert run.dynamo_frames == 0 and run.dynamo_graphs == 0, "lazy mode went through dynamo"
+    else:
+        assert run.dynamo_graphs <= (1 if first else 0), f"{run.dynamo_graphs} dynamo graphs: graph breaks?"
     assert run.transfers_to_host <= 2, f"{run.transfers_to_host} device-to-host transfers"
-    assert run.executions <= 2 * steps + 2, f"{run.executions} graph executions for {steps} steps"
+    assert steps <= run.model_calls <= 2 * steps
+    assert run.executions <= EXECUTIONS_PER_CALL[mode] * run.model_calls + 2, \
+        f"{run.executions} graph executions for {run.model_calls} model calls"
     assert not run.fallbacks, f"CPU-fallback ops during sampling: {run.fallbacks}"
     assert torch.isfinite(run.samples).all()
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
-def test_sampler_compiles_nothing_after_first_run(comfy, backend, tiny, sampler):
+def test_sampler_compiles_nothing_after_first_run(comfy, backend, tiny, mode, sampler):
     xla, cpu, pos, neg = tiny
     for index, steps in enumerate((6, 12, 20, 12)):
         run = ksample(comfy, xla, pos, neg, steps=steps, sampler=sampler, backend=backend)
         assert run.samples.device.type == "cpu"
-        assert_run_figures(run, steps, first=index == 0)
+        assert_run_figures(run, steps, mode, first=index == 0)
         reference = ksample(comfy, cpu, pos, neg, steps=steps, sampler=sampler)
         assert max_abs_diff(run.samples, reference.samples) <= PARITY, sampler
 
 
 @pytest.mark.parametrize("scheduler", SCHEDULERS)
-def test_schedulers_are_data_not_graphs(comfy, backend, tiny, scheduler):
+def test_schedulers_are_data_not_graphs(comfy, backend, tiny, mode, scheduler):
     xla, cpu, pos, neg = tiny
     ksample(comfy, xla, pos, neg, steps=6, scheduler=scheduler, backend=backend)  # may compile (first use)
     run = ksample(comfy, xla, pos, neg, steps=9, scheduler=scheduler, cfg=5.5, seed=7, backend=backend)
-    assert_run_figures(run, 9, first=False)
+    assert_run_figures(run, 9, mode, first=False)
     reference = ksample(comfy, cpu, pos, neg, steps=9, scheduler=scheduler, cfg=5.5, seed=7)
     assert max_abs_diff(run.samples, reference.samples) <= PARITY
 
@@ -64,12 +82,12 @@ def _variant_inputs(kind: str):
 
 @pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m"])
 @pytest.mark.parametrize("kind", ["batch2", "cfg1", "img2img", "mask"])
-def test_variants(comfy, backend, tiny, sampler, kind):
+def test_variants(comfy, backend, tiny, mode, sampler, kind):
     xla, cpu, pos, neg = tiny
     inputs = _variant_inputs(kind)
     for index, steps in enumerate((6, 12)):
         run = ksample(comfy, xla, pos, neg, steps=steps, sampler=sampler, backend=backend, **inputs)
-        assert_run_figures(run, steps, first=index == 0)
+        assert_run_figures(run, steps, mode, first=index == 0)
         reference = ksample(comfy, cpu, pos, neg, steps=steps, sampler=sampler, **inputs)
         assert run.samples.shape == reference.samples.shape
         assert max_abs_diff(run.samples, reference.samples) <= PARITY
@@ -80,21 +98,20 @@ def test_step_count_independent_of_cfg_and_seed(comfy, backend, tiny):
     ksample(comfy, xla, pos, neg, steps=4, cfg=7.0, backend=backend)
     for cfg, seed, steps in ((3.0, 1, 5), (11.5, 99, 17)):
         run = ksample(comfy, xla, pos, neg, steps=steps, cfg=cfg, seed=seed, backend=backend)
-        assert run.compiles == 0
+        assert run.compiles == 0 and run.dynamo_frames == 0
 
 
 def test_bf16_autocast_parity(comfy, backend, tiny):
     import tpu_runtime.patches as patches
-    from tpu_runtime.sampling import RunOptions
-
     xla, cpu, pos, neg = tiny
-    patches.set_options(RunOptions(autocast_bf16=True))
+    saved = patches.get_options()
+    patches.set_options(saved.model_copy(update={"autocast_bf16": True}))
     try:
         run = ksample(comfy, xla, pos, neg, steps=6, backend=backend)
         again = ksample(comfy, xla, pos, neg, steps=12, backend=backend)
     finally:
-        patches.set_options(RunOptions(autocast_bf16=False))
-    assert again.compiles == 0 and again.transfers_to_host <= 2
+        patches.set_options(saved)
+    assert again.compiles == 0 and again.dynamo_frames == 0 and again.transfers_to_host <= 2
     reference = ksample(comfy, cpu, pos, neg, steps=6)
     assert torch.isfinite(run.samples).all()
     # The random tiny model's latents reach ~150 (a trained model's stay near unit scale), so the

@@ -15,12 +15,15 @@ BAD_VALUES = {
     "warmup_steps": ["0", "many"],
     "shape_padding_multiple": ["12", "-64"],
     "sync_steps": ["-1", "often"],
+    "execution": ["eager", "COMPILED ", "jit"],
+    "compiled_graph_break_limit": ["-1", "some"],
 }
 GOOD_VALUES = {
     "warmup_steps": ("4", 4), "shape_padding_multiple": ("128", 128), "sync_steps": ("3", 3),
     "cache_dir": ("/tmp/ct", "/tmp/ct"), "enable": ("yes", True), "disable": ("on", True),
     "manual_warmup": ("true", True), "debug_metrics": ("1", True), "warmup": ("no", False),
     "autocast_bf16": ("off", False), "compilation_cache": ("0", False), "shape_padding": ("false", False),
+    "execution": ("lazy", "lazy"), "compiled_graph_break_limit": ("3", 3),
 }
 
 
@@ -36,8 +39,9 @@ def test_defaults_match_the_documented_table():
     assert loaded.ok
     s = loaded.settings
     assert (s.enable, s.disable, s.warmup, s.warmup_steps, s.manual_warmup, s.autocast_bf16, s.compilation_cache,
-            s.shape_padding, s.shape_padding_multiple, s.debug_metrics, s.sync_steps, s.cache_dir) == (
-        None, False, True, 1, False, True, True, True, 64, False, 0, None)
+            s.shape_padding, s.shape_padding_multiple, s.debug_metrics, s.sync_steps, s.cache_dir, s.execution,
+            s.compiled_graph_break_limit) == (
+        None, False, True, 1, False, True, True, True, 64, False, 0, None, "compiled", 0)
     assert s.non_defaults() == {}
 
 

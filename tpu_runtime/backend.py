@@ -125,7 +125,23 @@ class XlaBackend:
         config = torch._dynamo.config
         config.recompile_limit = max(config.recompile_limit, _DYNAMO_RECOMPILE_LIMIT)
         config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 4 * _DYNAMO_RECOMPILE_LIMIT)
-        return torch.compile(module, backend="openxla", dynamic=False)
+        captured = torch.compile(module, backend="openxla", dynamic=False)
+        met, increment = self._met, self._torch_xla._XLAC._xla_increment_counter
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            # The openxla bridge clears every torch_xla counter while it captures a graph (it looks
+            # for CPU-fallback ops node by node); put back what was counted before, so the pack's
+            # per-run figures (fallbacks, executions under SPMD, cache hits) stay monotonic.
+            frames = counters_total_frames()
+            before = {name: int(met.counter_value(name) or 0) for name in met.counter_names()}
+            output = captured(*args, **kwargs)
+            if counters_total_frames() != frames:
+                for name, value in before.items():
+                    if value:
+                        increment(name, value)
+            return output
+
+        return call
 
     def compiler_counters(self) -> dict[str, int]:
         """Dynamo's own counts: frames it compiled (first captures and recompiles), graphs, breaks."""
@@ -183,6 +199,13 @@ class XlaBackend:
         if total <= 0:
             return None
         return total - used, total
+
+
+def counters_total_frames() -> int:
+    """Frames dynamo has compiled so far (a capture or a recompile adds one)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["frames"]["total"])
 
 
 _BACKEND: Optional[XlaBackend] = None

@@ -41,8 +41,10 @@ VALUE_FLAGS: list[tuple[str, str, str]] = [
     ("--tpu-shape-padding-multiple", "shape_padding_multiple", "N"),
     ("--tpu-sync-steps", "sync_steps", "N"),
     ("--tpu-cache-dir", "cache_dir", "PATH"),
+    ("--tpu-execution", "execution", "MODE"),
+    ("--tpu-compiled-graph-break-limit", "compiled_graph_break_limit", "N"),
 ]
-_INT_FIELDS = {"warmup_steps", "shape_padding_multiple", "sync_steps"}
+_INT_FIELDS = {"warmup_steps", "shape_padding_multiple", "sync_steps", "compiled_graph_break_limit"}
 
 
 class ComfyUINotFound(Exception):
@@ -191,6 +193,7 @@ def doctor_data() -> dict[str, Any]:
         "settings": {
             "non_defaults": {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.non_defaults().items()},
             "cache_dir": str(settings.cache_dir) if settings.cache_dir else None,
+            "execution": settings.execution,
             "problems": [problem.message() for problem in loaded.problems],
         },
         "decision": decision.model_dump(mode="json"),
@@ -215,7 +218,8 @@ def format_doctor(data: dict[str, Any]) -> str:
     if r["error"]:
         lines.append(f"  problem      {r['error']}")
     lines += [f"  settings     changed from defaults: {changed}",
-              f"  cache dir    {s['cache_dir'] or '<ComfyUI user dir>/comfy-tpu (default)'}"]
+              f"  cache dir    {s['cache_dir'] or '<ComfyUI user dir>/comfy-tpu (default)'}",
+              f"  execution    {s['execution']}"]
     lines += [f"  settings problem: {p}" for p in s["problems"]]
     lines.append(f"TPU path {'ON' if d['on'] else 'OFF'}: {d['reason']}")
     return "\n".join(lines)

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel
 
-from . import sampling, warmup as warmup_mod
+from . import compiled, sampling, warmup as warmup_mod
 from .cache import SignatureRegistry
 from .signature import ExecutionSignature, build_signature
 
@@ -166,6 +166,9 @@ class TPUManager(sampling.RunObserver):
         stats = self.registry.stats()
         stats["xla"] = {k: counters[k] for k in ("compiles", "uncached_compiles", "cached_compiles", "executions",
                                                  "transfers_to_host")}
+        stats["execution"] = self.options.execution
+        stats["dynamo"] = {k.removeprefix("dynamo_"): counters[k] for k in counters if k.startswith("dynamo_")}
+        stats["dynamo"]["lazy_fallbacks"] = compiled.registry(self.backend).fallbacks()
         stats["persistent_cache"] = {
             "dir": str(self.xla_cache_dir) if self.xla_cache_dir else None,
             "hits": counters["persistent_cache_hits"], "misses": counters["persistent_cache_misses"],

@@ -196,6 +196,11 @@ def _host_values(data: Any) -> Any:
     return data.item() if isinstance(data, torch.Tensor) else data
 
 
+def get_options() -> Optional[sampling.RunOptions]:
+    """The run options in force (None before the pack is installed)."""
+    return _STATE.get("options")
+
+
 def set_options(options: sampling.RunOptions) -> None:
     """Change the run options of an installed pack (tests, the optimisation node)."""
     _STATE["options"] = options

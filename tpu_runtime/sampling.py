@@ -342,7 +342,7 @@ def _compiled_apply_model(backend, options: RunOptions):
         if not isinstance(original, torch.nn.Module) or isinstance(original, compiled.CompiledDiffusionModel):
             with backend.autocast(dtype):  # no diffusion model to capture, or already inside one
                 return executor(*args, **kwargs)
-        stand_in = models.for_module(original, type(base_model).__name__, options.compiled_graph_break_limit)
+        stand_in = models.for_module(original, _model_label(base_model), options.compiled_graph_break_limit)
         run = _RUN.get()
         stand_in.before_call = run.pacer.boundary if run is not None and run.pacer is not None else None
         base_model.diffusion_model = stand_in
@@ -354,3 +354,9 @@ def _compiled_apply_model(backend, options: RunOptions):
             stand_in.before_call = None
 
     return apply_model
+
+
+def _model_label(base_model) -> str:
+    """How the log names a model: its ComfyUI config (``SD15``) and class (``BaseModel``)."""
+    config = type(getattr(base_model, "model_config", None)).__name__
+    return f"{config} ({type(base_model).__name__})" if config != "NoneType" else type(base_model).__name__
