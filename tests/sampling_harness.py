@@ -18,6 +18,7 @@ class Measured:
     dynamo_frames: int = 0   # dynamo's frame compilations (first captures and recompiles)
     dynamo_graphs: int = 0   # graphs dynamo captured
     model_calls: int = 0     # model evaluations (step boundaries) of the run
+    captured_graph_calls: int = 0  # runs of dynamo-captured graphs
 
 
 def ksample(comfy, patcher, positive, negative, *, steps: int, sampler: str = "euler", scheduler: str = "normal",
@@ -44,7 +45,7 @@ def ksample(comfy, patcher, positive, negative, *, steps: int, sampler: str = "e
     delta = {key: after[key] - before[key] for key in after}
     return Measured(out, delta["compiles"], delta["executions"], delta["transfers_to_host"], fallbacks,
                     dynamo_frames=delta["dynamo_frames"], dynamo_graphs=delta["dynamo_graphs"],
-                    model_calls=RUN_HISTORY[-1].model_calls)
+                    model_calls=RUN_HISTORY[-1].model_calls, captured_graph_calls=delta["captured_graph_calls"])
 
 
 @contextlib.contextmanager

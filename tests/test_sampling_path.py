@@ -21,6 +21,17 @@ PARITY = 1e-3
 EXECUTIONS_PER_CALL = {"lazy": 1, "compiled": 2}
 
 
+_EAGER: dict[tuple, object] = {}
+
+
+def eager_reference(comfy, cpu, pos, neg, kind: str = "", **kwargs):
+    """The eager-CPU run for these inputs, computed once and shared by both execution modes."""
+    key = (kind, tuple(sorted(kwargs.items())))
+    if key not in _EAGER:
+        _EAGER[key] = ksample(comfy, cpu, pos, neg, **kwargs, **(_variant_inputs(kind) if kind else {}))
+    return _EAGER[key]
+
+
 @pytest.fixture(params=["compiled", "lazy"], scope="module", autouse=True)
 def mode(request, comfy):
     with execution_mode(request.param) as name:
@@ -32,9 +43,10 @@ def assert_run_figures(run, steps: int, mode: str, *, first: bool) -> None:
         assert run.compiles == 0, f"{run.compiles} new XLA graphs compiled on a repeat signature"
         assert run.dynamo_frames == 0, f"dynamo recompiled {run.dynamo_frames} frames on a repeat signature"
     if mode == "lazy":
-        assert run.dynamo_frames == 0 and run.dynamo_graphs == 0, "lazy mode went through dynamo"
+        assert run.dynamo_frames == run.dynamo_graphs == run.captured_graph_calls == 0, "lazy mode used dynamo"
     else:
         assert run.dynamo_graphs <= (1 if first else 0), f"{run.dynamo_graphs} dynamo graphs: graph breaks?"
+        assert run.captured_graph_calls == run.model_calls, "a model call ran without its captured graph"
     assert run.transfers_to_host <= 2, f"{run.transfers_to_host} device-to-host transfers"
     assert steps <= run.model_calls <= 2 * steps
     assert run.executions <= EXECUTIONS_PER_CALL[mode] * run.model_calls + 2, \
@@ -50,7 +62,7 @@ def test_sampler_compiles_nothing_after_first_run(comfy, backend, tiny, mode, sa
         run = ksample(comfy, xla, pos, neg, steps=steps, sampler=sampler, backend=backend)
         assert run.samples.device.type == "cpu"
         assert_run_figures(run, steps, mode, first=index == 0)
-        reference = ksample(comfy, cpu, pos, neg, steps=steps, sampler=sampler)
+        reference = eager_reference(comfy, cpu, pos, neg, steps=steps, sampler=sampler)
         assert max_abs_diff(run.samples, reference.samples) <= PARITY, sampler
 
 
@@ -60,7 +72,7 @@ def test_schedulers_are_data_not_graphs(comfy, backend, tiny, mode, scheduler):
     ksample(comfy, xla, pos, neg, steps=6, scheduler=scheduler, backend=backend)  # may compile (first use)
     run = ksample(comfy, xla, pos, neg, steps=9, scheduler=scheduler, cfg=5.5, seed=7, backend=backend)
     assert_run_figures(run, 9, mode, first=False)
-    reference = ksample(comfy, cpu, pos, neg, steps=9, scheduler=scheduler, cfg=5.5, seed=7)
+    reference = eager_reference(comfy, cpu, pos, neg, steps=9, scheduler=scheduler, cfg=5.5, seed=7)
     assert max_abs_diff(run.samples, reference.samples) <= PARITY
 
 
@@ -88,7 +100,7 @@ def test_variants(comfy, backend, tiny, mode, sampler, kind):
     for index, steps in enumerate((6, 12)):
         run = ksample(comfy, xla, pos, neg, steps=steps, sampler=sampler, backend=backend, **inputs)
         assert_run_figures(run, steps, mode, first=index == 0)
-        reference = ksample(comfy, cpu, pos, neg, steps=steps, sampler=sampler, **inputs)
+        reference = eager_reference(comfy, cpu, pos, neg, steps=steps, sampler=sampler, kind=kind)
         assert run.samples.shape == reference.samples.shape
         assert max_abs_diff(run.samples, reference.samples) <= PARITY
 
@@ -112,7 +124,7 @@ def test_bf16_autocast_parity(comfy, backend, tiny):
     finally:
         patches.set_options(saved)
     assert again.compiles == 0 and again.dynamo_frames == 0 and again.transfers_to_host <= 2
-    reference = ksample(comfy, cpu, pos, neg, steps=6)
+    reference = eager_reference(comfy, cpu, pos, neg, steps=6)
     assert torch.isfinite(run.samples).all()
     # The random tiny model's latents reach ~150 (a trained model's stay near unit scale), so the
     # bf16 bound is taken relative to the latent's magnitude: 3e-2 per unit of scale.

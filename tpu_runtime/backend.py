@@ -29,8 +29,25 @@ class Backend(Protocol):
     def counters(self) -> dict[str, int]: ...
     def fallback_ops(self) -> dict[str, int]: ...
     def memory_info(self, device: Any) -> Optional[tuple[int, int]]: ...
-    def compile_module(self, module: torch.nn.Module) -> Callable: ...
+    def compile_module(self, module: torch.nn.Module) -> "CapturedModule": ...
+    def reset_compiler(self) -> None: ...
     def compiler_counters(self) -> dict[str, int]: ...
+
+
+class CapturedModule:
+    """A module as the compiler captured it; ``graph_calls`` counts runs of captured graphs, so a
+    call that ran none (dynamo skipped the code) can be told from one that ran compiled."""
+
+    def __init__(self) -> None:
+        self.graph_calls = 0
+        self.call: Callable = lambda *args, **kwargs: None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.call(*args, **kwargs)
+
+
+#: Runs of captured graphs in this process (all models).
+_GRAPH_CALLS = [0]
 
 
 #: Dynamo keeps this many guarded variants per code object before it silently runs eagerly; each
@@ -114,18 +131,32 @@ class XlaBackend:
             return contextlib.nullcontext()
         return torch.autocast("xla", dtype=dtype)
 
-    def compile_module(self, module: torch.nn.Module) -> Callable:
+    def compile_module(self, module: torch.nn.Module) -> "CapturedModule":
         """The module captured by dynamo and lowered by torch_xla's ``openxla`` backend.
 
         Static shapes (``dynamic=False``): XLA wants one graph per shape, which the pack's shape
         buckets already bound; symbolic shapes would reach XLA as dynamic dimensions.
         """
         import torch._dynamo
+        from torch._dynamo.backends.registry import lookup_backend
 
         config = torch._dynamo.config
         config.recompile_limit = max(config.recompile_limit, _DYNAMO_RECOMPILE_LIMIT)
         config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 4 * _DYNAMO_RECOMPILE_LIMIT)
-        captured = torch.compile(module, backend="openxla", dynamic=False)
+        result = CapturedModule()
+        openxla = lookup_backend("openxla")
+
+        def counting_backend(graph_module, example_inputs):
+            run_graph = openxla(graph_module, example_inputs)
+
+            def run(*args):
+                result.graph_calls += 1
+                _GRAPH_CALLS[0] += 1
+                return run_graph(*args)
+
+            return run
+
+        captured = torch.compile(module, backend=counting_backend, dynamic=False)
         met, increment = self._met, self._torch_xla._XLAC._xla_increment_counter
 
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -141,7 +172,15 @@ class XlaBackend:
                         increment(name, value)
             return output
 
-        return call
+        result.call = call
+        return result
+
+    def reset_compiler(self) -> None:
+        """Forget every capture. Dynamo never retries code whose capture raised (it runs it
+        uncaptured from then on, for every model of that class): a reset lets it capture again."""
+        import torch._dynamo
+
+        torch._dynamo.reset()
 
     def compiler_counters(self) -> dict[str, int]:
         """Dynamo's own counts: frames it compiled (first captures and recompiles), graphs, breaks."""
@@ -151,6 +190,7 @@ class XlaBackend:
             "dynamo_frames": int(counters["frames"]["total"]),
             "dynamo_graphs": int(counters["stats"]["unique_graphs"]),
             "dynamo_graph_breaks": int(sum(counters["graph_break"].values())),
+            "captured_graph_calls": _GRAPH_CALLS[0],
         }
 
     # -- metrics -------------------------------------------------------------------------------

@@ -63,19 +63,29 @@ class CompiledDiffusionModel(torch.nn.Module):
         try:
             if self._compiled is None:
                 self.__dict__["_compiled"] = self._backend.compile_module(self.inner)
+            graph_calls = getattr(self._compiled, "graph_calls", None)
             output = self._compiled(*args, **kwargs)
         except Exception as exc:
             if before["dynamo_frames"] == self._backend.compiler_counters()["dynamo_frames"]:
                 raise  # no capture was attempted: the model's own error, not the compiler's
             kwargs["transformer_options"] = options
-            output = self.inner(*args, **kwargs)  # raises too if the model itself is at fault
-            self._fall_back(f"{type(exc).__name__}: {_first_line(exc)}")
+            try:
+                output = self.inner(*args, **kwargs)
+            except Exception:
+                # The model's own error (it fails uncompiled too). Dynamo has marked the code it
+                # was capturing as never to be captured again: reset it, or every later model of
+                # this class would run uncaptured.
+                self._backend.reset_compiler()
+                raise
+            self._fall_back(_describe(exc))
             return output
         after = self._backend.compiler_counters()
         breaks = after["dynamo_graph_breaks"] - before["dynamo_graph_breaks"]
         if breaks > self._graph_break_limit:
             self._fall_back(f"{breaks} graph breaks when captured (limit {self._graph_break_limit}, "
                             "COMFY_TPU_COMPILED_GRAPH_BREAK_LIMIT)")
+        elif graph_calls is not None and self._compiled.graph_calls == graph_calls:
+            self._fall_back("dynamo ran it without a captured graph (it skips code whose capture failed before)")
         return output
 
     def _fall_back(self, reason: str) -> None:
@@ -84,9 +94,14 @@ class CompiledDiffusionModel(torch.nn.Module):
                     self._model_name, reason)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else "no message"
+def _describe(exc: BaseException) -> str:
+    """The compiler's error and, where it wraps one, the error underneath (the useful part)."""
+    root = exc
+    while getattr(root, "inner_exception", None) or root.__cause__:
+        root = getattr(root, "inner_exception", None) or root.__cause__
+    lines = [line for line in str(root).strip().splitlines() if line.strip()]
+    text = f"{type(root).__name__}: {lines[0] if lines else 'no message'}"
+    return text if root is exc else f"{type(exc).__name__} <- {text}"
 
 
 _ENTRY_ATTR = "_comfy_tpu_compiled"

@@ -77,13 +77,17 @@ def main(argv=None) -> int:
         rows.append((run, steps, wall, after["compiles"] - before["compiles"],
                      after["executions"] - before["executions"],
                      after["transfers_to_host"] - before["transfers_to_host"],
+                     after["dynamo_frames"] - before["dynamo_frames"],
                      ", ".join(f"{k} x{v}" for k, v in fallbacks.items()) or "none", name))
 
     print()
-    print(f"{'run':>3} {'steps':>5} {'wall s':>8} {'XLA compiles':>12} {'executions':>10} {'to-host':>7}  "
-          f"{'CPU fallbacks':<14} image")
-    for run, steps, wall, compiles, executions, transfers, fallbacks, name in rows:
-        print(f"{run:>3} {steps:>5} {wall:>8.2f} {compiles:>12} {executions:>10} {transfers:>7}  "
+    import tpu_runtime.patches as patches
+
+    print(f"execution mode: {patches.get_options().execution} (COMFY_TPU_EXECUTION)")
+    print(f"{'run':>3} {'steps':>5} {'wall s':>8} {'XLA compiles':>12} {'executions':>10} {'to-host':>7} "
+          f"{'dynamo captures':>15}  {'CPU fallbacks':<14} image")
+    for run, steps, wall, compiles, executions, transfers, captures, fallbacks, name in rows:
+        print(f"{run:>3} {steps:>5} {wall:>8.2f} {compiles:>12} {executions:>10} {transfers:>7} {captures:>15}  "
               f"{fallbacks:<14} output/{name}")
     print("\nA second run with another seed and step count compiles nothing: the step graph does not "
           "depend on the step index, step count, sigma or cfg value.")
