@@ -219,7 +219,7 @@ def format_doctor(data: dict[str, Any]) -> str:
         f"  device type  {r['device_type']} x{r['device_count']}",
         f"  TPU type     {r['tpu_type']}",
         f"  HBM per chip {hbm}",
-        f"  SPMD         {'on, mesh ' + r['mesh'] if r['spmd'] else 'off'}"
+        f"  SPMD         {'on, mesh ' + r['mesh'] if r.get('spmd') else 'off'}"
         f"{' (' + r['spmd_reason'] + ')' if r.get('spmd_reason') else ''}",
     ]
     if r["error"]:
