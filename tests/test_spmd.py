@@ -47,7 +47,11 @@ def _start(tmp_path, name: str, runs: list, **env: str) -> tuple[subprocess.Pope
 
 
 def _finish(process: subprocess.Popen, out: str) -> dict:
-    stdout, stderr = process.communicate(timeout=1800)
+    try:  # 10 signatures compile per child: ~10 CPU-minutes each, far more on a loaded 2-core host
+        stdout, stderr = process.communicate(timeout=3600)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
     assert process.returncode == 0, stderr[-3000:]
     line = next(l for l in stdout.splitlines() if l.startswith("RESULT "))
     return {**json.loads(line[len("RESULT "):]), "log": stderr, "latents": torch.load(out)}
