@@ -133,7 +133,14 @@ class XlaBackend:
         self._xm.wait_device_ops()
 
     def to_host(self, tensor: torch.Tensor) -> torch.Tensor:
-        """The run's one device-to-host transfer: its result."""
+        """The run's one device-to-host transfer: its result.
+
+        Under SPMD a result still split over the chips would be gathered by a replication program that
+        torch_xla compiles anew on every transfer; asking for it replicated on the device instead
+        makes that part of a cached graph (measured: 1 compile per run before, 0 after the first)."""
+        if self.spmd.on and tensor.dim() > 0:
+            tensor = tensor.clone()
+            self._xs.mark_sharding(tensor, self._mesh, (None,) * tensor.dim())
         return tensor.to("cpu")
 
     def autocast(self, dtype: torch.dtype) -> ContextManager:
