@@ -56,6 +56,8 @@ def _child_env(**extra: str) -> dict[str, str]:
     (["--tpu-sync-steps", "0"], {"COMFY_TPU_SYNC_STEPS": "0"}),
     (["--tpu-sync-steps", "5"], {"COMFY_TPU_SYNC_STEPS": "5"}),
     (["--tpu-cache-dir", "/var/cache/tpu"], {"COMFY_TPU_CACHE_DIR": "/var/cache/tpu"}),
+    (["--tpu-spmd", "off"], {"COMFY_TPU_SPMD": "off"}),
+    (["--tpu-mesh", "data=8"], {"COMFY_TPU_MESH": "data=8"}),
     ([], {}),
 ])
 def test_each_flag_sets_its_env_var(argv, expected):
@@ -78,7 +80,7 @@ def test_env_from_all_flags_is_what_settings_read(monkeypatch, tmp_path):
                            "--no-tpu-autocast-bf16", "--no-tpu-compilation-cache", "--no-tpu-shape-padding",
                            "--tpu-shape-padding-multiple", "32", "--tpu-debug-metrics", "--tpu-sync-steps", "2",
                            "--tpu-cache-dir", str(tmp_path), "--tpu-execution", "lazy",
-                           "--tpu-compiled-graph-break-limit", "2"])
+                           "--tpu-compiled-graph-break-limit", "2", "--tpu-spmd", "on", "--tpu-mesh", "data=4,model=2"])
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     loaded = load_settings()
@@ -87,7 +89,7 @@ def test_env_from_all_flags_is_what_settings_read(monkeypatch, tmp_path):
         "enable": True, "disable": False, "warmup": False, "warmup_steps": 3, "manual_warmup": True,
         "autocast_bf16": False, "compilation_cache": False, "shape_padding": False, "shape_padding_multiple": 32,
         "debug_metrics": True, "sync_steps": 2, "cache_dir": tmp_path, "execution": "lazy",
-        "compiled_graph_break_limit": 2}
+        "compiled_graph_break_limit": 2, "spmd": "on", "mesh": "data=4,model=2"}
 
 
 def test_last_of_an_on_off_pair_wins():

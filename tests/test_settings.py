@@ -17,6 +17,8 @@ BAD_VALUES = {
     "sync_steps": ["-1", "often"],
     "execution": ["eager", "COMPILED ", "jit"],
     "compiled_graph_break_limit": ["-1", "some"],
+    "spmd": ["maybe", "2", "yes"],
+    "mesh": ["model=4", "data=0", "data", "data=2,data=2", "data=four"],
 }
 GOOD_VALUES = {
     "warmup_steps": ("4", 4), "shape_padding_multiple": ("128", 128), "sync_steps": ("3", 3),
@@ -24,6 +26,7 @@ GOOD_VALUES = {
     "manual_warmup": ("true", True), "debug_metrics": ("1", True), "warmup": ("no", False),
     "autocast_bf16": ("off", False), "compilation_cache": ("0", False), "shape_padding": ("false", False),
     "execution": ("lazy", "lazy"), "compiled_graph_break_limit": ("3", 3),
+    "spmd": ("OFF", "off"), "mesh": (" data = 4 , model=2", "data=4,model=2"),
 }
 
 
@@ -43,6 +46,7 @@ def test_defaults_match_the_documented_table():
             s.compiled_graph_break_limit) == (
         None, False, True, 1, False, True, True, True, 64, False, 0, None, "compiled", 0)
     assert s.non_defaults() == {}
+    assert (s.spmd, s.mesh) == ("auto", None)
 
 
 @pytest.mark.parametrize("field,value", [(f, v) for f, values in BAD_VALUES.items() for v in values])
@@ -129,3 +133,43 @@ def test_path_decisions(monkeypatch):
     monkeypatch.setenv("PJRT_DEVICE", "CPU")
     auto = decide_path(load_settings(), lambda: pytest.fail("auto mode with no TPU runtime must not probe"))[0]
     assert not auto.on and "COMFY_TPU_ENABLE=1" in auto.reason
+
+
+# -- SPMD: the mode and mesh meet the device count (pure; the sampling itself is in test_spmd.py) --
+def test_spmd_auto_turns_on_with_several_devices_over_one_data_axis():
+    from tpu_runtime.device import plan_spmd
+
+    plan = plan_spmd("auto", None, 8)
+    assert plan.on and plan.mesh == "data=8" and plan.axes == {"data": 8} and not plan.problems
+    assert not plan_spmd("auto", None, 1).on and not plan_spmd("auto", None, 1).problems
+    assert not plan_spmd("off", None, 8).on and "COMFY_TPU_SPMD=off" in plan_spmd("off", None, 8).reason
+
+
+def test_spmd_on_with_one_device_says_so_and_runs_on_one():
+    from tpu_runtime.device import plan_spmd
+
+    plan = plan_spmd("on", None, 1)
+    assert not plan.on and "COMFY_TPU_SPMD=on" in plan.problems[0]
+
+
+@pytest.mark.parametrize("mesh", ["data=3", "data=4,model=4"])
+def test_mesh_that_does_not_fit_the_devices_is_named(mesh):
+    from tpu_runtime.device import plan_spmd
+
+    plan = plan_spmd("auto", mesh, 8)
+    assert not plan.on and plan.mesh == "single"
+    assert f"COMFY_TPU_MESH={mesh!r}" in plan.problems[0] and "8 XLA devices" in plan.problems[0]
+
+
+def test_a_fitting_two_axis_mesh_is_kept():
+    from tpu_runtime.device import plan_spmd
+
+    plan = plan_spmd("on", "data=4,model=2", 8)
+    assert plan.on and plan.axes == {"data": 4, "model": 2} and plan.mesh == "data=4,model=2"
+
+
+def test_spmd_cannot_start_once_tensors_exist():
+    from tpu_runtime.device import plan_spmd
+
+    plan = plan_spmd("auto", None, 4, locked=True)
+    assert not plan.on and "before any XLA tensor" in plan.problems[0]

@@ -26,7 +26,7 @@ def get_tpu_stats() -> dict[str, Any]:
     if runtime.MANAGER is None:
         return {"enabled": False, "reason": state.decision.reason if state else "not started",
                 "cached_signatures": 0, "signatures": [], "hits": 0, "misses": 0, "hit_rate": 0.0, "compiles": 0,
-                "compile_seconds": 0.0, "persistent_cache": None, "device": device}
+                "compile_seconds": 0.0, "persistent_cache": None, "spmd": None, "device": device}
     stats = runtime.MANAGER.stats()
     stats.update(enabled=True, reason=state.decision.reason, device=device)
     return stats

@@ -12,7 +12,7 @@ from typing import Optional
 from pydantic import BaseModel
 
 from . import versions
-from .settings import LoadedSettings
+from .settings import LoadedSettings, env_var, format_mesh, parse_mesh
 
 log = logging.getLogger("comfy_tpu")
 
@@ -32,13 +32,55 @@ class DeviceReport(BaseModel):
     device_count: int = 0
     tpu_type: str = "unknown"
     hbm_per_chip_bytes: Optional[int] = None
+    spmd: bool = False
+    mesh: str = "single"
+    spmd_reason: str = ""
     error: Optional[str] = None
 
     def summary(self) -> str:
         hbm = f"{self.hbm_per_chip_bytes / 2**30:.1f} GiB" if self.hbm_per_chip_bytes else "unknown"
         return (f"device {self.device or 'none'} ({self.device_type} x{self.device_count}, TPU type "
-                f"{self.tpu_type}, HBM/chip {hbm}); torch {self.torch_version}, torch_xla "
+                f"{self.tpu_type}, HBM/chip {hbm}, SPMD {'on, mesh ' + self.mesh if self.spmd else 'off'}); torch {self.torch_version}, torch_xla "
                 f"{self.torch_xla_version or 'missing'}, libtpu {self.libtpu_version or 'none'}")
+
+
+class SpmdPlan(BaseModel):
+    """Whether the batch is sharded over several devices, over which mesh, and why."""
+
+    on: bool
+    mesh: str = "single"          # "single", or axis=size pairs such as "data=4"
+    axes: dict[str, int] = {}
+    devices: int = 1
+    reason: str = ""
+    problems: list[str] = []
+
+
+def plan_spmd(mode: str, mesh_spec: Optional[str], device_count: int, locked: bool = False) -> SpmdPlan:
+    """Apply COMFY_TPU_SPMD / COMFY_TPU_MESH to the device count (pure: the backend acts on it).
+
+    A mesh that does not fit the devices is a named problem and the run stays on one device:
+    ComfyUI keeps working."""
+    off = dict(on=False, devices=device_count)
+    if mode == "off":
+        return SpmdPlan(**off, reason=f"off ({env_var('spmd')}=off)")
+    if device_count <= 1:
+        problems = [f"{env_var('spmd')}=on but only {device_count} XLA device is present: running on one device"
+                    ] if mode == "on" else []
+        return SpmdPlan(**off, reason="one XLA device", problems=problems)
+    if locked:
+        return SpmdPlan(**off, reason="tensors were on an XLA device before SPMD could be enabled",
+                        problems=["SPMD must be enabled before any XLA tensor exists; running on one device"])
+    axes = parse_mesh(mesh_spec) if mesh_spec else {"data": device_count}
+    size = 1
+    for value in axes.values():
+        size *= value
+    if size != device_count:
+        return SpmdPlan(**off, reason="mesh does not fit the devices", problems=[
+            f"{env_var('mesh')}={mesh_spec!r} is not valid: expected axis sizes whose product is the "
+            f"{device_count} XLA devices here, with a 'data' axis (e.g. data={device_count}). Running on one "
+            "device."])
+    why = "on" if mode == "on" else f"auto: {device_count} XLA devices"
+    return SpmdPlan(on=True, mesh=format_mesh(axes), axes=axes, devices=device_count, reason=why)
 
 
 class PathDecision(BaseModel):
@@ -89,6 +131,7 @@ def detect(start_runtime: bool = True) -> DeviceReport:
         return report
     report.device_type = xla.device_type()
     report.device_count = xla.device_count()
+    report.spmd, report.mesh, report.spmd_reason = xla.spmd.on, xla.spmd.mesh, xla.spmd.reason
     attrs = xla.device_attributes()
     report.tpu_type = str(attrs.get("name") or attrs.get("device_kind") or os.environ.get(
         "TPU_ACCELERATOR_TYPE") or ("n/a (not a TPU)" if report.device_type != "TPU" else "unknown"))

@@ -43,6 +43,8 @@ VALUE_FLAGS: list[tuple[str, str, str]] = [
     ("--tpu-cache-dir", "cache_dir", "PATH"),
     ("--tpu-execution", "execution", "MODE"),
     ("--tpu-compiled-graph-break-limit", "compiled_graph_break_limit", "N"),
+    ("--tpu-spmd", "spmd", "auto|on|off"),
+    ("--tpu-mesh", "mesh", "data=N"),
 ]
 _INT_FIELDS = {"warmup_steps", "shape_padding_multiple", "sync_steps", "compiled_graph_break_limit"}
 
@@ -178,7 +180,11 @@ def doctor_data() -> dict[str, Any]:
     """What doctor reports: detected hardware, settings in force and the TPU-path decision."""
     from .device import decide_path, detect  # imports torch: only here
 
+    from . import backend as backend_mod
+
     loaded = load_settings()
+    if loaded.ok:
+        backend_mod.configure_spmd(loaded.settings.spmd, loaded.settings.mesh)
     seen: list[Any] = []
 
     def report_fn():
@@ -204,6 +210,8 @@ def format_doctor(data: dict[str, Any]) -> str:
     """The doctor report as text lines."""
     r, s, d = data["report"], data["settings"], data["decision"]
     hbm = f"{r['hbm_per_chip_bytes'] / 2**30:.1f} GiB" if r["hbm_per_chip_bytes"] else "unknown"
+    if not r["hbm_per_chip_bytes"] and r.get("spmd"):
+        hbm += " (torch_xla answers no memory query under SPMD)"
     changed = ", ".join(f"{env_var(k)}={v}" for k, v in s["non_defaults"].items()) or "none"
     lines = [
         "comfy-tpu doctor",
@@ -214,6 +222,8 @@ def format_doctor(data: dict[str, Any]) -> str:
         f"  device type  {r['device_type']} x{r['device_count']}",
         f"  TPU type     {r['tpu_type']}",
         f"  HBM per chip {hbm}",
+        f"  SPMD         {'on, mesh ' + r['mesh'] if r.get('spmd') else 'off'}"
+        f"{' (' + r['spmd_reason'] + ')' if r.get('spmd_reason') else ''}",
     ]
     if r["error"]:
         lines.append(f"  problem      {r['error']}")

@@ -174,9 +174,19 @@ class TPUManager(sampling.RunObserver):
             "hits": counters["persistent_cache_hits"], "misses": counters["persistent_cache_misses"],
             "deserialize_failures": counters["persistent_cache_deserialize_failures"],
             "note": self.persistent_cache_note}
+        stats["spmd"] = self.spmd_stats()
         stats["options"] = self.options.model_dump()
         stats["auto_warmup"] = self.auto_warmup
         return stats
+
+
+    def spmd_stats(self) -> dict[str, Any]:
+        """Mesh, devices and per-chip memory as the runtime reports them ("unknown" where it does not)."""
+        plan = getattr(self.backend, "spmd", None)
+        memory = self.backend.memory_info(self.backend.device())
+        return {"on": bool(plan and plan.on), "mesh": self.mesh, "devices": plan.devices if plan else 1,
+                "data_axis": self.backend.shard_count(), "reason": plan.reason if plan else "",
+                "memory_per_chip": {"free": memory[0], "total": memory[1]} if memory else "unknown"}
 
 
 def _sampler_function_name(sampler_name: str) -> str:

@@ -85,6 +85,8 @@ def start(force: bool = False) -> RuntimeState:
         except OSError as exc:
             log.warning("comfy-tpu: no XLA persistent cache at %s (%s)", xla_dir, exc)
             xla_dir = None
+    if loaded.ok:  # SPMD is switched on (or not) when the backend starts, before any XLA device exists
+        backend_mod.configure_spmd(settings.spmd, settings.mesh)
     decision, report = decide_path(loaded, detect)
     STATE = RuntimeState(loaded=loaded, decision=decision, report=report)
     if not decision.on:
@@ -103,7 +105,8 @@ def start(force: bool = False) -> RuntimeState:
     MANAGER = manager_mod.TPUManager(
         backend, registry, options, warmup=settings.warmup, manual_warmup=settings.manual_warmup,
         warmup_steps=settings.warmup_steps, xla_cache_dir=Path(backend.persistent_cache_dir)
-        if backend.persistent_cache_dir else None, persistent_cache_note=persistent_cache_note(report))
+        if backend.persistent_cache_dir else None, persistent_cache_note=persistent_cache_note(report),
+        mesh=backend.mesh_description())
     sampling.OBSERVERS[:] = [MANAGER]
     patches.install(backend, options)
     changed = loaded.settings.non_defaults()

@@ -7,7 +7,8 @@ call whose model loads on the XLA device:
 * ``SAMPLER_SAMPLE``: hands the sampler host sigmas, host-drawn noise and honest step pacing.
 * ``PREDICT_NOISE``: one step boundary before each model evaluation.
 * ``CALC_COND_BATCH``: cond/uncond batching fixed, not chosen from free memory each step.
-* ``APPLY_MODEL``: bf16 autocast around the model; the sampler's own math stays fp32.
+* ``APPLY_MODEL``: bf16 autocast around the model; the sampler's own math stays fp32. Under SPMD
+  the model's input batch is split over the mesh (``batch_shard``).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from typing import Any, Literal, Optional
 import torch
 from pydantic import BaseModel
 
-from . import compiled, metrics, padding, schedule
+from . import batch_shard, compiled, metrics, padding, schedule
 from .signature import ExecutionSignature, build_signature
 from .host_values import HostTensor, as_host, host_copy, plain, upload
 from .noise import host_brownian_noise_sampler, host_default_noise_sampler, noise_kind
@@ -133,7 +134,8 @@ def _outer_sample(backend, options: RunOptions):
             latent_shapes = [latent_image.shape]
         run = SamplingRun(backend=backend, options=options, host_sigmas=as_host(sigmas),
                           model_name=type(patcher.model).__name__)
-        run.signature = _signature(guider, sampler, user_shape, tuple(noise.shape), options, len(sigmas) - 1)
+        run.signature = _signature(guider, sampler, user_shape, tuple(noise.shape), options, len(sigmas) - 1,
+                                   backend.mesh_description())
         for observer in OBSERVERS:
             observer.before_run(run, patcher)
         token = _RUN.set(run)
@@ -179,7 +181,8 @@ def _pad_inputs(noise, latent_image, denoise_mask, padded: tuple[int, ...]):
     return padding.pad(noise, height, width), padding.pad(latent_image, height, width), denoise_mask
 
 
-def _signature(guider, sampler, user_shape, padded_shape, options: RunOptions, steps: int) -> ExecutionSignature:
+def _signature(guider, sampler, user_shape, padded_shape, options: RunOptions, steps: int,
+               mesh: str = "single") -> ExecutionSignature:
     tokens = []
     for conds in getattr(guider, "original_conds", {}).values():
         for cond in conds:
@@ -193,7 +196,7 @@ def _signature(guider, sampler, user_shape, padded_shape, options: RunOptions, s
     dtype = "bfloat16" if options.autocast_bf16 else str(model_dtype).removeprefix("torch.")
     return build_signature(guider.model_patcher, user_shape, padded_shape, tuple(tokens) or (0,), uncond, dtype,
                            getattr(function, "__name__", type(sampler).__name__), cfg_scale=float(cfg),
-                           steps=steps)
+                           steps=steps, mesh=mesh)
 
 
 def _host_tagged(latent: torch.Tensor) -> torch.Tensor:
@@ -337,12 +340,19 @@ def _calc_cond_batch(executor, model, conds, x_in, timestep, model_options):
 
 def _apply_model(backend, options: RunOptions):
     dtype = torch.bfloat16 if options.autocast_bf16 else torch.float32
+    spmd = backend.shard_count() > 1
 
     def apply_model(executor, *args, **kwargs):
         with backend.autocast(dtype):
-            return executor(*args, **kwargs)
+            return _execute(backend, spmd, executor, args, kwargs)
 
     return apply_model
+
+
+def _execute(backend, spmd: bool, executor, args, kwargs):
+    if spmd:  # the batch is split over the mesh's 'data' axis
+        return batch_shard.sharded_apply(backend, executor, *args, **kwargs)
+    return executor(*args, **kwargs)
 
 
 def _compiled_apply_model(backend, options: RunOptions):
@@ -350,20 +360,21 @@ def _compiled_apply_model(backend, options: RunOptions):
     the length of the call (as core's torch.compile wrapper does), under the same autocast."""
     dtype = torch.bfloat16 if options.autocast_bf16 else torch.float32
     models = compiled.registry(backend)
+    spmd = backend.shard_count() > 1
 
     def apply_model(executor, *args, **kwargs):
         base_model = executor.class_obj
         original = getattr(base_model, "diffusion_model", None)
         if not isinstance(original, torch.nn.Module) or isinstance(original, compiled.CompiledDiffusionModel):
             with backend.autocast(dtype):  # no diffusion model to capture, or already inside one
-                return executor(*args, **kwargs)
+                return _execute(backend, spmd, executor, args, kwargs)
         stand_in = models.for_module(original, _model_label(base_model), options.compiled_graph_break_limit)
         run = _RUN.get()
         stand_in.before_call = run.pacer.boundary if run is not None and run.pacer is not None else None
         base_model.diffusion_model = stand_in
         try:
             with backend.autocast(dtype):
-                return executor(*args, **kwargs)
+                return _execute(backend, spmd, executor, args, kwargs)
         finally:
             base_model.diffusion_model = original
             stand_in.before_call = None

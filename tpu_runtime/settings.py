@@ -36,6 +36,9 @@ _ACCEPTED: dict[str, str] = {
     "cache_dir": "a directory path",
     "execution": "compiled (dynamo + openxla) or lazy (lazy tensor tracing every step)",
     "compiled_graph_break_limit": "an integer >= 0",
+    "spmd": "auto, on or off (auto: on when more than one XLA device is present)",
+    "mesh": "axis=size pairs separated by commas with a 'data' axis, e.g. data=8 or data=4,model=2 "
+            "(unset: every device on one 'data' axis)",
 }
 
 
@@ -61,6 +64,20 @@ class TPUSettings(BaseSettings):
                                 "re-traced lazily every step.")
     compiled_graph_break_limit: int = Field(
         0, ge=0, description="Graph breaks a captured model may have before it falls back to lazy execution.")
+    spmd: Literal["auto", "on", "off"] = Field("auto", description="Shard the batch over every XLA device (SPMD).")
+    mesh: Optional[str] = Field(None, description="Device mesh for SPMD, e.g. data=8 (default: all on 'data').")
+
+    @field_validator("spmd", mode="before")
+    @classmethod
+    def _spmd_word(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("mesh")
+    @classmethod
+    def _mesh_spec(cls, value: Optional[str]) -> Optional[str]:
+        if value is None:
+            return None
+        return format_mesh(parse_mesh(value))
 
     @field_validator("shape_padding_multiple")
     @classmethod
@@ -80,6 +97,28 @@ class TPUSettings(BaseSettings):
         defaults = TPUSettings.model_construct()
         return {name: getattr(self, name) for name in type(self).model_fields
                 if getattr(self, name) != getattr(defaults, name)}
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+    """``"data=4,model=2"`` -> ``{"data": 4, "model": 2}``; raises ValueError on anything else.
+
+    Sizes are checked against the device count only when the devices are known (the backend)."""
+    axes: dict[str, int] = {}
+    for part in text.split(","):
+        name, sep, size = part.partition("=")
+        name = name.strip()
+        if not sep or not name.isidentifier() or not size.strip().isdigit() or int(size) < 1:
+            raise ValueError(f"{part.strip()!r} is not axis=size")
+        if name in axes:
+            raise ValueError(f"axis {name!r} given twice")
+        axes[name] = int(size)
+    if "data" not in axes:
+        raise ValueError("the batch is sharded over an axis named 'data': name one")
+    return axes
+
+
+def format_mesh(axes: dict[str, int]) -> str:
+    return ",".join(f"{name}={size}" for name, size in axes.items())
 
 
 class _SettingsFileSource(PydanticBaseSettingsSource):
