@@ -25,7 +25,7 @@ GOOD_VALUES = {
     "cache_dir": ("/tmp/ct", "/tmp/ct"), "enable": ("yes", True), "disable": ("on", True),
     "manual_warmup": ("true", True), "debug_metrics": ("1", True), "warmup": ("no", False),
     "autocast_bf16": ("off", False), "compilation_cache": ("0", False), "shape_padding": ("false", False),
-    "execution": ("lazy", "lazy"), "compiled_graph_break_limit": ("3", 3),
+    "execution": ("compiled", "compiled"), "compiled_graph_break_limit": ("3", 3),
     "spmd": ("OFF", "off"), "mesh": (" data = 4 , model=2", "data=4,model=2"),
 }
 
@@ -44,7 +44,7 @@ def test_defaults_match_the_documented_table():
     assert (s.enable, s.disable, s.warmup, s.warmup_steps, s.manual_warmup, s.autocast_bf16, s.compilation_cache,
             s.shape_padding, s.shape_padding_multiple, s.debug_metrics, s.sync_steps, s.cache_dir, s.execution,
             s.compiled_graph_break_limit) == (
-        None, False, True, 1, False, True, True, True, 64, False, 0, None, "compiled", 0)
+        None, False, True, 1, False, True, True, True, 64, False, 0, None, "lazy", 0)
     assert s.non_defaults() == {}
     assert (s.spmd, s.mesh) == ("auto", None)
 

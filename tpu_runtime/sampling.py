@@ -44,7 +44,7 @@ class RunOptions(BaseModel):
     shape_padding: bool = True
     shape_padding_multiple: int = 64
     compilation_cache: bool = True
-    execution: Literal["compiled", "lazy"] = "compiled"
+    execution: Literal["compiled", "lazy"] = "lazy"
     compiled_graph_break_limit: int = 0
 
 

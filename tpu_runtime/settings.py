@@ -60,7 +60,7 @@ class TPUSettings(BaseSettings):
     sync_steps: int = Field(0, ge=0, description="--tpu-sync-steps N: also wait for the device every N steps.")
     cache_dir: Optional[Path] = Field(None, description="Where the pack keeps its cache (default <ComfyUI user dir>/comfy-tpu).")
     execution: Literal["compiled", "lazy"] = Field(
-        "compiled", description="How the diffusion model runs: captured once by dynamo (openxla backend) or "
+        "lazy", description="How the diffusion model runs: captured once by dynamo (openxla backend) or "
                                 "re-traced lazily every step.")
     compiled_graph_break_limit: int = Field(
         0, ge=0, description="Graph breaks a captured model may have before it falls back to lazy execution.")
