@@ -262,7 +262,6 @@ def _sampler_sample(executor, model_wrap, sigmas, extra_args, callback, noise, l
         host_sigmas = as_host(sigmas)  # another wrapper changed the schedule: one transfer
     total_steps = max(len(host_sigmas) - 1, 0)
     latent_image = _as_device_data(latent_image)
-    _conds_to_device(model_wrap, noise.device)
     pacer = StepPacer(run.backend, total_steps, wait_every=run.options.sync_steps, show_bar=not disable_pbar)
     run.pacer = pacer
     run.pacers.append(pacer)
@@ -276,20 +275,6 @@ def _sampler_sample(executor, model_wrap, sigmas, extra_args, callback, noise, l
     finally:
         pacer.close()
         run.pacer = None
-
-
-def _conds_to_device(guider, device) -> None:
-    """Upload the run's model conds (the text embedding, ...) once, instead of once per model call:
-    ComfyUI keeps them on the host and copies them to the device in every ``apply_model``. The
-    objects are the run's own (``process_conds`` makes them for each run)."""
-    if device is None or device.type == "cpu":
-        return
-    for conds in (getattr(guider, "conds", None) or {}).values():
-        for cond in conds or ():
-            for model_cond in (cond.get("model_conds") or {}).values() if isinstance(cond, dict) else ():
-                value = getattr(model_cond, "cond", None)
-                if isinstance(value, torch.Tensor) and value.device.type == "cpu" and not value.is_nested:
-                    model_cond.cond = value.to(device)
 
 
 def _as_device_data(tensor):
