@@ -66,6 +66,7 @@ def main() -> int:
     parser.add_argument("--size", default="sd15", choices=["tiny", "sd15"])
     parser.add_argument("--px", type=int, default=256)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--layouts", default="native,hwio", help="conv kernel layouts to run (COMFY_TPU_CONV_KERNEL_LAYOUT)")
     args = parser.parse_args()
 
     from tpu_runtime.comfy_host import import_comfy
@@ -107,40 +108,42 @@ def main() -> int:
 
     xla = tiny_model.build_patcher(args.size, seed=0)
     saved = patches.get_options()
-    for mode in ("lazy", "compiled"):
-        patches.set_options(saved.model_copy(update={"execution": mode}))
-        print(f"{mode}: first run ...", flush=True)
+    runs = [(mode, layout) for layout in args.layouts.split(",") for mode in ("lazy", "compiled")]
+    for mode, layout in runs:
+        patches.set_options(saved.model_copy(update={"execution": mode, "conv_kernel_layout": layout}))
+        print(f"{mode}, {layout} kernels: first run ...", flush=True)
         _, first, first_delta = sample(xla, 2)
         out, wall, delta = sample(xla, args.steps, seed=43)
         out, wall, delta = sample(xla, args.steps)
         meter.on, meter.wait_s = True, 0.0
         _, idle_wall, _ = sample(xla, args.steps)
         meter.on = False
-        rows[mode] = {"first": first, "first_delta": first_delta, "step_s": wall / args.steps, "delta": delta,
+        rows[(mode, layout)] = {"first": first, "first_delta": first_delta, "step_s": wall / args.steps, "delta": delta,
                       "host_ms": 1000 * (idle_wall - meter.wait_s) / args.steps,
                       "diff": (out.float() - reference.float()).abs().max().item(),
                       "trace_ms": 1000 * sampling.RUN_HISTORY[-2].host_trace_s / max(sampling.RUN_HISTORY[-2].model_calls, 1)}
-        print(rows[mode], flush=True)
+        print(rows[(mode, layout)], flush=True)
     patches.set_options(saved)
 
     eager = rows["eager CPU"]["step_s"]
     lines = [f"\n### Execution modes: {args.size} UNet, {args.px}x{args.px}, batch 1, cfg 7 (2 rows a call), euler, "
              f"{args.steps} steps; {platform.machine()}, {os.cpu_count()} cores, PJRT CPU, fp32\n",
-             "| mode | s/step | / eager | host ms/step (device idle) | first run s (2 steps) | XLA compiles | "
+             "| mode | conv kernels | s/step | / eager | host ms/step (device idle) | first run s (2 steps) | XLA compiles | "
              "XLA compile s | dynamo frames | dynamo graphs | graph breaks | executions/run | to-host/run | "
              "max abs diff vs eager |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-             f"| eager CPU | {eager:.2f} | 1.00 | - | {rows['eager CPU']['first']:.1f} | - | - | - | - | - | - | - | - |"]
-    for mode in ("lazy", "compiled"):
-        r = rows[mode]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+             f"| eager CPU | OIHW | {eager:.2f} | 1.00 | - | {rows['eager CPU']['first']:.1f} | - | - | - | - | - | - | - | - |"]
+    for mode, layout in runs:
+        r = rows[(mode, layout)]
         f, d = r["first_delta"], r["delta"]
-        lines.append(f"| {mode} | {r['step_s']:.2f} | {r['step_s'] / eager:.2f} | {r['host_ms']:.1f} | {r['first']:.1f} | "
+        lines.append(f"| {mode} | {layout} | {r['step_s']:.2f} | {r['step_s'] / eager:.2f} | {r['host_ms']:.1f} | {r['first']:.1f} | "
                      f"{f['compiles']} | {f['compile_s']:.1f} | {f['dynamo_frames']} | {f['dynamo_graphs']} | "
                      f"{f['dynamo_graph_breaks']} | {d['executions']} | {d['transfers_to_host']} | {r['diff']:.1e} |")
-    lines.append(f"\nSteady runs after the first: lazy {rows['lazy']['delta']['compiles']} XLA compiles; compiled "
-                 f"{rows['compiled']['delta']['compiles']} XLA compiles, {rows['compiled']['delta']['dynamo_frames']} "
-                 f"dynamo frames. Pacer host time per call (pipelined run): lazy {rows['lazy']['trace_ms']:.1f} ms, "
-                 f"compiled {rows['compiled']['trace_ms']:.1f} ms.")
+    for mode, layout in runs:
+        r = rows[(mode, layout)]
+        lines.append(f"\n{mode}, {layout} kernels, steady runs after the first: {r['delta']['compiles']} XLA compiles, "
+                     f"{r['delta']['dynamo_frames']} dynamo frames; pacer host time per call (pipelined run) "
+                     f"{r['trace_ms']:.1f} ms.")
     print("\n".join(lines))
     return 0
 

@@ -49,17 +49,24 @@ def ksample(comfy, patcher, positive, negative, *, steps: int, sampler: str = "e
 
 
 @contextlib.contextmanager
-def execution_mode(mode: str):
-    """Runs inside use ``mode`` (compiled or lazy); the test default is restored after."""
+def run_options(**update):
+    """Runs inside use these run options; the test defaults are restored after."""
     import tpu_runtime.patches as patches
     from tpu_runtime.sampling import RunOptions
 
     saved = patches.get_options() or RunOptions(autocast_bf16=False)
-    patches.set_options(saved.model_copy(update={"execution": mode}))
+    patches.set_options(saved.model_copy(update=update))
     try:
-        yield mode
+        yield
     finally:
         patches.set_options(saved)
+
+
+@contextlib.contextmanager
+def execution_mode(mode: str):
+    """Runs inside use ``mode`` (compiled or lazy); the test default is restored after."""
+    with run_options(execution=mode):
+        yield mode
 
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -17,6 +17,7 @@ BAD_VALUES = {
     "sync_steps": ["-1", "often"],
     "execution": ["eager", "COMPILED ", "jit"],
     "compiled_graph_break_limit": ["-1", "some"],
+    "conv_kernel_layout": ["oihw", "nhwc", "yes"],
     "spmd": ["maybe", "2", "yes"],
     "mesh": ["model=4", "data=0", "data", "data=2,data=2", "data=four"],
 }
@@ -26,6 +27,7 @@ GOOD_VALUES = {
     "manual_warmup": ("true", True), "debug_metrics": ("1", True), "warmup": ("no", False),
     "autocast_bf16": ("off", False), "compilation_cache": ("0", False), "shape_padding": ("false", False),
     "execution": ("compiled", "compiled"), "compiled_graph_break_limit": ("3", 3),
+    "conv_kernel_layout": ("native", "native"),
     "spmd": ("OFF", "off"), "mesh": (" data = 4 , model=2", "data=4,model=2"),
 }
 
@@ -46,7 +48,7 @@ def test_defaults_match_the_documented_table():
             s.compiled_graph_break_limit) == (
         None, False, True, 1, False, True, True, True, 64, False, 0, None, "lazy", 0)
     assert s.non_defaults() == {}
-    assert (s.spmd, s.mesh) == ("auto", None)
+    assert (s.spmd, s.mesh, s.conv_kernel_layout) == ("auto", None, "auto")
 
 
 @pytest.mark.parametrize("field,value", [(f, v) for f, values in BAD_VALUES.items() for v in values])

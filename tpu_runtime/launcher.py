@@ -43,6 +43,7 @@ VALUE_FLAGS: list[tuple[str, str, str]] = [
     ("--tpu-cache-dir", "cache_dir", "PATH"),
     ("--tpu-execution", "execution", "MODE"),
     ("--tpu-compiled-graph-break-limit", "compiled_graph_break_limit", "N"),
+    ("--tpu-conv-kernel-layout", "conv_kernel_layout", "auto|hwio|native"),
     ("--tpu-spmd", "spmd", "auto|on|off"),
     ("--tpu-mesh", "mesh", "data=N"),
 ]
@@ -200,6 +201,7 @@ def doctor_data() -> dict[str, Any]:
             "non_defaults": {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.non_defaults().items()},
             "cache_dir": str(settings.cache_dir) if settings.cache_dir else None,
             "execution": settings.execution,
+            "conv_kernel_layout": settings.conv_kernel_layout,
             "problems": [problem.message() for problem in loaded.problems],
         },
         "decision": decision.model_dump(mode="json"),
@@ -229,7 +231,8 @@ def format_doctor(data: dict[str, Any]) -> str:
         lines.append(f"  problem      {r['error']}")
     lines += [f"  settings     changed from defaults: {changed}",
               f"  cache dir    {s['cache_dir'] or '<ComfyUI user dir>/comfy-tpu (default)'}",
-              f"  execution    {s['execution']}"]
+              f"  execution    {s['execution']}",
+              f"  conv kernels {s.get('conv_kernel_layout', 'auto')} (COMFY_TPU_CONV_KERNEL_LAYOUT)"]
     lines += [f"  settings problem: {p}" for p in s["problems"]]
     lines.append(f"TPU path {'ON' if d['on'] else 'OFF'}: {d['reason']}")
     return "\n".join(lines)

@@ -34,7 +34,8 @@ def run_options(loaded: LoadedSettings) -> RunOptions:
     return RunOptions(autocast_bf16=s.autocast_bf16, sync_steps=s.sync_steps, debug_metrics=s.debug_metrics,
                       shape_padding=s.shape_padding, shape_padding_multiple=s.shape_padding_multiple,
                       compilation_cache=s.compilation_cache, execution=s.execution,
-                      compiled_graph_break_limit=s.compiled_graph_break_limit)
+                      compiled_graph_break_limit=s.compiled_graph_break_limit,
+                      conv_kernel_layout=s.conv_kernel_layout)
 
 
 def default_cache_dir() -> Path:

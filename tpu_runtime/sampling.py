@@ -8,7 +8,8 @@ call whose model loads on the XLA device:
 * ``PREDICT_NOISE``: one step boundary before each model evaluation.
 * ``CALC_COND_BATCH``: cond/uncond batching fixed, not chosen from free memory each step.
 * ``APPLY_MODEL``: bf16 autocast around the model; the sampler's own math stays fp32. Under SPMD
-  the model's input batch is split over the mesh (``batch_shard``).
+  the model's input batch is split over the mesh (``batch_shard``). Conv layers read HWIO twins of
+  their kernels where that is on (``kernel_layout``).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from typing import Any, Literal, Optional
 import torch
 from pydantic import BaseModel
 
-from . import batch_shard, compiled, metrics, padding, schedule
+from . import batch_shard, compiled, kernel_layout, metrics, padding, schedule
 from .signature import ExecutionSignature, build_signature
 from .host_values import HostTensor, as_host, host_copy, plain, upload
 from .noise import host_brownian_noise_sampler, host_default_noise_sampler, noise_kind
@@ -46,6 +47,7 @@ class RunOptions(BaseModel):
     compilation_cache: bool = True
     execution: Literal["compiled", "lazy"] = "lazy"
     compiled_graph_break_limit: int = 0
+    conv_kernel_layout: Literal["auto", "hwio", "native"] = "auto"
 
 
 class RunObserver:
@@ -326,12 +328,20 @@ def _calc_cond_batch(executor, model, conds, x_in, timestep, model_options):
 def _apply_model(backend, options: RunOptions):
     dtype = torch.bfloat16 if options.autocast_bf16 else torch.float32
     spmd = backend.shard_count() > 1
+    kernels = _kernel_twins(backend, options)
 
     def apply_model(executor, *args, **kwargs):
-        with backend.autocast(dtype):
+        with kernels(getattr(executor.class_obj, "diffusion_model", None)), backend.autocast(dtype):
             return _execute(backend, spmd, executor, args, kwargs)
 
     return apply_model
+
+
+def _kernel_twins(backend, options: RunOptions):
+    """``twins.applied`` where conv kernels go to XLA as HWIO twins, else a no-op."""
+    if kernel_layout.resolve(options.conv_kernel_layout, backend.device_type()):
+        return kernel_layout.twins(backend).applied
+    return lambda model: contextlib.nullcontext()
 
 
 def _execute(backend, spmd: bool, executor, args, kwargs):
@@ -346,6 +356,7 @@ def _compiled_apply_model(backend, options: RunOptions):
     dtype = torch.bfloat16 if options.autocast_bf16 else torch.float32
     models = compiled.registry(backend)
     spmd = backend.shard_count() > 1
+    kernels = _kernel_twins(backend, options)
 
     def apply_model(executor, *args, **kwargs):
         base_model = executor.class_obj
@@ -358,7 +369,7 @@ def _compiled_apply_model(backend, options: RunOptions):
         stand_in.before_call = run.pacer.boundary if run is not None and run.pacer is not None else None
         base_model.diffusion_model = stand_in
         try:
-            with backend.autocast(dtype):
+            with kernels(original), backend.autocast(dtype):
                 return _execute(backend, spmd, executor, args, kwargs)
         finally:
             base_model.diffusion_model = original

@@ -36,6 +36,7 @@ _ACCEPTED: dict[str, str] = {
     "cache_dir": "a directory path",
     "execution": "compiled (dynamo + openxla) or lazy (lazy tensor tracing every step)",
     "compiled_graph_break_limit": "an integer >= 0",
+    "conv_kernel_layout": "auto, hwio or native (auto: hwio on the PJRT CPU device, native elsewhere)",
     "spmd": "auto, on or off (auto: on when more than one XLA device is present)",
     "mesh": "axis=size pairs separated by commas with a 'data' axis, e.g. data=8 or data=4,model=2 "
             "(unset: every device on one 'data' axis)",
@@ -64,6 +65,9 @@ class TPUSettings(BaseSettings):
                                 "re-traced lazily every step.")
     compiled_graph_break_limit: int = Field(
         0, ge=0, description="Graph breaks a captured model may have before it falls back to lazy execution.")
+    conv_kernel_layout: Literal["auto", "hwio", "native"] = Field(
+        "auto", description="Conv kernels handed to XLA as HWIO twins (no per-call kernel transposes; costs a "
+                            "device copy of each conv kernel) or as PyTorch's own OIHW weights.")
     spmd: Literal["auto", "on", "off"] = Field("auto", description="Shard the batch over every XLA device (SPMD).")
     mesh: Optional[str] = Field(None, description="Device mesh for SPMD, e.g. data=8 (default: all on 'data').")
 

@@ -1,0 +1,119 @@
+"""Conv kernels handed to XLA in the layout its CPU convolution reads (HWIO), not PyTorch's OIHW.
+
+PyTorch keeps a Conv2d weight as OIHW; XLA:CPU's convolution reads its kernel as HWIO. With the
+weight as a graph parameter, every execution of the model's graph first transposes every conv
+kernel (the SD1.5 UNet at 256x256: 171 transpose-copies, 2.5 GB, a call), and in compiled mode the
+argument buffers were also re-laid out on the calling thread (most of its host time). A twin of
+each kernel stored HWIO on the device, handed to the conv as a permuted view, lets XLA fold the
+permute into the convolution's dimension numbers: no copy a call (bench/RESULTS.md has the figures).
+
+The twin is a non-persistent buffer of its layer (``comfy_tpu_hwio_kernel``): it moves with the
+layer when ComfyUI offloads or reloads the model, ComfyUI counts its memory, it is not saved, and
+dynamo treats it as a graph input (a tensor held elsewhere would be frozen into the captured graph
+as a constant: measured, a stale kernel after a LoRA patch was removed). It goes in through ComfyUI's
+own per-layer hook (``weight_function`` of ``comfy.ops`` layers) for the length of one model call,
+only on layers with no other weight or bias function (LoRA's low-VRAM patches use the same hook:
+those layers keep their own path). A twin is refilled in place when its weight changes (a new
+weight object, new device data, an in-place write).
+"""
+from __future__ import annotations
+
+import contextlib
+import weakref
+from typing import Iterator, Literal, Optional
+
+import torch
+
+KernelLayout = Literal["auto", "hwio", "native"]
+BUFFER = "comfy_tpu_hwio_kernel"
+_STATE = "_comfy_tpu_hwio_state"  # the layer's (weight ref, weight token, HwioKernel), in its __dict__
+
+
+def resolve(setting: KernelLayout, device_type: str) -> bool:
+    """Whether twins are used: ``auto`` means on the PJRT CPU device, the one where it was measured."""
+    if setting == "auto":
+        return device_type.upper() == "CPU"
+    return setting == "hwio"
+
+
+class HwioKernel:
+    """A layer's ``weight_function``: its HWIO twin, viewed as OIHW, in the weight's dtype."""
+
+    def __init__(self, layer: torch.nn.Module) -> None:
+        self.layer = layer  # a cycle through the layer's own __dict__: collected with the layer
+
+    def __call__(self, weight: torch.Tensor) -> torch.Tensor:
+        return getattr(self.layer, BUFFER).permute(3, 2, 0, 1).to(weight.dtype)
+
+
+class KernelTwins:
+    """Makes and refreshes the HWIO twins of conv layers on the device."""
+
+    def __init__(self, backend) -> None:
+        self.backend = backend
+        self.made = 0  # twins made or refilled so far (tests and stats read it)
+
+    def _eligible(self, layer: torch.nn.Module) -> bool:
+        weight = getattr(layer, "weight", None)
+        return (isinstance(layer, torch.nn.Conv2d) and isinstance(weight, torch.Tensor) and weight.dim() == 4
+                and hasattr(layer, "weight_function") and not layer.weight_function
+                and not getattr(layer, "bias_function", None) and self.backend.is_device(weight.device))
+
+    def kernels_for(self, model: torch.nn.Module) -> list[tuple[torch.nn.Module, HwioKernel]]:
+        """Each eligible conv layer of ``model`` with its kernel function, its twin up to date. New
+        values are computed together, in one small graph, so they never join the model's own graph."""
+        pairs, fresh = [], []
+        for layer in model.modules():
+            if not self._eligible(layer):
+                continue
+            weight = layer.weight
+            token = self.backend.tensor_token(weight)
+            state = vars(layer).get(_STATE)
+            if state is None or state[0]() is not weight or state[1] != token:
+                kernel = state[2] if state is not None else HwioKernel(layer)
+                fresh.append(self._refill(layer, weight))
+                vars(layer)[_STATE] = (weakref.ref(weight), token, kernel)
+            pairs.append((layer, vars(layer)[_STATE][2]))
+        if fresh:
+            self.backend.materialize(fresh)
+            self.made += len(fresh)
+        return pairs
+
+    @staticmethod
+    def _refill(layer: torch.nn.Module, weight: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            values = weight.detach().permute(2, 3, 1, 0).contiguous()
+            twin = layer._buffers.get(BUFFER)
+            if (twin is not None and twin.device == values.device
+                    and (twin.shape, twin.dtype) == (values.shape, values.dtype)):
+                twin.copy_(values)  # same tensor: no new graph input shape, nothing recaptured
+                return twin
+            layer.register_buffer(BUFFER, values, persistent=False)
+            return values
+
+    @contextlib.contextmanager
+    def applied(self, model: Optional[torch.nn.Module]) -> Iterator[int]:
+        """For the length of one model call, every eligible conv layer of ``model`` reads its twin."""
+        pairs = self.kernels_for(model) if isinstance(model, torch.nn.Module) else []
+        saved = [vars(layer).get("weight_function", _CLASS_LEVEL) for layer, _ in pairs]
+        for layer, kernel in pairs:
+            layer.weight_function = [kernel]
+        try:
+            yield len(pairs)
+        finally:
+            for (layer, _), before in zip(pairs, saved):
+                if before is _CLASS_LEVEL:
+                    vars(layer).pop("weight_function", None)
+                else:
+                    layer.weight_function = before
+
+
+_CLASS_LEVEL = object()  # the layer had no weight_function of its own, only its class's
+_TWINS: dict[int, KernelTwins] = {}
+
+
+def twins(backend) -> KernelTwins:
+    """The process's twin maker for ``backend``."""
+    if id(backend) not in _TWINS:
+        _TWINS[id(backend)] = KernelTwins(backend)
+    return _TWINS[id(backend)]
