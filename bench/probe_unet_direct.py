@@ -1,9 +1,12 @@
 """Probe (figures, not a test): the SD1.5-size UNet called directly, outside ComfyUI's sampler.
 
 Separates what the XLA executable costs from what the pack's sampling path adds: eager CPU, lazy
-(one mark_step a call), dynamo with ``openxla`` (aot_autograd) and ``openxla_eval`` (no aot).
+(one mark_step a call), dynamo with ``openxla`` (aot_autograd) and ``openxla_eval`` (no aot). Found
+the per-call conv-kernel transposes (``--hwio`` keeps kernels as HWIO twins, as the pack does) and
+times the host side of a call (``--profile``, ``--skip-guard-eval``). Note: ComfyUI's UNet forward
+mutates its default ``transformer_options``, so the second compiled call recaptures once here.
 
-    PJRT_DEVICE=CPU .venv/bin/python bench/probe_unet_direct.py [--modes eager,lazy,openxla] [--calls 3]
+    PJRT_DEVICE=CPU .venv/bin/python bench/probe_unet_direct.py [--modes eager,lazy,openxla] [--calls 3] [--hwio]
 """
 from __future__ import annotations
 
@@ -38,6 +41,8 @@ def main() -> int:
     parser.add_argument("--px", type=int, default=256)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--size", default="sd15")
+    parser.add_argument("--skip-guard-eval", action="store_true",
+                        help="after the first call, dynamo runs no guards (torch.compiler.set_stance)")
     parser.add_argument("--profile", action="store_true", help="cProfile the host side of the last call")
     parser.add_argument("--hwio", action="store_true", help="conv kernels kept on the device as HWIO")
     parser.add_argument("--grad", default="inference", choices=["inference", "no_grad"])
@@ -75,7 +80,7 @@ def main() -> int:
             with grad():
                 if profiler:
                     profiler.enable()
-                out = fn(xs, ts, context=cs)
+                fn(xs, ts, context=cs)
                 if mode == "lazy":
                     torch_xla.sync()
                 host = time.perf_counter() - start
@@ -88,6 +93,8 @@ def main() -> int:
             wall = time.perf_counter() - start
             c1 = met.metric_data("CompileTime")[0] if met.metric_data("CompileTime") else 0
             times.append(wall)
+            if args.skip_guard_eval and i == 0 and mode not in ("eager", "lazy"):
+                torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
             print(f"{mode} call {i}: {wall:.2f} s (host {1000 * host:.0f} ms, compiles {c1 - c0})", flush=True)
         steady = sorted(times[1:])[len(times[1:]) // 2]
         print(f"RESULT {mode}: first {times[0]:.1f} s, steady median {steady:.2f} s/call", flush=True)
