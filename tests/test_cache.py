@@ -100,6 +100,9 @@ def test_stats_after_the_runs(comfy, backend, model, warmed):
     assert 0.0 < stats["hit_rate"] <= 1.0 and stats["compiles"] > 0 and stats["compile_seconds"] > 0
     assert stats["device"]["device"] == "xla:0"
     assert "PJRT CPU" in stats["persistent_cache"]["note"]
+    # auto: conv kernels as HWIO twins on the PJRT CPU device, made by the runs above
+    assert stats["conv_kernels"]["setting"] == "auto" and stats["conv_kernels"]["layout"] == "hwio"
+    assert stats["conv_kernels"]["twins_made"] > 0
     assert tpu_runtime.tpu_manager.is_cached(warmed.signature)
 
 

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel
 
-from . import compiled, sampling, warmup as warmup_mod
+from . import compiled, kernel_layout, sampling, warmup as warmup_mod
 from .cache import SignatureRegistry
 from .signature import ExecutionSignature, build_signature
 
@@ -169,6 +169,9 @@ class TPUManager(sampling.RunObserver):
         stats["execution"] = self.options.execution
         stats["dynamo"] = {k.removeprefix("dynamo_"): counters[k] for k in counters if k.startswith("dynamo_")}
         stats["dynamo"]["lazy_fallbacks"] = compiled.registry(self.backend).fallbacks()
+        hwio = kernel_layout.resolve(self.options.conv_kernel_layout, self.backend.device_type())
+        stats["conv_kernels"] = {"layout": "hwio" if hwio else "native", "setting": self.options.conv_kernel_layout,
+                                 "twins_made": kernel_layout.twins(self.backend).made}
         stats["persistent_cache"] = {
             "dir": str(self.xla_cache_dir) if self.xla_cache_dir else None,
             "hits": counters["persistent_cache_hits"], "misses": counters["persistent_cache_misses"],
