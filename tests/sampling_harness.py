@@ -24,15 +24,16 @@ class Measured:
 def ksample(comfy, patcher, positive, negative, *, steps: int, sampler: str = "euler", scheduler: str = "normal",
             cfg: float = 7.0, seed: int = 42, batch: int = 1, size: int = 128, denoise: float = 1.0,
             latent: Optional[torch.Tensor] = None, noise_mask: Optional[torch.Tensor] = None,
-            backend=None) -> Measured:
-    """One KSampler run as the KSampler node makes it, with XLA's counters diffed around it."""
+            backend=None, inference_mode: bool = True) -> Measured:
+    """One KSampler run as the KSampler node makes it (or, ``inference_mode=False``, as a script
+    calling ``common_ksampler`` would), with XLA's counters diffed around it."""
     samples = latent if latent is not None else torch.zeros(batch, 4, size // 8, size // 8)
     latent_dict = {"samples": samples}
     if noise_mask is not None:
         latent_dict["noise_mask"] = noise_mask
     before = backend.counters() if backend else None
     fallbacks_before = backend.fallback_ops() if backend else {}
-    with torch.inference_mode():
+    with torch.inference_mode(inference_mode):
         out = comfy.common_ksampler(patcher, seed, steps, cfg, sampler, scheduler, positive, negative, latent_dict,
                                     denoise=denoise)[0]["samples"]
     if backend is None:

@@ -84,7 +84,10 @@ class KernelTwins:
         with torch.no_grad():
             values = weight.detach().permute(2, 3, 1, 0).contiguous()
             twin = layer._buffers.get(BUFFER)
-            if (twin is not None and twin.device == values.device
+            # A twin made under inference mode (ComfyUI's nodes, a warm-up) cannot be written in
+            # place outside it (a script sampling with grad mode on): it is replaced instead.
+            writable = twin is not None and (torch.is_inference_mode_enabled() or not twin.is_inference())
+            if (writable and twin.device == values.device
                     and (twin.shape, twin.dtype) == (values.shape, values.dtype)):
                 twin.copy_(values)  # same tensor: no new graph input shape, nothing recaptured
                 return twin

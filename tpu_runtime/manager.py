@@ -138,7 +138,7 @@ class TPUManager(sampling.RunObserver):
         tokens = int(positive[0][0].shape[1]) if positive else 77
         signature = self.create_execution_signature(model, width, height, batch_size, cfg, scheduler,
                                                     sampler_name, context_tokens=tokens)
-        steps = warmup_mod.steps_for(sampler_name, self.warmup_steps)
+        plan = warmup_mod.step_plan(sampler_name, self.warmup_steps)
         if self.registry.is_cached(signature) and not force_recompile:
             return WarmupResult(signature=signature, graphs_compiled=0, seconds=0.0, steps_run=0,
                                 already_cached=True)
@@ -146,13 +146,15 @@ class TPUManager(sampling.RunObserver):
         start = time.perf_counter()
         self._warming = True
         try:
-            warmup_mod.run_warmup_sampling(model, width, height, batch_size, cfg, sampler_name, scheduler,
-                                           positive, negative, steps)
+            for steps in plan:
+                warmup_mod.run_warmup_sampling(model, width, height, batch_size, cfg, sampler_name, scheduler,
+                                               positive, negative, steps)
         finally:
             self._warming = False
         compiled = self.backend.counters()["compiles"] - before
         seconds = time.perf_counter() - start
         recorded = self.last_outcome.signature if self.last_outcome else signature
+        steps = sum(plan)
         log.info("comfy-tpu: warm-up of %s: %d step(s), %d graph(s) compiled, %.1f s", recorded.short(), steps,
                  compiled, seconds)
         return WarmupResult(signature=recorded, graphs_compiled=compiled, seconds=seconds, steps_run=steps)

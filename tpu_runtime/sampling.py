@@ -144,12 +144,19 @@ def _outer_sample(backend, options: RunOptions):
         meter = metrics.RunMeter(backend)
         completed = False
         try:
-            output = executor(noise, _host_tagged(latent_image), sampler, as_host(sigmas), denoise_mask, callback,
-                              disable_pbar, seed, latent_shapes=latent_shapes)
+            # Always under inference mode, as ComfyUI's nodes run: a script calling the sampler
+            # outside it (grad on, or only no_grad) traces other graphs than a warm-up did (autograd
+            # and view tracking change what each step boundary materialises: measured, 2 new graphs).
+            with torch.inference_mode():
+                output = executor(noise, _host_tagged(latent_image), sampler, as_host(sigmas), denoise_mask,
+                                  callback, disable_pbar, seed, latent_shapes=latent_shapes)
             completed = True
             # The result comes to the host here (once), then is cropped there: cropping on the device
             # would make one more graph for every size of a bucket.
-            return padding.crop(backend.to_host(output), user_shape[-2], user_shape[-1])
+            with torch.inference_mode():
+                result = padding.crop(backend.to_host(output), user_shape[-2], user_shape[-1])
+            # A caller outside inference mode gets an ordinary tensor, as stock ComfyUI would give it.
+            return result if torch.is_inference_mode_enabled() else result.clone()
         finally:
             _RUN.reset(token)
             run.figures = meter.stop().model_copy(update={
