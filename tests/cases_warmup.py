@@ -11,7 +11,12 @@ RUNS = [(4, "normal", 5.0, 1), (12, "karras", 7.5, 2), (20, "exponential", 3.0, 
 
 
 def _figures(run) -> dict:
-    return {"compiles": run.compiles, "executions": run.executions, "transfers": run.transfers_to_host}
+    """Counts around the whole ``common_ksampler`` call (a re-warm before the first step included), and
+    ``run_compiles``: those of the sampling run itself, from its first step to its result."""
+    from tpu_runtime.sampling import RUN_HISTORY
+
+    return {"compiles": run.compiles, "executions": run.executions, "transfers": run.transfers_to_host,
+            "run_compiles": RUN_HISTORY[-1].compiles}
 
 
 def coverage(nodes, sampler: str, batch: int = 1, size: int = 128) -> dict:
@@ -48,3 +53,22 @@ def coverage(nodes, sampler: str, batch: int = 1, size: int = 128) -> dict:
                   inference_mode=False)
     result["runs"]["script call, outside inference mode"] = _figures(run)
     return result
+
+
+def sample_runs(nodes, runs: int = 3, steps: int = 8, size: int = 64, sampler: str = "euler") -> dict:
+    """``runs`` plain KSampler runs of the tiny model (fp32 weights, whatever the compute dtype), as a
+    user would queue them; per-run figures."""
+    import torch
+
+    import tpu_runtime
+    import tpu_runtime.backend as backend_mod
+    from tpu_runtime import tiny_model
+
+    backend = backend_mod.get_backend()
+    patcher = tiny_model.build_patcher("tiny", seed=0, dtype=torch.float32)
+    pos, neg = tiny_model.sd15_conditioning(1), tiny_model.sd15_conditioning(2)
+    figures = [_figures(ksample(nodes, patcher, pos, neg, steps=steps, sampler=sampler, seed=seed, size=size,
+                                backend=backend)) for seed in range(runs)]
+    stats = tpu_runtime.get_tpu_stats()
+    return {"runs": figures, "recorded": [s["summary"] for s in stats["signatures"]],
+            "recorded_signatures": stats["recorded_signatures"]}

@@ -43,6 +43,7 @@ def _child_env(**extra: str) -> dict[str, str]:
     (["--tpu-manual-warmup"], {"COMFY_TPU_MANUAL_WARMUP": "1"}),
     (["--tpu-warmup"], {"COMFY_TPU_WARMUP": "1"}),
     (["--no-tpu-warmup"], {"COMFY_TPU_WARMUP": "0"}),
+    (["--no-tpu-rewarm"], {"COMFY_TPU_REWARM": "0"}),
     (["--tpu-warmup-steps", "4"], {"COMFY_TPU_WARMUP_STEPS": "4"}),
     (["--tpu-warmup-steps=7"], {"COMFY_TPU_WARMUP_STEPS": "7"}),
     (["--tpu-autocast-bf16"], {"COMFY_TPU_AUTOCAST_BF16": "1"}),
@@ -76,7 +77,7 @@ def test_flags_cover_every_setting_and_use_its_env_var():
 
 
 def test_env_from_all_flags_is_what_settings_read(monkeypatch, tmp_path):
-    env, _ = flags_to_env(["--tpu-enable", "--tpu-manual-warmup", "--no-tpu-warmup", "--tpu-warmup-steps", "3",
+    env, _ = flags_to_env(["--tpu-enable", "--tpu-manual-warmup", "--no-tpu-warmup", "--no-tpu-rewarm", "--tpu-warmup-steps", "3",
                            "--no-tpu-autocast-bf16", "--no-tpu-compilation-cache", "--no-tpu-shape-padding",
                            "--tpu-shape-padding-multiple", "32", "--tpu-debug-metrics", "--tpu-sync-steps", "2",
                            "--tpu-cache-dir", str(tmp_path), "--tpu-execution", "compiled",
@@ -86,7 +87,7 @@ def test_env_from_all_flags_is_what_settings_read(monkeypatch, tmp_path):
     loaded = load_settings()
     assert loaded.ok, loaded.problems
     assert loaded.settings.model_dump() == {
-        "enable": True, "disable": False, "warmup": False, "warmup_steps": 3, "manual_warmup": True,
+        "enable": True, "disable": False, "warmup": False, "rewarm": False, "warmup_steps": 3, "manual_warmup": True,
         "autocast_bf16": False, "compilation_cache": False, "shape_padding": False, "shape_padding_multiple": 32,
         "debug_metrics": True, "sync_steps": 2, "cache_dir": tmp_path, "execution": "compiled",
         "compiled_graph_break_limit": 2, "conv_kernel_layout": "hwio", "spmd": "on", "mesh": "data=4,model=2"}

@@ -8,7 +8,7 @@ import pytest
 from tpu_runtime.device import PathDecision, DeviceReport, decide_path
 from tpu_runtime.settings import TPUSettings, env_var, load_settings
 
-BOOL_FIELDS = ["enable", "disable", "warmup", "manual_warmup", "autocast_bf16", "compilation_cache",
+BOOL_FIELDS = ["enable", "disable", "warmup", "rewarm", "manual_warmup", "autocast_bf16", "compilation_cache",
                "shape_padding", "debug_metrics"]
 BAD_VALUES = {
     **{field: ["maybe", "2"] for field in BOOL_FIELDS},
@@ -24,7 +24,7 @@ BAD_VALUES = {
 GOOD_VALUES = {
     "warmup_steps": ("4", 4), "shape_padding_multiple": ("128", 128), "sync_steps": ("3", 3),
     "cache_dir": ("/tmp/ct", "/tmp/ct"), "enable": ("yes", True), "disable": ("on", True),
-    "manual_warmup": ("true", True), "debug_metrics": ("1", True), "warmup": ("no", False),
+    "manual_warmup": ("true", True), "rewarm": ("off", False), "debug_metrics": ("1", True), "warmup": ("no", False),
     "autocast_bf16": ("off", False), "compilation_cache": ("0", False), "shape_padding": ("false", False),
     "execution": ("compiled", "compiled"), "compiled_graph_break_limit": ("3", 3),
     "conv_kernel_layout": ("native", "native"),
@@ -48,7 +48,7 @@ def test_defaults_match_the_documented_table():
             s.compiled_graph_break_limit) == (
         None, False, True, 1, False, True, True, True, 64, False, 0, None, "lazy", 0)
     assert s.non_defaults() == {}
-    assert (s.spmd, s.mesh, s.conv_kernel_layout) == ("auto", None, "auto")
+    assert (s.spmd, s.mesh, s.conv_kernel_layout, s.rewarm) == ("auto", None, "auto", True)
 
 
 @pytest.mark.parametrize("field,value", [(f, v) for f, values in BAD_VALUES.items() for v in values])

@@ -24,6 +24,9 @@ log = logging.getLogger("comfy_tpu")
 WARM_SET_FORMAT = "comfy-tpu-warm-set"
 WARM_SET_VERSION = 1
 WARM_SET_FILE = "warm_set.json"
+#: The warm set keeps the signatures used most recently, at most this many: each is re-warmed (compiled)
+#: after a restart, so an unbounded set would make every restart slower.
+MAX_WARM_SET_ENTRIES = 64
 
 
 def _now() -> str:
@@ -39,6 +42,8 @@ class SignatureStats(BaseModel):
     hits: int = 0
     misses: int = 0
     warm_in_this_process: bool = False
+    #: torch / torch_xla / libtpu of the process that recorded it: graphs only reload into the same.
+    runtime: dict[str, Optional[str]] = {}
 
 
 class WarmSet(BaseModel):
@@ -104,8 +109,9 @@ class SignatureRegistry:
             log.warning("comfy-tpu: warm-set file %s is unreadable (%s); moved aside to %s, starting empty",
                         path, str(exc).splitlines()[0], aside)
             return
-        for entry in warm.entries:
-            self._entries[entry.signature] = entry.model_copy(update={"warm_in_this_process": False})
+        for entry in warm.entries:  # entries of older files carry the file's runtime
+            self._entries[entry.signature] = entry.model_copy(
+                update={"warm_in_this_process": False, "runtime": entry.runtime or warm.runtime})
         log.info("comfy-tpu: %d recorded signature(s) loaded from %s", len(self._entries), path)
 
     def save(self) -> None:
@@ -140,7 +146,7 @@ class SignatureRegistry:
         new = entry is None
         if new:
             closest = nearest(signature, self.known())
-            entry = SignatureStats(signature=signature, first_seen=now, last_used=now)
+            entry = SignatureStats(signature=signature, first_seen=now, last_used=now, runtime=self.runtime_versions)
             self._entries[signature] = entry
             reason = ("new signature: " + ", ".join(signature.differences(closest))) if closest else "first signature"
         else:
@@ -157,8 +163,18 @@ class SignatureRegistry:
             entry.misses += 1
             self.misses += 1
         entry.warm_in_this_process = True
+        self._evict_beyond(MAX_WARM_SET_ENTRIES)
         self.save()
         return RunOutcome(signature=signature, hit=hit, new_signature=new, reason="" if hit else reason)
+
+    def _evict_beyond(self, limit: int) -> None:
+        """Forget the least recently used signatures beyond ``limit`` (those warm here go last)."""
+        if len(self._entries) <= limit:
+            return
+        by_age = sorted(self._entries.values(), key=lambda e: (e.warm_in_this_process, e.last_used))
+        for entry in by_age[:len(self._entries) - limit]:
+            del self._entries[entry.signature]
+        log.info("comfy-tpu: the warm set keeps the %d most recently used signatures; older ones forgotten", limit)
 
     def estimate_compile_seconds(self, signature: ExecutionSignature) -> Optional[float]:
         """What compiling this signature took before, or a similar one did."""

@@ -27,6 +27,8 @@ BOOL_FLAGS: list[tuple[str, str, bool]] = [
     ("--tpu-manual-warmup", "manual_warmup", True),
     ("--tpu-warmup", "warmup", True),
     ("--no-tpu-warmup", "warmup", False),
+    ("--tpu-rewarm", "rewarm", True),
+    ("--no-tpu-rewarm", "rewarm", False),
     ("--tpu-autocast-bf16", "autocast_bf16", True),
     ("--no-tpu-autocast-bf16", "autocast_bf16", False),
     ("--tpu-compilation-cache", "compilation_cache", True),

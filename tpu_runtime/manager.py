@@ -3,6 +3,11 @@
 The manager observes every sampling run on the device (see ``sampling.OBSERVERS``): it records the
 run's signature and XLA's compile count in the registry, explains misses, logs first-time compiles,
 and re-warms signatures recorded in an earlier session before a model's first step.
+
+A re-warm is bounded: each recorded signature is tried at most once per process, one this process
+cannot reproduce (another mesh, compute dtype, execution mode or runtime version) is skipped with the
+reason, and one line says how many were re-warmed and how long it took. ``COMFY_TPU_REWARM=0``
+turns it off.
 """
 from __future__ import annotations
 
@@ -38,11 +43,13 @@ class WarmupResult(BaseModel):
 class TPUManager(sampling.RunObserver):
     def __init__(self, backend, registry: SignatureRegistry, options: sampling.RunOptions, *, warmup: bool = True,
                  manual_warmup: bool = False, warmup_steps: int = 1, xla_cache_dir: Optional[Path] = None,
-                 persistent_cache_note: str = "", mesh: str = "single") -> None:
+                 persistent_cache_note: str = "", mesh: str = "single", rewarm: bool = True) -> None:
         self.backend = backend
         self.registry = registry
-        self.options = options
+        self._options = options
         self.auto_warmup = warmup and not manual_warmup
+        self.rewarm = rewarm
+        self._rewarm_tried: set[ExecutionSignature] = set()  # at most one attempt each, per process
         self.warmup_steps = warmup_steps
         self.xla_cache_dir = xla_cache_dir
         self.persistent_cache_note = persistent_cache_note
@@ -50,13 +57,20 @@ class TPUManager(sampling.RunObserver):
         self._warming = False
         self.last_outcome = None
 
+    @property
+    def options(self) -> sampling.RunOptions:
+        """The run options in force: those the sampling wrappers use (one copy, kept by the patches)."""
+        from . import patches
+
+        return patches.get_options() or self._options
+
     # -- observing runs --------------------------------------------------------------------------
     def before_run(self, run: sampling.SamplingRun, patcher: Any) -> None:
         signature = run.signature
         if not self._warming:
             self._prompt_warmup(patcher, signature)
-        if self.auto_warmup and not self._warming:
-            self._rewarm(patcher)
+        if self.auto_warmup and self.rewarm and not self._warming:
+            self._rewarm(patcher, run.options)
         if signature is not None and not self.registry.is_cached(signature):
             estimate = self.registry.estimate_compile_seconds(signature)
             log.info("comfy-tpu: compiling %s (first time, ~%s)", signature.short(),
@@ -82,7 +96,7 @@ class TPUManager(sampling.RunObserver):
         if request is None or not request.enabled:
             return
         width, height = request.target_resolution
-        sampler_name = _sampler_name(signature.sampler) if signature else "euler"
+        sampler_name = (_sampler_name(signature.sampler) if signature else None) or "euler"
         cfg = signature.cfg_scale if signature and signature.uncond_pass else (1.0 if signature else 7.0)
         tokens = max(signature.context_tokens) if signature and signature.context_tokens else 77
         conditioning = warmup_mod.zero_conditioning(patcher, tokens)
@@ -90,17 +104,48 @@ class TPUManager(sampling.RunObserver):
                              positive=conditioning, negative=conditioning)
         log.info("comfy-tpu: prompt warm-up: %s", result.status())
 
-    def _rewarm(self, patcher: Any) -> None:
-        pending = self.registry.pending_rewarm(self._fingerprint(patcher))
+    def _rewarm(self, patcher: Any, options: sampling.RunOptions) -> None:
+        pending = [s for s in self.registry.pending_rewarm(self._fingerprint(patcher)) if s not in self._rewarm_tried]
+        if not pending:
+            return
+        self._rewarm_tried.update(pending)
+        start, warmed, skipped = time.perf_counter(), 0, 0
         for signature in pending:
+            reason = self._cannot_reproduce(signature, patcher, options)
+            if reason:
+                skipped += 1
+                log.info("comfy-tpu: not re-warming %s: %s", signature.short(), reason)
+                continue
             log.info("comfy-tpu: re-warming %s (recorded in an earlier session) before the first step",
                      signature.short())
             result = self._warm_signature(patcher, signature)
+            warmed += 1
             log.info("comfy-tpu: %s", result.status())
+        log.info("comfy-tpu: re-warmed %d recorded signature(s) in %.1f s (%d skipped)", warmed,
+                 time.perf_counter() - start, skipped)
+
+    def _cannot_reproduce(self, signature: ExecutionSignature, patcher: Any,
+                          options: sampling.RunOptions) -> Optional[str]:
+        """Why this process cannot compile ``signature``'s graphs (None when it can)."""
+        dtype = "bfloat16" if options.autocast_bf16 else str(patcher.model_dtype()).removeprefix("torch.")
+        entry = self.registry.get(signature)
+        recorded_runtime = entry.runtime if entry else {}
+        if signature.mesh != self.mesh:
+            return f"recorded on mesh {signature.mesh}, this process runs on {self.mesh}"
+        if signature.compute_dtype != dtype:
+            return f"recorded computing in {signature.compute_dtype}, this process computes in {dtype}"
+        if signature.execution != options.execution:
+            return f"recorded in {signature.execution} execution, this process runs {options.execution}"
+        if recorded_runtime and recorded_runtime != self.registry.runtime_versions:
+            return f"recorded with {_versions(recorded_runtime)}, this process has " \
+                   f"{_versions(self.registry.runtime_versions)}"
+        if _sampler_name(signature.sampler) is None:
+            return f"no sampler of this ComfyUI runs {signature.sampler}"
+        return None
 
     def _warm_signature(self, patcher: Any, signature: ExecutionSignature) -> WarmupResult:
         _, height, width = signature.latent_shape
-        sampler_name = _sampler_name(signature.sampler)
+        sampler_name = _sampler_name(signature.sampler) or "euler"
         tokens = max(signature.context_tokens or (77,))
         conditioning = warmup_mod.zero_conditioning(patcher, tokens)
         return self.warmup(patcher, width * 8, height * 8, signature.batch_size,
@@ -126,7 +171,7 @@ class TPUManager(sampling.RunObserver):
             dtype = "bfloat16" if self.options.autocast_bf16 else str(model.model_dtype()).removeprefix("torch.")
         return build_signature(model, user_shape, padded, (context_tokens,), not math.isclose(cfg_scale, 1.0),
                                dtype, _sampler_function_name(sampler), mesh=self.mesh, cfg_scale=cfg_scale,
-                               scheduler=scheduler, steps=steps)
+                               scheduler=scheduler, steps=steps, execution=self.options.execution)
 
     def is_cached(self, signature: ExecutionSignature) -> bool:
         return self.registry.is_cached(signature)
@@ -202,14 +247,19 @@ def _sampler_function_name(sampler_name: str) -> str:
     return getattr(function, "__name__", type(sampler).__name__)
 
 
-def _sampler_name(function_name: str) -> str:
-    """A sampler name that produces this sampler function (for re-warming a recorded signature)."""
+def _sampler_name(function_name: str) -> Optional[str]:
+    """The sampler name that produces this sampler function (for re-warming a recorded signature),
+    None when no sampler of this ComfyUI does."""
     import comfy.samplers
 
     for name in comfy.samplers.KSampler.SAMPLERS:
         try:
             if _sampler_function_name(name) == function_name:
                 return name
-        except Exception:
-            continue
-    return "euler"
+        except Exception as exc:  # a sampler another pack registered may fail to build without its inputs
+            log.debug("comfy-tpu: sampler %s not inspected for re-warm: %s", name, exc)
+    return None
+
+
+def _versions(runtime: dict[str, Optional[str]]) -> str:
+    return ", ".join(f"{name} {version}" for name, version in sorted(runtime.items()))

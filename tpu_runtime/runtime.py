@@ -107,7 +107,7 @@ def start(force: bool = False) -> RuntimeState:
         backend, registry, options, warmup=settings.warmup, manual_warmup=settings.manual_warmup,
         warmup_steps=settings.warmup_steps, xla_cache_dir=Path(backend.persistent_cache_dir)
         if backend.persistent_cache_dir else None, persistent_cache_note=persistent_cache_note(report),
-        mesh=backend.mesh_description())
+        mesh=backend.mesh_description(), rewarm=settings.rewarm)
     sampling.OBSERVERS[:] = [MANAGER]
     patches.install(backend, options)
     changed = loaded.settings.non_defaults()

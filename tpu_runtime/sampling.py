@@ -205,7 +205,7 @@ def _signature(guider, sampler, user_shape, padded_shape, options: RunOptions, s
     dtype = "bfloat16" if options.autocast_bf16 else str(model_dtype).removeprefix("torch.")
     return build_signature(guider.model_patcher, user_shape, padded_shape, tuple(tokens) or (0,), uncond, dtype,
                            getattr(function, "__name__", type(sampler).__name__), cfg_scale=float(cfg),
-                           steps=steps, mesh=mesh)
+                           steps=steps, mesh=mesh, execution=options.execution)
 
 
 def _host_tagged(latent: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ _ACCEPTED: dict[str, str] = {
     "disable": _ACCEPTED_BOOL,
     "warmup": _ACCEPTED_BOOL,
     "warmup_steps": "an integer from 1 to 1000",
+    "rewarm": _ACCEPTED_BOOL,
     "manual_warmup": _ACCEPTED_BOOL,
     "autocast_bf16": _ACCEPTED_BOOL,
     "compilation_cache": _ACCEPTED_BOOL,
@@ -52,6 +53,8 @@ class TPUSettings(BaseSettings):
     disable: bool = Field(False, description="--tpu-disable: force the TPU path off.")
     warmup: bool = Field(True, description="Automatic warm-up of new signatures (--no-tpu-warmup sets false).")
     warmup_steps: int = Field(1, ge=1, le=1000, description="--tpu-warmup-steps N.")
+    rewarm: bool = Field(True, description="--tpu-rewarm: after a restart, compile the signatures recorded in "
+                                          "earlier sessions before a model's first step (--no-tpu-rewarm: off).")
     manual_warmup: bool = Field(False, description="--tpu-manual-warmup: only warm up on request.")
     autocast_bf16: bool = Field(True, description="--tpu-autocast-bf16: bf16 autocast around the diffusion model.")
     compilation_cache: bool = Field(True, description="--tpu-compilation-cache.")

@@ -41,12 +41,13 @@ def build_sd15_model(size: Literal["tiny", "sd15"] = "tiny", seed: int = 0, dtyp
 
 
 def build_patcher(size: Literal["tiny", "sd15"] = "tiny", seed: int = 0, load_device=None,
-                  overrides: Optional[dict] = None):
-    """The model wrapped the way ComfyUI's loaders wrap it: load on ``get_torch_device()``."""
+                  overrides: Optional[dict] = None, dtype: Optional[torch.dtype] = None):
+    """The model wrapped the way ComfyUI's loaders wrap it: load on ``get_torch_device()``, weights in
+    ``dtype`` (default: the one ComfyUI picks for the UNet, as ``--fp32-unet`` and the like would)."""
     import comfy.model_management as mm
     import comfy.model_patcher
 
-    model = build_sd15_model(size, seed, dtype=mm.unet_dtype(), overrides=overrides)
+    model = build_sd15_model(size, seed, dtype=dtype or mm.unet_dtype(), overrides=overrides)
     return comfy.model_patcher.ModelPatcher(model, load_device=load_device or mm.get_torch_device(),
                                             offload_device=mm.unet_offload_device())
 
