@@ -3,6 +3,7 @@ example workflows load through the frontend's own loader, and a screenshot is ke
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 from pathlib import Path
@@ -75,3 +76,38 @@ def test_example_workflows_load_without_missing_nodes(page, workflow: Path):
     page.screenshot(path=str(ARTIFACTS / f"workflow_{workflow.stem}.png"))
     assert result["missing"] == [] and result["count"] == len(data["nodes"]), result
     assert "missing" not in page.locator("body").inner_text().lower()
+
+
+def _queue_through_the_page(page, prompt: dict) -> None:
+    """Load an API-format prompt into the page's graph and queue it the way the Queue button does."""
+    page.evaluate("""async (prompt) => {
+        window.app.loadApiJson(prompt, 'tpu-compile-status.json');
+        await window.app.queuePrompt(0, 1);
+    }""", prompt)
+
+
+def test_the_node_shows_what_is_compiling_with_an_estimate(page):
+    """While graphs compile, the KSampler node shows that the pack is compiling, which signature, and
+    (once a similar signature was compiled before) an estimate from the recorded compile times."""
+    from tests.server import txt2img_prompt
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.evaluate("""() => {
+        window.__tpuTexts = [];
+        window.app.api.addEventListener('progress_text', (e) => window.__tpuTexts.push(e.detail));
+    }""")
+    texts = []
+    for size in (64, 128):  # the second size is a new signature; the first one's compile time estimates it
+        _queue_through_the_page(page, txt2img_prompt(steps=2, size=size, seed=size))
+        page.wait_for_function("(n) => window.__tpuTexts.filter(t => t.text.includes('compiled')).length >= n",
+                               arg=len(texts) // 2 + 1, timeout=300_000)
+        texts = page.evaluate("() => window.__tpuTexts")
+        page.screenshot(path=str(ARTIFACTS / f"compile_status_{size}.png"))
+    compiling = [t for t in texts if "compiling" in t["text"]]
+    assert len(compiling) == 2 and all(t["nodeId"] == "5" for t in texts), texts  # node 5: the KSampler
+    first, second = (t["text"] for t in compiling)
+    assert "4x8x8 b1" in first and "no earlier compile" in first, first
+    assert "4x16x16 b1" in second and re.search(r"~\d+ s \(recorded\)", second), second
+    shown = page.evaluate("""() => window.app.graph.getNodeById(5).widgets
+        .find(w => w.name === '$$node-text-preview')?.value""")
+    assert shown and "compiled" in shown and "graph(s)" in shown, shown

@@ -136,7 +136,8 @@ def test_padding_off_compiles_and_padding_is_bit_identical_on_the_bucket(comfy, 
 
 
 def _child(cache_dir: str, *args: str) -> dict:
-    env = {**os.environ, "COMFY_TPU_CACHE_DIR": cache_dir}
+    # The same execution mode as this file's runs: a process in another mode cannot reproduce them.
+    env = {**os.environ, "COMFY_TPU_CACHE_DIR": cache_dir, "COMFY_TPU_EXECUTION": "compiled"}
     out = subprocess.run([sys.executable, str(PACK_DIR / "tests" / "run_cache_child.py"), *args], env=env,
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]

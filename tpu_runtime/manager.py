@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from . import compiled, kernel_layout, sampling, warmup as warmup_mod
 from .cache import SignatureRegistry
+from .compile_status import CompileStatus
 from .signature import ExecutionSignature, build_signature
 
 log = logging.getLogger("comfy_tpu")
@@ -43,12 +44,14 @@ class WarmupResult(BaseModel):
 class TPUManager(sampling.RunObserver):
     def __init__(self, backend, registry: SignatureRegistry, options: sampling.RunOptions, *, warmup: bool = True,
                  manual_warmup: bool = False, warmup_steps: int = 1, xla_cache_dir: Optional[Path] = None,
-                 persistent_cache_note: str = "", mesh: str = "single", rewarm: bool = True) -> None:
+                 persistent_cache_note: str = "", mesh: str = "single", rewarm: bool = True,
+                 status: Optional[CompileStatus] = None) -> None:
         self.backend = backend
         self.registry = registry
         self._options = options
         self.auto_warmup = warmup and not manual_warmup
         self.rewarm = rewarm
+        self.status = status or CompileStatus()
         self._rewarm_tried: set[ExecutionSignature] = set()  # at most one attempt each, per process
         self.warmup_steps = warmup_steps
         self.xla_cache_dir = xla_cache_dir
@@ -75,12 +78,15 @@ class TPUManager(sampling.RunObserver):
             estimate = self.registry.estimate_compile_seconds(signature)
             log.info("comfy-tpu: compiling %s (first time, ~%s)", signature.short(),
                      f"{estimate:.0f} s" if estimate else "unknown s")
+            self.status.compiling(signature.short(), estimate)
 
     def after_run(self, run: sampling.SamplingRun) -> None:
         if run.signature is None or run.figures is None or not run.options.compilation_cache:
             return
         outcome = self.registry.record(run.signature, run.figures.compiles, run.figures.compile_s)
         self.last_outcome = outcome
+        if run.figures.compiles:
+            self.status.compiled(run.signature.short(), run.figures.compiles, run.figures.compile_s)
         if not outcome.hit:
             log.info("comfy-tpu: cache miss for %s (%d graph(s), %.1f s): %s", run.signature.short(),
                      run.figures.compiles, run.figures.compile_s, outcome.reason)
@@ -109,20 +115,23 @@ class TPUManager(sampling.RunObserver):
         if not pending:
             return
         self._rewarm_tried.update(pending)
-        start, warmed, skipped = time.perf_counter(), 0, 0
+        reproducible = []
         for signature in pending:
             reason = self._cannot_reproduce(signature, patcher, options)
             if reason:
-                skipped += 1
                 log.info("comfy-tpu: not re-warming %s: %s", signature.short(), reason)
-                continue
+            else:
+                reproducible.append(signature)
+        start = time.perf_counter()
+        if reproducible:
+            self.status.rewarming(len(reproducible),
+                                  sum(self.registry.estimate_compile_seconds(s) or 0.0 for s in reproducible))
+        for signature in reproducible:
             log.info("comfy-tpu: re-warming %s (recorded in an earlier session) before the first step",
                      signature.short())
-            result = self._warm_signature(patcher, signature)
-            warmed += 1
-            log.info("comfy-tpu: %s", result.status())
-        log.info("comfy-tpu: re-warmed %d recorded signature(s) in %.1f s (%d skipped)", warmed,
-                 time.perf_counter() - start, skipped)
+            log.info("comfy-tpu: %s", self._warm_signature(patcher, signature).status())
+        log.info("comfy-tpu: re-warmed %d recorded signature(s) in %.1f s (%d skipped)", len(reproducible),
+                 time.perf_counter() - start, len(pending) - len(reproducible))
 
     def _cannot_reproduce(self, signature: ExecutionSignature, patcher: Any,
                           options: sampling.RunOptions) -> Optional[str]:

@@ -1,0 +1,67 @@
+"""What the pack is compiling, shown in the ComfyUI frontend.
+
+A first-time compile of a large model takes minutes on a TPU, while ComfyUI's progress bar sits at
+step 0. The manager tells this object when graphs start and finish compiling; it shows the text on
+the executing node through ComfyUI's own progress-text message (``PromptServer.send_progress_text``,
+the text preview the frontend draws under a node), and nothing when no prompt is executing (a
+script, a test) or no server runs.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Optional
+
+log = logging.getLogger("comfy_tpu")
+
+#: (text, node id) -> None
+Sender = Callable[[str, str], None]
+
+
+def _executing_node() -> Optional[str]:
+    try:
+        from comfy_execution.utils import get_executing_context
+    except ImportError:  # outside ComfyUI
+        return None
+    context = get_executing_context()
+    return str(context.node_id) if context is not None and context.node_id is not None else None
+
+
+def _server_sender() -> Optional[Sender]:
+    try:
+        from server import PromptServer
+    except ImportError:  # ComfyUI imported as a library, no server module
+        return None
+    instance = getattr(PromptServer, "instance", None)
+    return instance.send_progress_text if instance is not None else None
+
+
+class CompileStatus:
+    """Shows compile progress on the node that runs the sampler (``send`` is for tests)."""
+
+    def __init__(self, send: Optional[Sender] = None) -> None:
+        self._send = send
+
+    def show(self, text: str) -> bool:
+        """Show ``text`` on the executing node; False when there is no node or no frontend to show it."""
+        node_id = _executing_node()
+        send = self._send or _server_sender()
+        if node_id is None or send is None:
+            return False
+        try:
+            send(text, node_id)
+        except Exception as exc:  # a closed socket must never fail the sampling run
+            log.debug("comfy-tpu: compile status not shown: %s", exc)
+            return False
+        return True
+
+    def compiling(self, what: str, estimate_s: Optional[float]) -> bool:
+        eta = f"~{estimate_s:.0f} s (recorded)" if estimate_s else "no earlier compile to estimate from"
+        return self.show(f"comfy-tpu: compiling {what}\nfirst time for this signature: {eta}")
+
+    def compiled(self, what: str, graphs: int, seconds: float) -> bool:
+        return self.show(f"comfy-tpu: compiled {what}: {graphs} graph(s) in {seconds:.1f} s; "
+                         f"later runs reuse them")
+
+    def rewarming(self, count: int, estimate_s: Optional[float]) -> bool:
+        eta = f", ~{estimate_s:.0f} s (recorded)" if estimate_s else ""
+        return self.show(f"comfy-tpu: re-compiling {count} signature(s) recorded in an earlier session{eta}")
