@@ -102,6 +102,10 @@ def test_the_node_shows_what_is_compiling_with_an_estimate(page):
         page.wait_for_function("(n) => window.__tpuTexts.filter(t => t.text.includes('compiled')).length >= n",
                                arg=len(texts) // 2 + 1, timeout=300_000)
         texts = page.evaluate("() => window.__tpuTexts")
+        page.keyboard.press("Escape")  # a templates dialog may cover the canvas on a fresh page
+        page.evaluate("() => { const node = window.app.graph.getNodeById(5); "
+                      "window.app.canvas.centerOnNode?.(node); window.app.canvas.setDirty(true, true); }")
+        page.wait_for_timeout(500)
         page.screenshot(path=str(ARTIFACTS / f"compile_status_{size}.png"))
     compiling = [t for t in texts if "compiling" in t["text"]]
     assert len(compiling) == 2 and all(t["nodeId"] == "5" for t in texts), texts  # node 5: the KSampler

@@ -56,11 +56,10 @@ class CompileStatus:
 
     def compiling(self, what: str, estimate_s: Optional[float]) -> bool:
         eta = f"~{estimate_s:.0f} s (recorded)" if estimate_s else "no earlier compile to estimate from"
-        return self.show(f"comfy-tpu: compiling {what}\nfirst time for this signature: {eta}")
+        return self.show(f"comfy-tpu: compiling (first time)\n{what}\n{eta}")
 
     def compiled(self, what: str, graphs: int, seconds: float) -> bool:
-        return self.show(f"comfy-tpu: compiled {what}: {graphs} graph(s) in {seconds:.1f} s; "
-                         f"later runs reuse them")
+        return self.show(f"comfy-tpu: compiled {graphs} graph(s) in {seconds:.1f} s\n{what}\nlater runs reuse them")
 
     def rewarming(self, count: int, estimate_s: Optional[float]) -> bool:
         eta = f", ~{estimate_s:.0f} s (recorded)" if estimate_s else ""
