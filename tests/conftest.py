@@ -13,6 +13,18 @@ os.environ.setdefault("COMFY_TPU_CACHE_DIR", tempfile.mkdtemp(prefix="comfy-tpu-
 import pytest
 import torch
 
+from tests.fresh_process import MARKER, regroup
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", f"{MARKER}: run this module in a fresh pytest process with its own "
+                                       "cache dir (it counts compiles)")
+
+
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection: the child runs what was selected
+def pytest_collection_modifyitems(session, config, items):
+    regroup(session, items)
+
 
 @pytest.fixture(scope="session")
 def comfy():

@@ -19,6 +19,8 @@ from tests.cache_models import CACHE_TEST_MODEL
 from tests.comfy_env import PACK_DIR
 from tests.sampling_harness import execution_mode, ksample
 
+pytestmark = pytest.mark.fresh_process  # counts compiles: see tests/fresh_process.py
+
 
 @pytest.fixture(scope="module", autouse=True)
 def compiled_mode(comfy):

@@ -11,6 +11,8 @@ import torch
 
 from tests.sampling_harness import execution_mode, ksample, max_abs_diff
 
+pytestmark = pytest.mark.fresh_process  # counts compiles: see tests/fresh_process.py
+
 PARITY = 1e-3
 
 

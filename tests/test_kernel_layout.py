@@ -10,6 +10,8 @@ import torch
 
 from tests.sampling_harness import execution_mode, ksample, max_abs_diff, run_options
 
+pytestmark = pytest.mark.fresh_process  # counts compiles: see tests/fresh_process.py
+
 PARITY = 1e-3
 CONV_KEY = "diffusion_model.input_blocks.0.0.weight"  # the UNet's first conv
 

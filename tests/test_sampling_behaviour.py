@@ -9,6 +9,8 @@ import torch
 
 from tests.sampling_harness import ksample, max_abs_diff
 
+pytestmark = pytest.mark.fresh_process  # counts compiles: see tests/fresh_process.py
+
 
 def test_sync_free_run_logs_no_sync_warning(comfy, backend, tiny, caplog):
     xla, _, pos, neg = tiny

@@ -12,6 +12,8 @@ import torch
 
 from tests.sampling_harness import execution_mode, ksample, max_abs_diff
 
+pytestmark = pytest.mark.fresh_process  # counts compiles: see tests/fresh_process.py
+
 SAMPLERS = ["euler", "euler_ancestral", "heun", "dpm_2", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_sde", "lcm", "ddim",
             "uni_pc"]
 SCHEDULERS = ["normal", "karras", "exponential", "sgm_uniform", "simple", "beta"]
