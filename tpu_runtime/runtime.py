@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from . import backend as backend_mod
 from .device import DeviceReport, PathDecision, decide_path, detect
 from .sampling import RunOptions
-from .settings import LoadedSettings, load_settings
+from .settings import LoadedSettings, TPUSettings, load_settings
 
 log = logging.getLogger("comfy_tpu")
 
@@ -23,6 +23,13 @@ class RuntimeState(BaseModel):
     loaded: LoadedSettings
     decision: PathDecision
     report: Optional[DeviceReport] = None
+    #: The settings as changed from Python after start (``args.tpu_*``, see live_settings); None until then.
+    changed: Optional[TPUSettings] = None
+
+    @property
+    def settings(self) -> TPUSettings:
+        """The settings in force now: as loaded at start, with any later change."""
+        return self.changed or self.loaded.settings
 
 
 STATE: Optional[RuntimeState] = None
