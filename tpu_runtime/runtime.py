@@ -117,6 +117,9 @@ def start(force: bool = False) -> RuntimeState:
         mesh=backend.mesh_description())
     sampling.OBSERVERS[:] = [MANAGER]
     patches.install(backend, options)
+    from . import seed_api
+
+    seed_api.register()  # only with the path on: a seed script then fails loudly when it is off
     changed = loaded.settings.non_defaults()
     log.info("comfy-tpu: TPU path on (%s): %s; settings changed from defaults: %s", decision.reason,
              report.summary() if report else "?", changed or "none")
@@ -126,8 +129,9 @@ def start(force: bool = False) -> RuntimeState:
 def stop() -> None:
     """Undo the patches (tests; a user switching the pack off without a restart)."""
     global STATE, MANAGER
-    from . import patches, sampling
+    from . import patches, sampling, seed_api
 
+    seed_api.unregister()
     patches.uninstall()
     sampling.OBSERVERS.clear()
     STATE = None
