@@ -1,8 +1,13 @@
 """The public API (as in the design document): ``get_tpu_stats``, ``tpu_manager``,
-``create_execution_signature``. Works before the pack starts or with the path off: it says so."""
+``create_execution_signature``. Works before the pack starts or with the path off: it says so.
+
+Inside a ComfyUI with the TPU path on, this module is also ``comfy.tpu_xla`` (see ``seed_api``).
+"""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
+
+from .live_settings import SettingRefused  # noqa: F401  (what a refused ``args.tpu_*`` change raises)
 
 
 class TPUPathOff(RuntimeError):
@@ -51,13 +56,28 @@ class _ManagerProxy:
                                  negative, force_recompile)
 
     def create_execution_signature(self, *args, **kwargs):
-        return _manager().create_execution_signature(*args, **kwargs)
+        return create_execution_signature(*args, **kwargs)
 
 
 tpu_manager = _ManagerProxy()
 
 
-def create_execution_signature(model, width: int, height: int, batch_size: int = 1, cfg_scale: float = 7.0,
-                               scheduler: str = "normal", sampler: str = "euler", steps: int = 20, dtype=None):
-    return _manager().create_execution_signature(model, width, height, batch_size, cfg_scale, scheduler, sampler,
-                                                 steps, dtype)
+def create_execution_signature(model: Any = None, width: Optional[int] = None, height: Optional[int] = None,
+                               batch_size: Optional[int] = None, cfg_scale: float = 7.0, scheduler: str = "normal",
+                               sampler: Optional[str] = None, steps: int = 20, dtype: Any = None, *,
+                               model_id: Any = None, input_shape: Optional[tuple[int, int, int, int]] = None,
+                               context_tokens: int = 77):
+    """The signature a sampling run with these arguments has (pass it to ``tpu_manager.is_cached``).
+
+    The pack's spelling: ``(model, width, height, batch_size=1, cfg_scale, scheduler, sampler, steps,
+    dtype)``. The seed document's: ``model_id=`` (the model, its class name or its fingerprint),
+    ``input_shape=(B, C, H, W)`` (latent) instead of width/height/batch; a sampler name given as
+    ``scheduler`` (as in the seed's example) is taken as the sampler. Only the graph fields decide
+    whether it is cached (``signature.GRAPH_FIELDS``); cfg (beyond cfg == 1), scheduler and steps are
+    shown, not matched. Bad or contradictory arguments raise ValueError (pydantic's)."""
+    from .seed_signature import SignatureRequest, build
+
+    request = SignatureRequest(model=model, model_id=model_id, width=width, height=height, input_shape=input_shape,
+                               batch_size=batch_size, cfg_scale=cfg_scale, scheduler=scheduler, sampler=sampler,
+                               steps=steps, dtype=dtype, context_tokens=context_tokens)
+    return build(request, _manager())

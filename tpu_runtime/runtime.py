@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from . import backend as backend_mod
 from .device import DeviceReport, PathDecision, decide_path, detect
 from .sampling import RunOptions
-from .settings import LoadedSettings, load_settings
+from .settings import LoadedSettings, TPUSettings, load_settings
 
 log = logging.getLogger("comfy_tpu")
 
@@ -23,6 +23,13 @@ class RuntimeState(BaseModel):
     loaded: LoadedSettings
     decision: PathDecision
     report: Optional[DeviceReport] = None
+    #: The settings as changed from Python after start (``args.tpu_*``, see live_settings); None until then.
+    changed: Optional[TPUSettings] = None
+
+    @property
+    def settings(self) -> TPUSettings:
+        """The settings in force now: as loaded at start, with any later change."""
+        return self.changed or self.loaded.settings
 
 
 STATE: Optional[RuntimeState] = None
@@ -110,6 +117,9 @@ def start(force: bool = False) -> RuntimeState:
         mesh=backend.mesh_description(), rewarm=settings.rewarm)
     sampling.OBSERVERS[:] = [MANAGER]
     patches.install(backend, options)
+    from . import seed_api
+
+    seed_api.register()  # only with the path on: a seed script then fails loudly when it is off
     changed = loaded.settings.non_defaults()
     log.info("comfy-tpu: TPU path on (%s): %s; settings changed from defaults: %s", decision.reason,
              report.summary() if report else "?", changed or "none")
@@ -119,8 +129,9 @@ def start(force: bool = False) -> RuntimeState:
 def stop() -> None:
     """Undo the patches (tests; a user switching the pack off without a restart)."""
     global STATE, MANAGER
-    from . import patches, sampling
+    from . import patches, sampling, seed_api
 
+    seed_api.unregister()
     patches.uninstall()
     sampling.OBSERVERS.clear()
     STATE = None

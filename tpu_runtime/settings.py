@@ -163,8 +163,9 @@ class SettingsProblem(BaseModel):
     value: str
     accepted: str
 
-    def message(self) -> str:
-        return f"{self.variable}={self.value!r} is not valid: expected {self.accepted}. The TPU path stays off."
+    def message(self, outcome: str = "The TPU path stays off.") -> str:
+        """``outcome``: what happens instead (at start the path stays off; a change made later is refused)."""
+        return f"{self.variable}={self.value!r} is not valid: expected {self.accepted}. {outcome}"
 
 
 class LoadedSettings(BaseModel):
