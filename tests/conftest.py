@@ -19,6 +19,8 @@ from tests.fresh_process import MARKER, regroup
 def pytest_configure(config):
     config.addinivalue_line("markers", f"{MARKER}: run this module in a fresh pytest process with its own "
                                        "cache dir (it counts compiles)")
+    config.addinivalue_line("markers", "slow: a long test (the soak through the server); in `make test`, "
+                                       "left out of `make test-fast`")
 
 
 @pytest.hookimpl(trylast=True)  # after -k/-m deselection: the child runs what was selected

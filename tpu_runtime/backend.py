@@ -270,6 +270,8 @@ class XlaBackend:
             "executions": samples("ExecuteTime") + samples("ExecuteReplicatedTime"),
             "transfers_to_host": samples("TransferFromDeviceTime"),
             "transfers_to_device": samples("TransferToDeviceTime"),
+            # Device buffers alive now (made minus freed): what a leak or an unloaded model shows in.
+            "device_data_live": counter("CreateDataHandles") - counter("DestroyDataHandles"),
             "uncached_compiles": counter("UncachedCompile"),
             "cached_compiles": counter("CachedCompile"),
             "persistent_cache_hits": counter("PersistentCacheHit"),

@@ -17,12 +17,13 @@ class TPUTestTinyModel:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31})}}
+        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31})},
+                "optional": {"channels": ("INT", {"default": 32, "min": 32, "max": 128, "step": 32})}}
 
-    def build(self, seed):
+    def build(self, seed, channels=32):
         from tpu_runtime.tiny_model import build_patcher
 
-        return (build_patcher("tiny", seed=seed),)
+        return (build_patcher("tiny", seed=seed, overrides={"model_channels": channels} if channels != 32 else None),)
 
 
 class TPUTestConditioning:
