@@ -39,3 +39,16 @@ def tiny(comfy):
     xla = tiny_model.build_patcher("tiny", seed=0)
     cpu = tiny_model.build_patcher("tiny", seed=0, load_device=torch.device("cpu"))
     return xla, cpu, tiny_model.sd15_conditioning(1), tiny_model.sd15_conditioning(2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def comfyui_before():
+    """The ComfyUI at ``COMFYUI_PATH`` as the suite found it (None without one), taken before the first
+    test, so before any server starts: ``test_server_untouched`` compares against it at the end."""
+    from tests.comfy_env import comfyui_path
+    from tests.comfyui_state import ComfyUIState
+
+    try:
+        return ComfyUIState.take(comfyui_path())
+    except RuntimeError:  # no ComfyUI: the tests that need one say so themselves
+        return None
