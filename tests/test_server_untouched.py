@@ -1,9 +1,9 @@
 """The suite leaves the user's ComfyUI (``COMFYUI_PATH``) as it found it: no test nodes in its
 ``custom_nodes``, nothing written in its user, input, output or temp folders.
 
-Named to run after test_browser, test_server and test_server_nodes in a whole-suite run, so the
-comparison with the snapshot from the suite's start also covers the servers they started; run alone,
-it covers the server it starts itself.
+The check runs last (``runs_last``), so in a whole-suite run its comparison with the snapshot from
+the suite's start covers every test before it, the servers of test_browser, test_server and
+test_server_nodes included; run alone, it covers the server it starts itself.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ def _exercise(srv: ComfyServer) -> None:
     assert status == 200, body
 
 
+@pytest.mark.runs_last
 def test_server_run_leaves_comfyui_as_it_found_it(comfyui_before, tmp_path):
     if comfyui_before is None:
         pytest.fail("no ComfyUI found: set COMFYUI_PATH or run `make setup`")
@@ -40,7 +41,8 @@ def test_server_run_leaves_comfyui_as_it_found_it(comfyui_before, tmp_path):
     assert (srv.base / "user" / "default" / "comfy.settings.json").is_file()
     assert (srv.base / "user" / "comfyui.db").is_file()
     changes = ComfyUIState.take(comfyui_before.root).changes_since(comfyui_before)
-    assert changes == [], f"the tests changed {comfyui_before.root}:\n" + "\n".join(changes)
+    assert changes == [], (f"the tests changed {comfyui_before.root} (or a ComfyUI running from it "
+                           "meanwhile did):\n" + "\n".join(changes))
 
 
 def _fake_comfyui(root: Path) -> Path:
