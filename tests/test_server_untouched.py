@@ -36,13 +36,13 @@ def test_server_run_leaves_comfyui_as_it_found_it(comfyui_before, tmp_path):
         _exercise(srv)
     finally:
         srv.stop()
-    # the server did write: into its own base directory
-    assert list(srv.output.rglob("tpu_test*")), "SaveLatent wrote nothing: the check would prove nothing"
-    assert (srv.base / "user" / "default" / "comfy.settings.json").is_file()
-    assert (srv.base / "user" / "comfyui.db").is_file()
     changes = ComfyUIState.take(comfyui_before.root).changes_since(comfyui_before)
     assert changes == [], (f"the tests changed {comfyui_before.root} (or a ComfyUI running from it "
                            "meanwhile did):\n" + "\n".join(changes))
+    # not for want of writing: the server wrote, into its own base directory
+    assert list(srv.output.rglob("tpu_test*")), "SaveLatent wrote nothing: the check would prove nothing"
+    assert (srv.base / "user" / "default" / "comfy.settings.json").is_file()
+    assert (srv.base / "user" / "comfyui.db").is_file()
 
 
 def _fake_comfyui(root: Path) -> Path:
