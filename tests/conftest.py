@@ -28,6 +28,16 @@ def pytest_collection_modifyitems(session, config, items):
     regroup(session, items)
 
 
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "runs_last: run after every other test of the session, to see what "
+                                       "the whole suite left behind")
+
+
+def pytest_collection_modifyitems(config, items: list) -> None:
+    """Tests marked ``runs_last`` go to the end, whatever their file's place in the order."""
+    items.sort(key=lambda item: item.get_closest_marker("runs_last") is not None)  # stable: order kept
+
+
 @pytest.fixture(scope="session")
 def comfy():
     """ComfyUI's ``nodes`` module, with the pack loaded and its patches in force."""
@@ -53,3 +63,16 @@ def tiny(comfy):
     xla = tiny_model.build_patcher("tiny", seed=0)
     cpu = tiny_model.build_patcher("tiny", seed=0, load_device=torch.device("cpu"))
     return xla, cpu, tiny_model.sd15_conditioning(1), tiny_model.sd15_conditioning(2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def comfyui_before():
+    """The ComfyUI at ``COMFYUI_PATH`` as the suite found it (None without one), taken before the first
+    test, so before any server starts: ``test_server_untouched`` compares against it, last."""
+    from tests.comfy_env import comfyui_path
+    from tests.comfyui_state import ComfyUIState
+
+    try:
+        return ComfyUIState.take(comfyui_path())
+    except RuntimeError:  # no ComfyUI: the tests that need one say so themselves
+        return None

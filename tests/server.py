@@ -1,4 +1,12 @@
-"""A real ComfyUI server (main.py) with the pack linked into custom_nodes, on a free loopback port."""
+"""A real ComfyUI server (main.py) on a free loopback port, on a throwaway base directory.
+
+ComfyUI's code runs from ``COMFYUI_PATH`` (which may be a user's own ComfyUI), but ``--base-directory``
+points its ``custom_nodes``, ``models``, ``user``, ``input``, ``output`` and ``temp`` folders at a
+folder of the test's own, and ``--database-url`` moves the database that would otherwise go to
+``<ComfyUI>/user/comfyui.db``. So the test nodes never show in the user's UI, the server loads none of
+the user's other node packs, and its settings, database, images and temp clean-up stay in the test's
+folder.
+"""
 from __future__ import annotations
 
 import json
@@ -14,6 +22,8 @@ from typing import Optional
 from tests.comfy_env import PACK_DIR, comfyui_path
 
 TEST_NODES = PACK_DIR / "tests" / "comfy_test_nodes"
+NODE_PACKS = {"comfy-tpu": PACK_DIR, "comfy-tpu-testnodes": TEST_NODES}
+BASE_FOLDERS = ("custom_nodes", "user", "input", "output", "temp")
 
 
 def free_port() -> int:
@@ -22,32 +32,43 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def link_into_custom_nodes(root: Path) -> None:
-    custom = root / "custom_nodes"
-    custom.mkdir(exist_ok=True)
-    for name, target in (("comfy-tpu", PACK_DIR), ("comfy-tpu-testnodes", TEST_NODES)):
-        link = custom / name
-        if not (link.is_symlink() and link.resolve() == target.resolve()):
-            if link.is_symlink():
-                link.unlink()
-            link.symlink_to(target)
+def make_base_directory(base: Path) -> Path:
+    """A ComfyUI base directory holding only the pack and the test nodes (as links) and empty user,
+    input, output and temp folders: what one server may write to. ``--user-directory`` must exist."""
+    for folder in BASE_FOLDERS:
+        (base / folder).mkdir(parents=True, exist_ok=True)
+    for name, target in NODE_PACKS.items():
+        link = base / "custom_nodes" / name
+        if not link.is_symlink():
+            link.symlink_to(target, target_is_directory=True)
+    return base
+
+
+def base_directory_args(base: Path) -> list[str]:
+    """ComfyUI's flags for a server confined to ``base``. ``--base-directory`` alone sets every folder
+    but the database, whose default is next to ComfyUI's code; the user folder is named as well, since
+    it is where ComfyUI keeps settings and workflows."""
+    return ["--base-directory", str(base), "--user-directory", str(base / "user"),
+            "--database-url", f"sqlite:///{base / 'user' / 'comfyui.db'}"]
 
 
 class ComfyServer:
+    """ComfyUI started as ``python main.py``, with the pack and the test nodes, writing only under
+    ``tmp`` (its log, and ``tmp/comfyui-base``): the ComfyUI it runs may be the user's own."""
+
     def __init__(self, tmp: Path, env: Optional[dict] = None, extra_args: Optional[list] = None) -> None:
         self.root = comfyui_path()
-        link_into_custom_nodes(self.root)
+        self.base = make_base_directory(tmp / "comfyui-base")
         self.port = free_port()
-        self.output = tmp / "output"
-        self.output.mkdir(parents=True, exist_ok=True)
+        self.output = self.base / "output"
         self.log_path = tmp / "server.log"
         merged = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         full_env = {key: value for key, value in merged.items() if value is not None}  # None: unset it
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "main.py", "--listen", "127.0.0.1", "--port", str(self.port), "--output-directory",
-             str(self.output), "--disable-auto-launch", *(extra_args or [])],
-            cwd=self.root, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
+            [sys.executable, str(self.root / "main.py"), "--listen", "127.0.0.1", "--port", str(self.port),
+             *base_directory_args(self.base), "--disable-auto-launch", *(extra_args or [])],
+            cwd=self.base, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = 240) -> None:
