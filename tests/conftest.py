@@ -16,25 +16,20 @@ import torch
 from tests.fresh_process import MARKER, regroup
 
 
-def pytest_configure(config):
+def pytest_configure(config) -> None:
     config.addinivalue_line("markers", f"{MARKER}: run this module in a fresh pytest process with its own "
                                        "cache dir (it counts compiles)")
     config.addinivalue_line("markers", "slow: a long test (the soak through the server); in `make test`, "
                                        "left out of `make test-fast`")
-
-
-@pytest.hookimpl(trylast=True)  # after -k/-m deselection: the child runs what was selected
-def pytest_collection_modifyitems(session, config, items):
-    regroup(session, items)
-
-
-def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "runs_last: run after every other test of the session, to see what "
                                        "the whole suite left behind")
 
 
-def pytest_collection_modifyitems(config, items: list) -> None:
-    """Tests marked ``runs_last`` go to the end, whatever their file's place in the order."""
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection: a fresh process runs what was selected
+def pytest_collection_modifyitems(session, config, items: list) -> None:
+    """Marked modules go to fresh processes; tests marked ``runs_last`` go to the end, whatever their
+    file's place in the order."""
+    regroup(session, items)
     items.sort(key=lambda item: item.get_closest_marker("runs_last") is not None)  # stable: order kept
 
 
