@@ -10,7 +10,7 @@ from typing import Literal, Optional
 
 import torch
 
-TINY_UNET = dict(model_channels=32, in_channels=4, out_channels=4, num_res_blocks=1, channel_mult=[1, 2],
+TINY_UNET = dict(model_channels=32, in_channels=4, out_channels=4, num_res_blocks=[1, 1], channel_mult=[1, 2],
                  transformer_depth=[1, 1], transformer_depth_output=[1, 1, 1, 1], transformer_depth_middle=1,
                  num_head_channels=-1, num_heads=4, use_spatial_transformer=True, image_size=32, legacy=False,
                  use_checkpoint=False)
