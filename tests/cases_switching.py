@@ -59,7 +59,7 @@ def switching(nodes, steps: int = 3, size: int = 64, frames: int = 2, lora_famil
         result["visits"].append({
             "model": name, "visit": "second" if name in seen else "first", "shape": list(run.samples.shape),
             "compiles": run.compiles, "run_compiles": figures.compiles, "executions": run.executions,
-            "transfers": run.transfers_to_host, "fallbacks": run.fallbacks, "run_fallbacks": figures.fallback_ops,
+            "transfers": run.transfers_to_host, "run_transfers": figures.transfers_to_host, "fallbacks": run.fallbacks, "run_fallbacks": figures.fallback_ops,
             "max_diff": max_abs_diff(run.samples, reference), "finite": bool(torch.isfinite(run.samples).all()),
             "abs_max": float(run.samples.abs().max()), "wall_s": round(wall, 2)})
         seen.add(name)

@@ -57,15 +57,17 @@ def test_no_op_falls_back_to_the_cpu(session):
 
 
 def test_a_run_brings_only_its_result_to_the_host(session):
-    visits = session["visits"][:-len(LORA_SWITCH)]
-    for index, visit in enumerate(visits):
+    for index, visit in enumerate(session["visits"]):
+        # The pack's own figures meter the sampling run, not ComfyUI's model load before it.
+        assert visit["run_transfers"] <= MAX_TRANSFERS, (_label(index, visit), visit)
+    for index, visit in enumerate(session["visits"][:-len(LORA_SWITCH)]):
         assert visit["transfers"] <= MAX_TRANSFERS, (_label(index, visit), visit)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ComfyUI reloads a model whose weight patches changed through ModelPatcher.partially_load -> "
-    "unpatch_model(offload_device): the whole diffusion model goes to the offload device (the CPU) "
-    "and back, one device-to-host transfer per tensor; the pack keeps ComfyUI's CPU offload device"))
 def test_a_lora_switch_keeps_the_weights_on_the_device(session):
-    for index, visit in enumerate(session["visits"][-len(LORA_SWITCH):]):
-        assert visit["transfers"] <= MAX_TRANSFERS, (_label(index, visit), visit)
+    """Onto the LoRA clone: ComfyUI backs up each patched weight to the host (one transfer each, as it
+    does on CUDA); back to the base: the backups return. The rest of the model never leaves the chip
+    (ComfyUI alone sent every weight to the CPU and back: ~250 transfers for this model)."""
+    onto_lora, back_to_base = session["visits"][-len(LORA_SWITCH):]
+    assert onto_lora["transfers"] <= MAX_TRANSFERS + len(session["lora_keys"]), onto_lora
+    assert back_to_base["transfers"] <= MAX_TRANSFERS, back_to_base

@@ -270,8 +270,9 @@ class XlaBackend:
             "executions": samples("ExecuteTime") + samples("ExecuteReplicatedTime"),
             "transfers_to_host": samples("TransferFromDeviceTime"),
             "transfers_to_device": samples("TransferToDeviceTime"),
-            # Device buffers alive now (made minus freed): what a leak or an unloaded model shows in.
-            "device_data_live": counter("CreateDataHandles") - counter("DestroyDataHandles"),
+            # XLA tensors alive now (made minus destroyed): a leak, or an unloaded model's weights still
+            # held, shows here (torch_xla's data-handle counters miss most frees; these do not).
+            "xla_tensors_live": counter("CreateXlaTensor") - counter("DestroyXlaTensor"),
             "uncached_compiles": counter("UncachedCompile"),
             "cached_compiles": counter("CachedCompile"),
             "persistent_cache_hits": counter("PersistentCacheHit"),

@@ -221,7 +221,7 @@ class TPUManager(sampling.RunObserver):
         counters = self.backend.counters()
         stats = self.registry.stats()
         stats["xla"] = {k: counters[k] for k in ("compiles", "uncached_compiles", "cached_compiles", "executions",
-                                                 "transfers_to_host", "device_data_live")}
+                                                 "transfers_to_host", "xla_tensors_live")}
         stats["execution"] = self.options.execution
         stats["dynamo"] = {k.removeprefix("dynamo_"): counters[k] for k in counters if k.startswith("dynamo_")}
         stats["dynamo"]["lazy_fallbacks"] = compiled.registry(self.backend).fallbacks()

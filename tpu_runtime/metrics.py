@@ -23,6 +23,15 @@ class RunFigures(BaseModel):
     host_trace_s: float = 0.0   # host time spent tracing graphs between step boundaries
     device_wait_s: float = 0.0  # host time blocked waiting for the device
 
+    def without(self, part: "RunFigures") -> "RunFigures":
+        """These figures less a span inside them (the model load, which is not the sampling run's)."""
+        fallbacks = {op: n - part.fallback_ops.get(op, 0) for op, n in self.fallback_ops.items()
+                     if n > part.fallback_ops.get(op, 0)}
+        return self.model_copy(update={
+            "compiles": self.compiles - part.compiles, "compile_s": max(self.compile_s - part.compile_s, 0.0),
+            "executions": self.executions - part.executions,
+            "transfers_to_host": self.transfers_to_host - part.transfers_to_host, "fallback_ops": fallbacks})
+
 
 class RunMeter:
     """Snapshot the backend's counters at start, diff them at stop."""

@@ -8,6 +8,10 @@ Only what ComfyUI offers no hook for is patched here:
 * ``comfy.samplers.calculate_sigmas``: schedules are computed from a host copy of ``model_sampling``.
 * ``comfy.sampler_helpers.prepare_model_patcher``: every sampling call of a model that loads on XLA
   gets the sampling wrappers (``sampling.attach``), whatever node loaded the model.
+* ``comfy.model_patcher.ModelPatcher.partially_load``: when a model loaded on the XLA device gets
+  other weight patches (a LoRA added, removed or changed), ComfyUI unpatches it to the offload device
+  (the CPU) and loads it back: every weight to the host and back. The pack keeps the unpatched model
+  on the device; only the patched weights' backups live on the host, as ComfyUI keeps them.
 * ``comfy.extra_samplers.uni_pc``'s ``torch``: UniPC builds its small solver matrices with
   ``torch.tensor(host_values, device=x.device)`` and solves them with ``torch.linalg.solve``, which XLA
   runs on the CPU (a fallback and two syncs per step). Those matrices are kept on the host instead.
@@ -33,23 +37,32 @@ def installed() -> bool:
     return bool(_ORIGINALS)
 
 
-def _set(module_name: str, attribute: str, value: Any) -> None:
-    module = importlib.import_module(module_name)
-    _ORIGINALS.setdefault((module_name, attribute), getattr(module, attribute))
-    setattr(module, attribute, value)
+def _owner(path: str) -> Any:
+    """A module (``comfy.samplers``) or a class in one (``comfy.model_patcher.ModelPatcher``)."""
+    try:
+        return importlib.import_module(path)
+    except ModuleNotFoundError:
+        module_name, _, name = path.rpartition(".")
+        return getattr(importlib.import_module(module_name), name)
+
+
+def _set(owner_path: str, attribute: str, value: Any) -> None:
+    owner = _owner(owner_path)
+    _ORIGINALS.setdefault((owner_path, attribute), vars(owner).get(attribute, getattr(owner, attribute)))
+    setattr(owner, attribute, value)
 
 
 def original(module_name: str, attribute: str) -> Any:
     """The function ComfyUI had before the pack patched it."""
     if (module_name, attribute) in _ORIGINALS:
         return _ORIGINALS[(module_name, attribute)]
-    return getattr(importlib.import_module(module_name), attribute)
+    return getattr(_owner(module_name), attribute)
 
 
 def uninstall() -> None:
     """Put every patched attribute back."""
-    for (module_name, attribute), value in list(_ORIGINALS.items()):
-        setattr(importlib.import_module(module_name), attribute, value)
+    for (owner_path, attribute), value in list(_ORIGINALS.items()):
+        setattr(_owner(owner_path), attribute, value)
     _ORIGINALS.clear()
     _STATE.clear()
 
@@ -158,7 +171,34 @@ def install(backend, options: sampling.RunOptions, host_memory_fallback: Optiona
     _set("comfy.extra_samplers.uni_pc", "torch", HostAwareTorch(uni_pc.torch, backend))
     _set("comfy.samplers", "calculate_sigmas", calculate_sigmas)
     _set("comfy.sampler_helpers", "prepare_model_patcher", prepare_model_patcher)
+    _set("comfy.model_patcher.ModelPatcher", "partially_load", _repatch_on_device(is_xla))
     log.debug("comfy-tpu: patches installed")
+
+
+def _repatch_on_device(is_xla: Callable[[Any], bool]) -> Callable:
+    """``ModelPatcher.partially_load`` that, for a model already on the XLA device, unpatches it there."""
+    import comfy.model_patcher
+
+    load = comfy.model_patcher.ModelPatcher.partially_load
+
+    def partially_load(self, device_to, extra_memory=0, force_patch_weights=False):
+        chip = device_to
+        fully_on_chip = is_xla(getattr(self.model, "device", None)) and not getattr(self.model, "model_lowvram", False)
+        if not (is_xla(chip) and fully_on_chip):  # a partly loaded (low-VRAM) model keeps ComfyUI's path
+            return load(self, device_to, extra_memory, force_patch_weights)
+        unpatch = self.unpatch_model
+
+        def unpatch_on_chip(device_to=None, unpatch_weights=True):
+            # ComfyUI's partially_load unpatches to self.offload_device; the weights stay on the chip.
+            return unpatch(chip if device_to is not None else None, unpatch_weights=unpatch_weights)
+
+        self.unpatch_model = unpatch_on_chip
+        try:
+            return load(self, device_to, extra_memory, force_patch_weights)
+        finally:
+            del self.unpatch_model
+
+    return partially_load
 
 
 class HostAwareTorch:

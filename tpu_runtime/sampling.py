@@ -4,6 +4,9 @@ Wrappers (``comfy.patcher_extension.WrappersMP``), added to the model options of
 call whose model loads on the XLA device:
 
 * ``OUTER_SAMPLE``: keeps the host schedule, meters the run (XLA counters), names CPU fallbacks.
+* ``PREPARE_SAMPLING``: the model load (weights moved, LoRA patches applied or removed) is metered
+  apart: its transfers and compiles are ComfyUI's loading, not the sampler's syncs or the signature's
+  graphs.
 * ``SAMPLER_SAMPLE``: hands the sampler host sigmas, host-drawn noise and honest step pacing.
 * ``PREDICT_NOISE``: one step boundary before each model evaluation.
 * ``CALC_COND_BATCH``: cond/uncond batching fixed, not chosen from free memory each step.
@@ -67,10 +70,12 @@ class SamplingRun:
     options: RunOptions
     host_sigmas: Optional[HostTensor]
     model_name: str
+    user_shape: tuple[int, ...] = ()  # the latent's shape before padding to a bucket
     signature: Optional[ExecutionSignature] = None
     pacer: Optional[StepPacer] = None
     pacers: list[StepPacer] = field(default_factory=list)
     figures: Optional[metrics.RunFigures] = None
+    load_figures: metrics.RunFigures = field(default_factory=metrics.RunFigures)  # the model load's share
     notes: list[str] = field(default_factory=list)
 
 
@@ -102,6 +107,7 @@ def attach(model_options: dict, backend, options: RunOptions) -> None:
     compiled_mode = effective.execution == "compiled"
     wrappers = {
         pe.WrappersMP.OUTER_SAMPLE: _outer_sample(backend, effective),
+        pe.WrappersMP.PREPARE_SAMPLING: _prepare_sampling,
         pe.WrappersMP.SAMPLER_SAMPLE: _sampler_sample,
         pe.WrappersMP.PREDICT_NOISE: _predict_noise(boundary=not compiled_mode),
         pe.WrappersMP.CALC_COND_BATCH: _calc_cond_batch,
@@ -135,7 +141,7 @@ def _outer_sample(backend, options: RunOptions):
             noise, latent_image, denoise_mask = _pad_inputs(noise, latent_image, denoise_mask, padded)
             latent_shapes = [latent_image.shape]
         run = SamplingRun(backend=backend, options=options, host_sigmas=as_host(sigmas),
-                          model_name=type(patcher.model).__name__)
+                          model_name=type(patcher.model).__name__, user_shape=user_shape)
         run.signature = _signature(guider, sampler, user_shape, tuple(noise.shape), options, len(sigmas) - 1,
                                    backend.mesh_description())
         for observer in OBSERVERS:
@@ -159,7 +165,7 @@ def _outer_sample(backend, options: RunOptions):
             return result if torch.is_inference_mode_enabled() else result.clone()
         finally:
             _RUN.reset(token)
-            run.figures = meter.stop().model_copy(update={
+            run.figures = meter.stop().without(run.load_figures).model_copy(update={
                 "model_calls": sum(p.boundaries for p in run.pacers),
                 "host_trace_s": sum(p.host_trace_s for p in run.pacers),
                 "device_wait_s": sum(p.device_wait_s for p in run.pacers)})
@@ -169,6 +175,20 @@ def _outer_sample(backend, options: RunOptions):
                     observer.after_run(run)
 
     return outer_sample
+
+
+def _prepare_sampling(executor, model, noise_shape, conds, model_options=None):
+    """ComfyUI loads the model here (and applies or removes weight patches): metered apart."""
+    run = _RUN.get()
+    if run is None:
+        return executor(model, noise_shape, conds, model_options=model_options)
+    meter = metrics.RunMeter(run.backend)
+    try:
+        return executor(model, noise_shape, conds, model_options=model_options)
+    finally:
+        run.load_figures = meter.stop()
+        if run.load_figures.transfers_to_host or run.load_figures.compiles:
+            log.debug("comfy-tpu: loading %s: %s", run.model_name, run.load_figures.model_dump())
 
 
 def _padded_shape(shape: tuple[int, ...], options: RunOptions) -> tuple[int, ...]:
@@ -240,7 +260,8 @@ class _HostModelWrap:
 
 
 @contextlib.contextmanager
-def _host_sampler(sampler, model_wrap, noise: torch.Tensor, host_sigmas: HostTensor, seed):
+def _host_sampler(sampler, model_wrap, noise: torch.Tensor, host_sigmas: HostTensor, seed,
+                  user_shape: Optional[tuple[int, ...]] = None):
     """Point a KSAMPLER at host-side helpers for the length of one call, then restore it."""
     saved = dict(vars(sampler))
     try:
@@ -252,8 +273,8 @@ def _host_sampler(sampler, model_wrap, noise: torch.Tensor, host_sigmas: HostTen
         extra = getattr(sampler, "extra_options", None)
         kind = noise_kind(function) if function is not None else None
         if kind and isinstance(extra, dict) and extra.get("noise_sampler") is None:
-            noise_sampler = (host_brownian_noise_sampler(noise, host_sigmas, seed) if kind == "brownian"
-                             else host_default_noise_sampler(noise, seed))
+            noise_sampler = (host_brownian_noise_sampler(noise, host_sigmas, seed, user_shape) if kind == "brownian"
+                             else host_default_noise_sampler(noise, seed, user_shape))
             sampler.extra_options = {**extra, "noise_sampler": noise_sampler}
         yield
     finally:
@@ -275,7 +296,8 @@ def _sampler_sample(executor, model_wrap, sigmas, extra_args, callback, noise, l
     run.pacer = pacer
     run.pacers.append(pacer)
     try:
-        with _host_sampler(executor.class_obj, model_wrap, noise, host_sigmas, extra_args.get("seed")):
+        with _host_sampler(executor.class_obj, model_wrap, noise, host_sigmas, extra_args.get("seed"),
+                           run.user_shape or None):
             samples = executor(model_wrap, host_sigmas, extra_args, pacer.step_callback(callback), noise,
                                latent_image, denoise_mask, True)
         samples = plain(samples)
