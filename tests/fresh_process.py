@@ -36,7 +36,8 @@ class FreshProcessModule(pytest.Item):
         env = {**os.environ, IN_CHILD_ENV: "1",
                "COMFY_TPU_CACHE_DIR": tempfile.mkdtemp(prefix="comfy-tpu-fresh-cache-")}
         root = Path(self.config.rootpath)
-        out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-ra", "-p", "no:cacheprovider", *self.nodeids],
+        out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-ra", "--tb=short", "--show-capture=no",
+                              "-p", "no:cacheprovider", *self.nodeids],
                              cwd=root, env=env, capture_output=True, text=True)
         self.child_output = out.stdout + out.stderr
         summary = self.child_output.strip().splitlines()[-1:] or ["(no output)"]

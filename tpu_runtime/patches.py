@@ -10,8 +10,9 @@ Only what ComfyUI offers no hook for is patched here:
   gets the sampling wrappers (``sampling.attach``), whatever node loaded the model.
 * ``comfy.model_patcher.ModelPatcher.partially_load``: when a model loaded on the XLA device gets
   other weight patches (a LoRA added, removed or changed), ComfyUI unpatches it to the offload device
-  (the CPU) and loads it back: every weight to the host and back. The pack keeps the unpatched model
-  on the device; only the patched weights' backups live on the host, as ComfyUI keeps them.
+  (the CPU) and loads it back: every weight to the host and back. In lazy execution (the default)
+  the pack keeps the unpatched model on the device; only the patched weights' backups live on the
+  host, as ComfyUI keeps them.
 * ``comfy.extra_samplers.uni_pc``'s ``torch``: UniPC builds its small solver matrices with
   ``torch.tensor(host_values, device=x.device)`` and solves them with ``torch.linalg.solve``, which XLA
   runs on the CPU (a fallback and two syncs per step). Those matrices are kept on the host instead.
@@ -184,7 +185,11 @@ def _repatch_on_device(is_xla: Callable[[Any], bool]) -> Callable:
     def partially_load(self, device_to, extra_memory=0, force_patch_weights=False):
         chip = device_to
         fully_on_chip = is_xla(getattr(self.model, "device", None)) and not getattr(self.model, "model_lowvram", False)
-        if not (is_xla(chip) and fully_on_chip):  # a partly loaded (low-VRAM) model keeps ComfyUI's path
+        # A partly loaded (low-VRAM) model keeps ComfyUI's path, and so does compiled execution: a model
+        # captured by dynamo kept computing with the patched weights after they were restored in place
+        # on the chip (tests/test_kernel_layout.py); a full reload makes it see them.
+        lazy = _STATE["options"].execution == "lazy"
+        if not (is_xla(chip) and fully_on_chip and lazy):
             return load(self, device_to, extra_memory, force_patch_weights)
         unpatch = self.unpatch_model
 
