@@ -8,15 +8,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.cache_models import CACHE_TEST_MODEL
-from tests.comfy_env import PACK_DIR
+from tests.child import run_child
 from tests.sampling_harness import execution_mode, ksample
 
 pytestmark = pytest.mark.fresh_process  # counts compiles: see tests/fresh_process.py
@@ -25,7 +23,7 @@ pytestmark = pytest.mark.fresh_process  # counts compiles: see tests/fresh_proce
 @pytest.fixture(scope="module", autouse=True)
 def compiled_mode(comfy):
     """The cache's guarantees are checked in compiled mode, where a run could compile either kind of
-    graph (dynamo captures and XLA executables); lazy mode is what the subprocess tests use."""
+    graph (dynamo captures and XLA executables); its second session (a child process) runs compiled too."""
     with execution_mode("compiled"):
         yield
 
@@ -137,19 +135,10 @@ def test_padding_off_compiles_and_padding_is_bit_identical_on_the_bucket(comfy, 
     assert torch.equal(padded.samples, unpadded.samples)
 
 
-def _child(cache_dir: str, *args: str) -> dict:
-    # The same execution mode as this file's runs: a process in another mode cannot reproduce them.
-    env = {**os.environ, "COMFY_TPU_CACHE_DIR": cache_dir, "COMFY_TPU_EXECUTION": "compiled"}
-    out = subprocess.run([sys.executable, str(PACK_DIR / "tests" / "run_cache_child.py"), *args], env=env,
-                         capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
-    line = next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))
-    return {**json.loads(line[len("RESULT "):]), "log": out.stderr}
-
-
 def test_a_second_process_sees_and_rewarms_the_signatures(manual, warmed):
-    cache_dir = os.environ["COMFY_TPU_CACHE_DIR"]
-    child = _child(cache_dir, "--sample")
+    # The same execution mode as this file's runs: a process in another mode cannot reproduce them.
+    child = run_child("cases_cache:second_session", cache_dir=os.environ["COMFY_TPU_CACHE_DIR"],
+                      env={"COMFY_TPU_EXECUTION": "compiled"})
     assert warmed.signature.short() in child["recorded"]
     assert "re-warming" in child["log"]
     assert child["hit"], child  # the user's run compiled nothing: the re-warm did it first
