@@ -43,7 +43,7 @@ chromium:
 	  || echo "comfy-tpu: could not install chromium (not root?); the browser test will be skipped"
 
 demo: setup
-	COMFY_TPU_ENABLE=$${COMFY_TPU_ENABLE:-1} $(VPY) -m tpu_runtime.demo
+	COMFY_TPU_ENABLE=$${COMFY_TPU_ENABLE:-1} $(VPY) -m bench.demo
 
 test: setup chromium
 	$(VPY) -m pytest -q -ra tests

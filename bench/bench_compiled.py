@@ -69,17 +69,15 @@ def main() -> int:
     parser.add_argument("--layouts", default="native,hwio", help="conv kernel layouts to run (COMFY_TPU_CONV_KERNEL_LAYOUT)")
     args = parser.parse_args()
 
-    from tpu_runtime.comfy_host import import_comfy
+    from bench.comfy_host import import_comfy
 
     nodes = import_comfy(load_pack=True)
     import torch
 
-    import tpu_runtime.backend as backend_mod
-    import tpu_runtime.patches as patches
-    import tpu_runtime.sampling as sampling
-    from tpu_runtime import tiny_model
+    from tpu_runtime import runtime
+    from bench import tiny_model
 
-    backend = backend_mod.get_backend()
+    backend = runtime.current().backend
     meter = DeviceIdleMeter(backend)
     pos, neg = tiny_model.sd15_conditioning(1), tiny_model.sd15_conditioning(2)
     latent = {"samples": torch.zeros(1, 4, args.px // 8, args.px // 8)}
@@ -107,10 +105,10 @@ def main() -> int:
     del cpu
 
     xla = tiny_model.build_patcher(args.size, seed=0)
-    saved = patches.get_options()
+    saved = runtime.current().options
     runs = [(mode, layout) for layout in args.layouts.split(",") for mode in ("lazy", "compiled")]
     for mode, layout in runs:
-        patches.set_options(saved.model_copy(update={"execution": mode, "conv_kernel_layout": layout}))
+        runtime.current().options = saved.model_copy(update={"execution": mode, "conv_kernel_layout": layout})
         print(f"{mode}, {layout} kernels: first run ...", flush=True)
         _, first, first_delta = sample(xla, 2)
         out, wall, delta = sample(xla, args.steps, seed=43)
@@ -121,9 +119,9 @@ def main() -> int:
         rows[(mode, layout)] = {"first": first, "first_delta": first_delta, "step_s": wall / args.steps, "delta": delta,
                       "host_ms": 1000 * (idle_wall - meter.wait_s) / args.steps,
                       "diff": (out.float() - reference.float()).abs().max().item(),
-                      "trace_ms": 1000 * sampling.RUN_HISTORY[-2].host_trace_s / max(sampling.RUN_HISTORY[-2].model_calls, 1)}
+                      "trace_ms": 1000 * runtime.current().run_history[-2].host_trace_s / max(runtime.current().run_history[-2].model_calls, 1)}
         print(rows[(mode, layout)], flush=True)
-    patches.set_options(saved)
+    runtime.current().options = saved
 
     eager = rows["eager CPU"]["step_s"]
     lines = [f"\n### Execution modes: {args.size} UNet, {args.px}x{args.px}, batch 1, cfg 7 (2 rows a call), euler, "

@@ -17,13 +17,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main() -> int:
-    from tpu_runtime.comfy_host import import_comfy
+    from bench.comfy_host import import_comfy
 
     import_comfy(load_pack=False)
     import torch
 
     import comfy.sample
-    from tpu_runtime import padding, tiny_model
+    from bench import tiny_model
+    from tpu_runtime import padding
 
     patcher = tiny_model.build_patcher("tiny", seed=0, load_device=torch.device("cpu"))
     pos, neg = tiny_model.sd15_conditioning(1), tiny_model.sd15_conditioning(2)

@@ -26,11 +26,11 @@ SAMPLERS = ["euler", "euler_ancestral", "heun", "dpm_2", "dpmpp_2m", "dpmpp_2m_s
 def run_once(nodes, backend, patcher, pos, neg, steps, sampler, size, seed):
     import torch
 
-    import tpu_runtime.sampling as sampling
+    from tpu_runtime import runtime
 
     latent = {"samples": torch.zeros(1, 4, size // 8, size // 8)}
     before = backend.counters() if backend else None
-    history = len(sampling.RUN_HISTORY)
+    history = len(runtime.current().run_history)
     start = time.perf_counter()
     with torch.inference_mode():
         out = nodes.common_ksampler(patcher, seed, steps, 7.0, sampler, "normal", pos, neg, latent)[0]["samples"]
@@ -38,7 +38,7 @@ def run_once(nodes, backend, patcher, pos, neg, steps, sampler, size, seed):
     if backend is None:
         return out, {"wall": wall}
     after = backend.counters()
-    figures = sampling.RUN_HISTORY[-1] if len(sampling.RUN_HISTORY) > history else None
+    figures = runtime.current().run_history[-1] if len(runtime.current().run_history) > history else None
     calls = max(figures.model_calls, 1) if figures else 1
     return out, {"wall": wall, "compiles": after["compiles"] - before["compiles"],
                  "executions": after["executions"] - before["executions"],
@@ -50,7 +50,7 @@ def run_once(nodes, backend, patcher, pos, neg, steps, sampler, size, seed):
 def bench_model(nodes, backend, size_name, size, samplers, step_counts, out):
     import torch
 
-    from tpu_runtime import tiny_model
+    from bench import tiny_model
 
     xla = tiny_model.build_patcher(size_name, seed=0)
     cpu = tiny_model.build_patcher(size_name, seed=0, load_device=torch.device("cpu"))
@@ -76,15 +76,15 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="euler and dpmpp_2m only")
     args = parser.parse_args()
 
-    from tpu_runtime.comfy_host import import_comfy
+    from bench.comfy_host import import_comfy
 
     nodes = import_comfy(load_pack=True)
     import torch
     import torch_xla
 
-    import tpu_runtime.backend as backend_mod
+    from tpu_runtime import runtime
 
-    backend = backend_mod.get_backend()
+    backend = runtime.current().backend
     out = ["# Sampling benchmark", "",
            f"Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}; torch "
            f"{torch.__version__}, torch_xla {torch_xla.__version__}; PJRT {os.environ['PJRT_DEVICE']}; "

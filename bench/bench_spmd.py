@@ -27,16 +27,16 @@ BATCHES = (1, 4, 8)
 
 def child(steps: int, repeats: int, size: int) -> None:
     sys.path.insert(0, PACK_DIR)
-    from tpu_runtime.comfy_host import import_comfy
+    from bench.comfy_host import import_comfy
 
     nodes = import_comfy(load_pack=True)
     import torch
 
     import tpu_runtime
-    import tpu_runtime.backend as backend_mod
-    from tpu_runtime import tiny_model
+    from tpu_runtime import runtime
+    from bench import tiny_model
 
-    backend = backend_mod.get_backend()
+    backend = runtime.current().backend
     patcher = tiny_model.build_patcher("tiny", seed=0)
     pos, neg = tiny_model.sd15_conditioning(1), tiny_model.sd15_conditioning(2)
     for batch in BATCHES:

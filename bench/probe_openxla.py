@@ -25,18 +25,17 @@ def main() -> int:
     parser.add_argument("--size", default="tiny")
     parser.add_argument("--px", type=int, default=128)
     args = parser.parse_args()
-    from tpu_runtime.comfy_host import import_comfy
+    from bench.comfy_host import import_comfy
 
     nodes = import_comfy(load_pack=True)
     import torch
     import torch._dynamo
 
-    import tpu_runtime.backend as backend_mod
-    import tpu_runtime.sampling as sampling
+    from tpu_runtime import runtime
     from comfy_api.torch_helpers import set_torch_compile_wrapper
-    from tpu_runtime import tiny_model
+    from bench import tiny_model
 
-    backend = backend_mod.get_backend()
+    backend = runtime.current().backend
     pos, neg = tiny_model.sd15_conditioning(1), tiny_model.sd15_conditioning(2)
     rows = ["| mode | steps | wall s | XLA compiles | executions | to-host | host ms/call | dynamo frames |",
             "|---|---|---|---|---|---|---|---|"]
@@ -54,7 +53,7 @@ def main() -> int:
                                       {"samples": torch.zeros(1, 4, args.px // 8, args.px // 8)})
             wall = time.perf_counter() - start
             after = backend.counters()
-            fig = sampling.RUN_HISTORY[-1]
+            fig = runtime.current().run_history[-1]
             frames = sum(torch._dynamo.utils.counters["stats"].values()) if mode == "openxla" else 0
             rows.append(f"| {mode} | {steps} | {wall:.2f} | {after['compiles'] - before['compiles']} | "
                         f"{after['executions'] - before['executions']} | "

@@ -47,7 +47,7 @@ def main() -> int:
     parser.add_argument("--hwio", action="store_true", help="conv kernels kept on the device as HWIO")
     parser.add_argument("--grad", default="inference", choices=["inference", "no_grad"])
     args = parser.parse_args()
-    from tpu_runtime.comfy_host import import_comfy
+    from bench.comfy_host import import_comfy
 
     import_comfy(load_pack=False)
     import torch
@@ -55,7 +55,7 @@ def main() -> int:
     import torch_xla.core.xla_model as xm
     import torch_xla.debug.metrics as met
 
-    from tpu_runtime import tiny_model
+    from bench import tiny_model
 
     unet = tiny_model.build_sd15_model(args.size, seed=0).diffusion_model.eval()
     g = torch.Generator().manual_seed(1)

@@ -10,7 +10,7 @@ def second_session(nodes, sample: bool = True) -> dict:
 
     import tpu_runtime
     import tpu_runtime.runtime as runtime
-    from tpu_runtime import tiny_model
+    from bench import tiny_model
 
     result = {"recorded": [s["summary"] for s in tpu_runtime.get_tpu_stats()["signatures"]]}
     if sample:
@@ -18,6 +18,6 @@ def second_session(nodes, sample: bool = True) -> dict:
         with torch.inference_mode():
             nodes.common_ksampler(patcher, 5, 12, 7.0, "euler", "normal", tiny_model.sd15_conditioning(1),
                                   tiny_model.sd15_conditioning(2), {"samples": torch.zeros(1, 4, 16, 16)})
-        outcome = runtime.MANAGER.last_outcome
+        outcome = runtime.current().manager.last_outcome
         result.update(hit=outcome.hit, reason=outcome.reason)
     return result

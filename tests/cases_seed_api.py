@@ -37,10 +37,9 @@ def snippets(nodes) -> dict:
     import comfy.model_management
 
     import tpu_runtime
-    import tpu_runtime.backend as backend_mod
-    import tpu_runtime.patches as patches
     import tpu_runtime.runtime as runtime
-    from tpu_runtime import seed_api, tiny_model
+    from bench import tiny_model
+    from tpu_runtime import seed_api
     from tpu_runtime.seed_args import SEED_ARGS
 
     lines = _Lines()
@@ -55,7 +54,7 @@ def snippets(nodes) -> dict:
     import comfy.tpu_xla
     result["alias_is_the_running_api"] = comfy.tpu_xla is sys.modules["tpu_runtime.api"] is tpu_runtime.api
 
-    backend = backend_mod.get_backend()
+    backend = runtime.current().backend
     patcher = tiny_model.build_patcher("tiny", seed=0)
     pos, neg = tiny_model.sd15_conditioning(1), tiny_model.sd15_conditioning(2)
     ksample(nodes, patcher, pos, neg, steps=2, size=128, backend=backend)  # latent (1, 4, 16, 16)
@@ -72,9 +71,9 @@ def snippets(nodes) -> dict:
     result["stats_after_run"] = get_tpu_stats()["cached_signatures"]
     from tpu_runtime.seed_signature import resolve_model_id
 
-    result["model_id_resolves_to"] = [type(resolve_model_id("BaseModel", runtime.MANAGER)).__name__]
+    result["model_id_resolves_to"] = [type(resolve_model_id("BaseModel", runtime.current().manager)).__name__]
     comfy.model_management.unload_all_models()  # ComfyUI let the model go: found through its recorded signature
-    result["model_id_resolves_to"].append(type(resolve_model_id("BaseModel", runtime.MANAGER)).__name__)
+    result["model_id_resolves_to"].append(type(resolve_model_id("BaseModel", runtime.current().manager)).__name__)
     result["cached_by_recorded_id"] = tpu_manager.is_cached(create_execution_signature(
         model_id="BaseModel", input_shape=(1, 4, 16, 16), scheduler="euler", dtype="bfloat16"))
     tpu_manager.clear_cache()
@@ -84,7 +83,7 @@ def snippets(nodes) -> dict:
     from comfy.cli_args import args
 
     result["args"] = {name: getattr(args, name) for name in SEED_ARGS}
-    result["settings"] = {name: getattr(runtime.STATE.loaded.settings, field) for name, field in SEED_ARGS.items()}
+    result["settings"] = {name: getattr(runtime.current().loaded.settings, field) for name, field in SEED_ARGS.items()}
     result["vars_have_no_tpu"] = not any(name.startswith("tpu_") for name in vars(args))
 
     # "Custom Shape Normalization", as written
@@ -92,10 +91,10 @@ def snippets(nodes) -> dict:
     args.tpu_shape_padding_multiple = 128
     result["padding_lines"] = [line for line in lines.lines[before:] if "tpu_shape_padding_multiple" in line]
     result["padding_now"] = {"args": args.tpu_shape_padding_multiple,
-                             "run_options": patches.get_options().shape_padding_multiple,
-                             "manager": runtime.MANAGER.options.shape_padding_multiple}
+                             "run_options": runtime.current().options.shape_padding_multiple,
+                             "manager": runtime.current().manager.options.shape_padding_multiple}
     ksample(nodes, patcher, pos, neg, steps=2, size=136, backend=backend)  # 136 px: 192 at 64, 256 at 128
-    result["next_run_latent"] = list(runtime.MANAGER.last_outcome.signature.latent_shape)
+    result["next_run_latent"] = list(runtime.current().manager.last_outcome.signature.latent_shape)
 
     before = len(lines.lines)
     args.tpu_shape_padding_multiple = 128  # the value in force: nothing to say
@@ -110,8 +109,8 @@ def snippets(nodes) -> dict:
     args.tpu_sync_steps = "2"  # as the environment variable would give it
     args.tpu_warmup_steps = 3
     args.tpu_manual_warmup = True
-    result["changed"] = {"sync_steps": patches.get_options().sync_steps, "warmup_steps": runtime.MANAGER.warmup_steps,
-                         "auto_warmup": runtime.MANAGER.auto_warmup, "args_sync_steps": args.tpu_sync_steps,
+    result["changed"] = {"sync_steps": runtime.current().options.sync_steps, "warmup_steps": runtime.current().manager.warmup_steps,
+                         "auto_warmup": runtime.current().manager.auto_warmup, "args_sync_steps": args.tpu_sync_steps,
                          "args_manual_warmup": args.tpu_manual_warmup}
 
     # Reversible: unregistering leaves ComfyUI's args and comfy package as they were.
@@ -137,7 +136,7 @@ def problems(nodes) -> dict:
         imported = {"error": None}
     except ImportError as exc:
         imported = {"error": type(exc).__name__, "message": str(exc)}
-    return {"on": runtime.STATE.decision.on, "reason": runtime.STATE.decision.reason,
-            "problems": [problem.model_dump() for problem in runtime.STATE.loaded.problems],
-            "messages": [problem.message() for problem in runtime.STATE.loaded.problems],
+    return {"on": runtime.current().decision.on, "reason": runtime.current().decision.reason,
+            "problems": [problem.model_dump() for problem in runtime.current().loaded.problems],
+            "messages": [problem.message() for problem in runtime.current().loaded.problems],
             "import": imported, "args_has_tpu_enable": hasattr(comfy.cli_args.args, "tpu_enable")}

@@ -8,7 +8,7 @@ def eager_reference(nodes, prompts: list[dict], out_dir: str) -> dict:
     """The soak prompts' latents on the CPU with fp32 weights (no pack: the models load on the CPU)."""
     import torch
 
-    from tpu_runtime import tiny_model
+    from bench import tiny_model
 
     paths = {}
     for spec in prompts:

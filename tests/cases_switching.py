@@ -19,11 +19,10 @@ def switching(nodes, steps: int = 3, size: int = 64, frames: int = 2, lora_famil
     around the call, and the pack's own per-run figures), max |XLA - eager|, wall seconds."""
     import torch
 
-    import tpu_runtime.backend as backend_mod
-    from tpu_runtime import tiny_zoo
-    from tpu_runtime.sampling import RUN_HISTORY
+    from bench import tiny_zoo
+    from tpu_runtime import runtime
 
-    backend = backend_mod.get_backend()
+    backend = runtime.current().backend
     cpu = torch.device("cpu")
     built_s = time.perf_counter()
     xla_models, cpu_models, inputs = {}, {}, {}
@@ -54,7 +53,7 @@ def switching(nodes, steps: int = 3, size: int = 64, frames: int = 2, lora_famil
         run = ksample(nodes, xla_models[name], positive, negative, steps=steps, sampler=sampler, cfg=cfg,
                       seed=seed, latent=latent, backend=backend)
         wall = time.perf_counter() - start
-        figures = RUN_HISTORY[-1]  # the pack's own per-run figures
+        figures = runtime.current().run_history[-1]  # the pack's own per-run figures
         reference = eager(name, seed)
         result["visits"].append({
             "model": name, "visit": "second" if name in seen else "first", "shape": list(run.samples.shape),

@@ -13,10 +13,10 @@ RUNS = [(4, "normal", 5.0, 1), (12, "karras", 7.5, 2), (20, "exponential", 3.0, 
 def _figures(run) -> dict:
     """Counts around the whole ``common_ksampler`` call (a re-warm before the first step included), and
     ``run_compiles``: those of the sampling run itself, from its first step to its result."""
-    from tpu_runtime.sampling import RUN_HISTORY
+    from tpu_runtime import runtime
 
     return {"compiles": run.compiles, "executions": run.executions, "transfers": run.transfers_to_host,
-            "run_compiles": RUN_HISTORY[-1].compiles}
+            "run_compiles": runtime.current().run_history[-1].compiles}
 
 
 def coverage(nodes, sampler: str, batch: int = 1, size: int = 128) -> dict:
@@ -26,10 +26,10 @@ def coverage(nodes, sampler: str, batch: int = 1, size: int = 128) -> dict:
     import torch
 
     import tpu_runtime
-    import tpu_runtime.backend as backend_mod
-    from tpu_runtime import tiny_model
+    from bench import tiny_model
+    from tpu_runtime import runtime
 
-    backend = backend_mod.get_backend()
+    backend = runtime.current().backend
     patcher = tiny_model.build_patcher("tiny", seed=0)
     pos, neg = tiny_model.sd15_conditioning(1, batch=1), tiny_model.sd15_conditioning(2, batch=1)
     before = backend.counters()["compiles"]
@@ -61,10 +61,10 @@ def sample_runs(nodes, runs: int = 3, steps: int = 8, size: int = 64, sampler: s
     import torch
 
     import tpu_runtime
-    import tpu_runtime.backend as backend_mod
-    from tpu_runtime import tiny_model
+    from bench import tiny_model
+    from tpu_runtime import runtime
 
-    backend = backend_mod.get_backend()
+    backend = runtime.current().backend
     patcher = tiny_model.build_patcher("tiny", seed=0, dtype=torch.float32)
     pos, neg = tiny_model.sd15_conditioning(1), tiny_model.sd15_conditioning(2)
     figures = [_figures(ksample(nodes, patcher, pos, neg, steps=steps, sampler=sampler, seed=seed, size=size,

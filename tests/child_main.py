@@ -14,7 +14,7 @@ module_name, function_name = target.split(":")
 # Our ``tests`` package is imported before ComfyUI puts its own ``tests`` folder on the path.
 module = importlib.import_module(f"tests.{module_name}")
 from tests.child import RESULT_PREFIX  # noqa: E402
-from tpu_runtime.comfy_host import import_comfy  # noqa: E402
+from bench.comfy_host import import_comfy  # noqa: E402
 
 nodes = import_comfy(load_pack=True)
 result = getattr(module, function_name)(nodes, **arguments)

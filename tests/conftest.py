@@ -43,17 +43,17 @@ def comfy():
 
 @pytest.fixture(scope="session")
 def backend(comfy):
-    import tpu_runtime.backend as backend_mod
+    from tpu_runtime import runtime
 
-    b = backend_mod.get_backend()
-    assert b is not None, backend_mod.backend_error()
-    return b
+    state = runtime.current()
+    assert state is not None and state.on, state.decision.reason if state else "the pack did not start"
+    return state.backend
 
 
 @pytest.fixture(scope="session")
 def tiny(comfy):
     """(XLA patcher, eager-CPU patcher with the same weights, positive, negative)."""
-    from tpu_runtime import tiny_model
+    from bench import tiny_model
 
     xla = tiny_model.build_patcher("tiny", seed=0)
     cpu = tiny_model.build_patcher("tiny", seed=0, load_device=torch.device("cpu"))

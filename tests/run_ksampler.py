@@ -10,13 +10,13 @@ parser.add_argument("--load-pack", action="store_true")
 parser.add_argument("--out", required=True)
 args = parser.parse_args()
 
-from tpu_runtime.comfy_host import import_comfy  # noqa: E402
+from bench.comfy_host import import_comfy  # noqa: E402
 
 nodes = import_comfy(load_pack=args.load_pack)
 import torch  # noqa: E402
 
 import comfy.model_management as mm  # noqa: E402
-from tpu_runtime import tiny_model  # noqa: E402
+from bench import tiny_model  # noqa: E402
 
 patcher = tiny_model.build_patcher("tiny", seed=0)
 with torch.inference_mode():

@@ -14,19 +14,18 @@ logging.basicConfig(level=logging.INFO)  # as ComfyUI's main.py sets up logging
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tests.sampling_harness import ksample  # noqa: E402  (before ComfyUI's own ``tests`` is on the path)
-from tpu_runtime.comfy_host import import_comfy  # noqa: E402
+from bench.comfy_host import import_comfy  # noqa: E402
 
 nodes = import_comfy(load_pack=True)
 import torch  # noqa: E402
 import comfy.model_management as mm  # noqa: E402
 
 import tpu_runtime  # noqa: E402
-import tpu_runtime.backend as backend_mod  # noqa: E402
 import tpu_runtime.runtime as runtime  # noqa: E402
-from tpu_runtime import tiny_model  # noqa: E402
+from bench import tiny_model  # noqa: E402
 
 runs_wanted, out_path = json.loads(sys.argv[1]), sys.argv[2]
-backend = backend_mod.get_backend()
+backend = runtime.current().backend
 patcher = tiny_model.build_patcher("tiny", seed=0)
 positive, negative = tiny_model.sd15_conditioning(1), tiny_model.sd15_conditioning(2)
 latents, figures = {}, []
@@ -34,7 +33,7 @@ for sampler, batch, steps in runs_wanted:
     run = ksample(nodes, patcher, positive, negative, steps=steps, sampler=sampler, batch=batch, size=64,
                   cfg=7.0, seed=11, backend=backend)
     latents[f"{sampler}/{batch}/{steps}"] = run.samples
-    signature = runtime.MANAGER.last_outcome.signature if runtime.MANAGER.last_outcome else None
+    signature = runtime.current().manager.last_outcome.signature if runtime.current().manager.last_outcome else None
     figures.append(dict(sampler=sampler, batch=batch, steps=steps, compiles=run.compiles, executions=run.executions,
                         transfers_to_host=run.transfers_to_host, fallbacks=run.fallbacks,
                         shape=list(run.samples.shape), mesh=signature.mesh if signature else None))

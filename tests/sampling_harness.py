@@ -41,26 +41,27 @@ def ksample(comfy, patcher, positive, negative, *, steps: int, sampler: str = "e
     after = backend.counters()
     fallbacks = {k: v - fallbacks_before.get(k, 0) for k, v in backend.fallback_ops().items()
                  if v != fallbacks_before.get(k, 0)}
-    from tpu_runtime.sampling import RUN_HISTORY
+    from tpu_runtime import runtime
 
+    history = runtime.current().run_history
     delta = {key: after[key] - before[key] for key in after}
     return Measured(out, delta["compiles"], delta["executions"], delta["transfers_to_host"], fallbacks,
                     dynamo_frames=delta["dynamo_frames"], dynamo_graphs=delta["dynamo_graphs"],
-                    model_calls=RUN_HISTORY[-1].model_calls, captured_graph_calls=delta["captured_graph_calls"])
+                    model_calls=history[-1].model_calls, captured_graph_calls=delta["captured_graph_calls"])
 
 
 @contextlib.contextmanager
 def run_options(**update):
     """Runs inside use these run options; the test defaults are restored after."""
-    import tpu_runtime.patches as patches
-    from tpu_runtime.sampling import RunOptions
+    from tpu_runtime import runtime
 
-    saved = patches.get_options() or RunOptions(autocast_bf16=False)
-    patches.set_options(saved.model_copy(update=update))
+    state = runtime.current()
+    saved = state.options
+    state.options = saved.model_copy(update=update)
     try:
         yield
     finally:
-        patches.set_options(saved)
+        state.options = saved
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ import torch
 
 from tests.cache_models import CACHE_TEST_MODEL
 from tests.child import run_child
-from tests.sampling_harness import execution_mode, ksample
+from tests.sampling_harness import execution_mode, ksample, run_options
 
 pytestmark = pytest.mark.fresh_process  # counts compiles: see tests/fresh_process.py
 
@@ -33,7 +33,7 @@ def manual(comfy, backend):
     """COMFY_TPU_MANUAL_WARMUP=1 semantics: no automatic warm-up."""
     import tpu_runtime.runtime as runtime
 
-    manager = runtime.MANAGER
+    manager = runtime.current().manager
     saved = manager.auto_warmup
     manager.auto_warmup = False
     yield manager
@@ -42,7 +42,7 @@ def manual(comfy, backend):
 
 @pytest.fixture(scope="module")
 def model(comfy):
-    from tpu_runtime import tiny_model
+    from bench import tiny_model
 
     return (tiny_model.build_patcher("tiny", seed=0, overrides=CACHE_TEST_MODEL), tiny_model.sd15_conditioning(1),
             tiny_model.sd15_conditioning(2))
@@ -62,9 +62,9 @@ def test_warmup_compiles_the_signature(warmed):
 
 
 def test_runs_after_warmup_compile_nothing(comfy, backend, model, warmed):
-    import tpu_runtime.patches as patches
+    from tpu_runtime import runtime
 
-    assert patches.get_options().execution == "compiled"  # this file runs compiled: both kinds counted
+    assert runtime.current().options.execution == "compiled"  # this file runs compiled: both kinds counted
     patcher, pos, neg = model
     runs = [ksample(comfy, patcher, pos, neg, steps=12, backend=backend),
             ksample(comfy, patcher, pos, neg, steps=20, cfg=4.5, scheduler="karras", seed=99, backend=backend)]
@@ -120,17 +120,11 @@ def test_signature_ignores_steps_cfg_value_and_scheduler(model, manual):
 
 
 def test_padding_off_compiles_and_padding_is_bit_identical_on_the_bucket(comfy, backend, model, warmed):
-    import tpu_runtime.patches as patches
-
     patcher, pos, neg = model
-    on = patches._STATE["options"]
     padded = ksample(comfy, patcher, pos, neg, steps=6, size=128, seed=4, backend=backend)
-    patches.set_options(on.model_copy(update={"shape_padding": False}))
-    try:
+    with run_options(shape_padding=False):
         unpadded = ksample(comfy, patcher, pos, neg, steps=6, size=128, seed=4, backend=backend)
         small = ksample(comfy, patcher, pos, neg, steps=6, size=120, backend=backend)
-    finally:
-        patches.set_options(on)
     assert small.compiles > 0
     assert torch.equal(padded.samples, unpadded.samples)
 

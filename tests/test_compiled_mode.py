@@ -23,7 +23,7 @@ def compiled_mode(comfy):
 
 
 def _fresh_pair(seed: int = 5):
-    from tpu_runtime import tiny_model
+    from bench import tiny_model
 
     return (tiny_model.build_patcher("tiny", seed=seed),
             tiny_model.build_patcher("tiny", seed=seed, load_device=torch.device("cpu")))
@@ -40,7 +40,7 @@ def _fallback_warnings(caplog) -> list[str]:
 
 
 def test_graph_break_storm_falls_back_to_lazy(comfy, backend, compiled_mode, caplog):
-    from tpu_runtime import compiled
+    from tpu_runtime import runtime
 
     xla, cpu = _fresh_pair()
     for patcher in (xla, cpu):
@@ -57,7 +57,7 @@ def test_graph_break_storm_falls_back_to_lazy(comfy, backend, compiled_mode, cap
     assert max_abs_diff(second.samples, ksample(comfy, cpu, pos, neg, steps=6).samples) <= PARITY
     assert second.dynamo_frames == 0 and second.compiles == 0
     assert second.executions <= second.model_calls + 2
-    assert any("graph breaks" in reason for reason in compiled.registry(backend).fallbacks().values())
+    assert any("graph breaks" in reason for reason in runtime.current().compiled_models.fallbacks().values())
 
 
 def test_capture_failure_falls_back_to_lazy(comfy, backend, compiled_mode, caplog, monkeypatch):
@@ -115,7 +115,7 @@ def test_lazy_mode_never_goes_through_dynamo(comfy, backend, tiny):
 
 
 def _conditioning():
-    from tpu_runtime import tiny_model
+    from bench import tiny_model
 
     return tiny_model.sd15_conditioning(1), tiny_model.sd15_conditioning(2)
 

@@ -22,33 +22,32 @@ def test_comfy_reports_the_xla_device(comfy):
 
 def test_unet_dtype_follows_autocast(comfy):
     import comfy.model_management as mm
-    import tpu_runtime.patches as patches
-    from tpu_runtime.sampling import RunOptions
+
+    from tests.sampling_harness import run_options
 
     assert mm.unet_dtype() == torch.float32  # the tests run with COMFY_TPU_AUTOCAST_BF16=0
-    patches.set_options(RunOptions(autocast_bf16=True))
-    try:
+    with run_options(autocast_bf16=True):
         assert mm.unet_dtype() == torch.bfloat16
-    finally:
-        patches.set_options(RunOptions(autocast_bf16=False))
 
 
 def test_patches_are_idempotent_and_reversible(comfy, backend):
     import comfy.model_management as mm
     import comfy.samplers
     import tpu_runtime.patches as patches
+    from tpu_runtime import runtime
 
+    state = runtime.current()
     patched = mm.get_torch_device
-    patches.install(backend, patches._STATE["options"])  # a second install changes nothing
+    assert patches.install(state) is state.patches  # a second install changes nothing
     assert mm.get_torch_device is patched
-    options = patches._STATE["options"]
-    patches.uninstall()
+    original = state.patches.original("comfy.model_management", "get_torch_device")
+    state.patches.uninstall()
     try:
-        assert mm.get_torch_device is patches.original("comfy.model_management", "get_torch_device")
+        assert mm.get_torch_device is original
         assert mm.get_torch_device().type == "cpu"
         assert "host_model_sampling" not in comfy.samplers.calculate_sigmas.__code__.co_names
     finally:
-        patches.install(backend, options)
+        patches.install(state)
     assert str(mm.get_torch_device()) == "xla:0"
 
 

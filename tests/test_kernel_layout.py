@@ -17,14 +17,14 @@ CONV_KEY = "diffusion_model.input_blocks.0.0.weight"  # the UNet's first conv
 
 
 def _pair(seed: int):
-    from tpu_runtime import tiny_model
+    from bench import tiny_model
 
     return (tiny_model.build_patcher("tiny", seed=seed),
             tiny_model.build_patcher("tiny", seed=seed, load_device=torch.device("cpu")))
 
 
 def _conditioning():
-    from tpu_runtime import tiny_model
+    from bench import tiny_model
 
     return tiny_model.sd15_conditioning(1), tiny_model.sd15_conditioning(2)
 
@@ -42,9 +42,9 @@ def _lora_like(patcher, diff: torch.Tensor):
 
 @pytest.mark.parametrize("mode", ["lazy", "compiled"])
 def test_twins_made_once_and_remade_when_the_weight_changes(comfy, backend, mode):
-    from tpu_runtime import kernel_layout
+    from tpu_runtime import runtime
 
-    twins = kernel_layout.twins(backend)
+    twins = runtime.current().kernel_twins
     xla, cpu = _pair(seed=11)
     pos, neg = _conditioning()
     convs = len(_conv_layers(xla))
@@ -96,11 +96,11 @@ def test_layers_with_their_own_weight_function_keep_it(comfy, backend):
 
 
 def test_native_layout_makes_no_twins(comfy, backend):
-    from tpu_runtime import kernel_layout
+    from tpu_runtime import runtime
 
     xla, cpu = _pair(seed=13)
     pos, neg = _conditioning()
-    twins = kernel_layout.twins(backend)
+    twins = runtime.current().kernel_twins
     with run_options(conv_kernel_layout="native"):
         made = twins.made
         run = ksample(comfy, xla, pos, neg, steps=3, backend=backend)

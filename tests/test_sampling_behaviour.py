@@ -73,11 +73,12 @@ def test_interrupt_stops_cleanly_and_the_next_prompt_runs(comfy, backend, tiny):
 def test_cpu_fallback_in_the_model_is_named_once(comfy, backend, tiny, caplog, monkeypatch):
     """An op XLA cannot lower, inside the diffusion model, is logged once with the model's name."""
     import comfy.patcher_extension as pe
-    import tpu_runtime.sampling as sampling
+    from tpu_runtime import runtime
+    from tpu_runtime.state import Notices
 
     # The sync warning is said once per sampler and process: start from none said (an earlier test's
     # model switch, which moves weights inside the metered span, may already have said it for euler).
-    monkeypatch.setattr(sampling, "_SYNC_WARNED", set())
+    monkeypatch.setattr(runtime.current(), "notices", Notices())
 
     xla, _, pos, neg = tiny
     patched = xla.clone()

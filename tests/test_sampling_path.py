@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.sampling_harness import execution_mode, ksample, max_abs_diff
+from tests.sampling_harness import execution_mode, ksample, max_abs_diff, run_options
 
 pytestmark = pytest.mark.fresh_process  # counts compiles: see tests/fresh_process.py
 
@@ -118,15 +118,10 @@ def test_step_count_independent_of_cfg_and_seed(comfy, backend, tiny):
 
 
 def test_bf16_autocast_parity(comfy, backend, tiny):
-    import tpu_runtime.patches as patches
     xla, cpu, pos, neg = tiny
-    saved = patches.get_options()
-    patches.set_options(saved.model_copy(update={"autocast_bf16": True}))
-    try:
+    with run_options(autocast_bf16=True):
         run = ksample(comfy, xla, pos, neg, steps=6, backend=backend)
         again = ksample(comfy, xla, pos, neg, steps=12, backend=backend)
-    finally:
-        patches.set_options(saved)
     assert again.compiles == 0 and again.dynamo_frames == 0 and again.transfers_to_host <= 2
     reference = eager_reference(comfy, cpu, pos, neg, steps=6)
     assert torch.isfinite(run.samples).all()

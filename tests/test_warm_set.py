@@ -44,13 +44,18 @@ def test_entries_of_files_without_a_runtime_per_entry_get_the_files(tmp_path):
 
 
 def test_rewarm_skips_what_this_process_cannot_reproduce(tmp_path, mocker):
+    from tpu_runtime.device import PathDecision
     from tpu_runtime.manager import TPUManager
-    from tpu_runtime.sampling import RunOptions
+    from tpu_runtime.run_options import RunOptions
+    from tpu_runtime.settings import load_settings
+    from tpu_runtime.state import PackState
 
     registry = SignatureRegistry(tmp_path, RUNTIME)
     registry.record(_signature(), 1, 0.1)
     older = SignatureRegistry(tmp_path, {**RUNTIME, "torch_xla": "2.10.0"})
-    manager = TPUManager(mocker.Mock(), older, RunOptions(autocast_bf16=False), mesh="single")
+    state = PackState(loaded=load_settings(), decision=PathDecision(on=True, reason="test"),
+                      backend=mocker.Mock(mesh_description=lambda: "single"), options=RunOptions(autocast_bf16=False))
+    manager = TPUManager(state, older)
     patcher = mocker.Mock(model_dtype=lambda: torch.float32)
     options = RunOptions(autocast_bf16=False)
     assert "torch_xla 2.9.0" in manager._cannot_reproduce(_signature(), patcher, options)

@@ -1,14 +1,41 @@
-"""The four nodes under ``advanced/tpu``: thin wrappers over the ``tpu_runtime`` public API."""
+"""The four nodes under ``advanced/tpu``: thin wrappers over the running pack's manager and stats.
+
+ComfyUI builds and calls node classes itself, so the pack's state reaches them as a class attribute
+of their common base, set once when the extension registers them (:func:`bind`).
+"""
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING, Optional
 
 from comfy_api.latest import io, ui
 
-import tpu_runtime
-from tpu_runtime.sampling import OPTIONS_KEY
+from tpu_runtime.api import TPUPathOff, stats_of
+from tpu_runtime.run_options import OPTIONS_KEY
+
+if TYPE_CHECKING:
+    from tpu_runtime.state import PackState
 
 CATEGORY = "advanced/tpu"
+
+
+class TPUNode(io.ComfyNode):
+    """What the pack's nodes share: the pack they act on."""
+
+    pack: Optional["PackState"] = None
+
+    @classmethod
+    def manager(cls):
+        """The running pack's manager; raises TPUPathOff (the node shows why) when the path is off."""
+        state = cls.pack
+        if state is None or state.manager is None:
+            reason = state.decision.reason if state is not None else "the pack has not started"
+            raise TPUPathOff(f"comfy-tpu: the TPU path is off: {reason}")
+        return state.manager
+
+    @classmethod
+    def stats(cls) -> dict:
+        return stats_of(cls.pack)
 
 
 def _samplers() -> list[str]:
@@ -23,7 +50,7 @@ def _schedulers() -> list[str]:
     return list(comfy.samplers.KSampler.SCHEDULERS)
 
 
-class TPUManualWarmup(io.ComfyNode):
+class TPUManualWarmup(TPUNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -54,15 +81,15 @@ class TPUManualWarmup(io.ComfyNode):
     def execute(cls, model, width, height, batch_size, cfg, sampler_name, scheduler, positive=None, negative=None,
                 force_recompile=False) -> io.NodeOutput:
         try:
-            result = tpu_runtime.tpu_manager.warmup(model, width, height, batch_size, cfg, sampler_name, scheduler,
-                                                    positive, negative, force_recompile)
+            result = cls.manager().warmup(model, width, height, batch_size, cfg, sampler_name, scheduler,
+                                          positive, negative, force_recompile)
             status = result.status()
-        except tpu_runtime.api.TPUPathOff as exc:
+        except TPUPathOff as exc:
             status = str(exc)
         return io.NodeOutput(model, status, ui=ui.PreviewText(status))
 
 
-class TPUCompilationCache(io.ComfyNode):
+class TPUCompilationCache(TPUNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -83,12 +110,12 @@ class TPUCompilationCache(io.ComfyNode):
     def execute(cls, action) -> io.NodeOutput:
         if action == "clear":
             try:
-                tpu_runtime.tpu_manager.clear_cache()
+                cls.manager().clear_cache()
                 report = "cache cleared"
-            except tpu_runtime.api.TPUPathOff as exc:
+            except TPUPathOff as exc:
                 report = str(exc)
         else:
-            stats = tpu_runtime.get_tpu_stats()
+            stats = cls.stats()
             if action == "info":
                 report = json.dumps({k: stats.get(k) for k in ("enabled", "reason", "cache_dir", "persistent_cache",
                                                               "recorded_signatures")}, indent=1, default=str)
@@ -100,7 +127,7 @@ class TPUCompilationCache(io.ComfyNode):
         return io.NodeOutput(report, ui=ui.PreviewText(report))
 
 
-class TPUDeviceInfo(io.ComfyNode):
+class TPUDeviceInfo(TPUNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -118,16 +145,16 @@ class TPUDeviceInfo(io.ComfyNode):
         from tpu_runtime.device import detect
         from tpu_runtime.versions import torch_xla_version
 
-        stats = tpu_runtime.get_tpu_stats()
+        stats = cls.stats()
         report = stats["device"]
-        summary = (detect(start_runtime=False) if report is None else None)
+        summary = (detect() if report is None else None)
         text = (f"{'on' if stats['enabled'] else 'off'}: {stats['reason']}\n" +
                 (json.dumps(report, indent=1) if report else summary.summary()))
         version = torch_xla_version() or "not installed"
         return io.NodeOutput(text, bool(stats["enabled"]), version, ui=ui.PreviewText(text))
 
 
-class TPUModelOptimization(io.ComfyNode):
+class TPUModelOptimization(TPUNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -160,3 +187,9 @@ class TPUModelOptimization(io.ComfyNode):
 
 
 NODES = [TPUManualWarmup, TPUCompilationCache, TPUDeviceInfo, TPUModelOptimization]
+
+
+def bind(state: "PackState") -> list[type[io.ComfyNode]]:
+    """The node classes, acting on ``state``."""
+    TPUNode.pack = state
+    return list(NODES)

@@ -13,8 +13,9 @@ import uuid
 
 from aiohttp import web
 
-import tpu_runtime
-from tpu_runtime.prompt_warmup import PENDING, WarmupBlockError, parse_block
+from tpu_runtime.api import TPUPathOff, stats_of
+from tpu_runtime.prompt_warmup import WarmupBlockError, parse_block
+from tpu_runtime.state import PackState
 
 log = logging.getLogger("comfy_tpu")
 PROMPT_PATHS = {"/prompt", "/api/prompt"}
@@ -36,41 +37,41 @@ async def tpu_warmup_middleware(request: web.Request, handler):
     return await handler(request)
 
 
-def on_prompt(json_data: dict) -> dict:
-    """Remember a (validated) warm-up block under the prompt id the server will use."""
-    try:
-        request = parse_block(json_data)
-    except WarmupBlockError:
-        return json_data  # the middleware has already answered 400
-    if request is not None and request.enabled:
-        json_data.setdefault("prompt_id", str(uuid.uuid4()))
-        PENDING.add(str(json_data["prompt_id"]), request)
-    return json_data
+def prompt_handler(state: PackState):
+    """The on-prompt handler: remembers a (validated) warm-up block under the prompt id the server will use."""
+
+    def on_prompt(json_data: dict) -> dict:
+        try:
+            request = parse_block(json_data)
+        except WarmupBlockError:
+            return json_data  # the middleware has already answered 400
+        if request is not None and request.enabled:
+            json_data.setdefault("prompt_id", str(uuid.uuid4()))
+            state.pending_warmups.add(str(json_data["prompt_id"]), request)
+        return json_data
+
+    return on_prompt
 
 
-def _device_info() -> dict:
-    stats = tpu_runtime.get_tpu_stats()
-    return {"enabled": stats["enabled"], "reason": stats["reason"], "device": stats["device"]}
-
-
-def register(server) -> None:
+def register(server, state: PackState) -> None:
     routes = server.routes
 
     @routes.get("/tpu/stats")
     async def tpu_stats(request):
-        return web.json_response(tpu_runtime.get_tpu_stats())
+        return web.json_response(stats_of(state))
 
     @routes.get("/tpu/device")
     async def tpu_device(request):
-        return web.json_response(_device_info())
+        stats = stats_of(state)
+        return web.json_response({"enabled": stats["enabled"], "reason": stats["reason"], "device": stats["device"]})
 
     @routes.post("/tpu/cache/clear")
     async def tpu_cache_clear(request):
-        try:
-            tpu_runtime.tpu_manager.clear_cache()
-        except tpu_runtime.api.TPUPathOff as exc:
-            return web.json_response({"cleared": False, "reason": str(exc)}, status=409)
-        return web.json_response({"cleared": True, "stats": tpu_runtime.get_tpu_stats()})
+        if state.manager is None:
+            off = TPUPathOff(f"comfy-tpu: the TPU path is off: {state.decision.reason}")
+            return web.json_response({"cleared": False, "reason": str(off)}, status=409)
+        state.manager.clear_cache()
+        return web.json_response({"cleared": True, "stats": stats_of(state)})
 
     server.app.middlewares.append(tpu_warmup_middleware)
-    server.add_on_prompt_handler(on_prompt)
+    server.add_on_prompt_handler(prompt_handler(state))

@@ -5,9 +5,13 @@ Inside a ComfyUI with the TPU path on, this module is also ``comfy.tpu_xla`` (se
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .live_settings import SettingRefused  # noqa: F401  (what a refused ``args.tpu_*`` change raises)
+from .state import current
+
+if TYPE_CHECKING:
+    from .state import PackState
 
 
 class TPUPathOff(RuntimeError):
@@ -15,24 +19,25 @@ class TPUPathOff(RuntimeError):
 
 
 def _manager():
-    from . import runtime
-
-    if runtime.MANAGER is None:
-        reason = runtime.STATE.decision.reason if runtime.STATE else "the pack has not started (load it in ComfyUI)"
+    state = current()
+    if state is None or state.manager is None:
+        reason = state.decision.reason if state else "the pack has not started (load it in ComfyUI)"
         raise TPUPathOff(f"comfy-tpu: the TPU path is off: {reason}")
-    return runtime.MANAGER
+    return state.manager
 
 
 def get_tpu_stats() -> dict[str, Any]:
-    from . import runtime
+    return stats_of(current())
 
-    state = runtime.STATE
+
+def stats_of(state: Optional["PackState"]) -> dict[str, Any]:
+    """``get_tpu_stats()`` of a given pack state (the nodes and routes have theirs passed in)."""
     device = state.report.model_dump() if state and state.report else None
-    if runtime.MANAGER is None:
+    if state is None or state.manager is None:
         return {"enabled": False, "reason": state.decision.reason if state else "not started",
                 "cached_signatures": 0, "signatures": [], "hits": 0, "misses": 0, "hit_rate": 0.0, "compiles": 0,
                 "compile_seconds": 0.0, "persistent_cache": None, "spmd": None, "device": device}
-    stats = runtime.MANAGER.stats()
+    stats = state.manager.stats()
     stats.update(enabled=True, reason=state.decision.reason, device=device)
     return stats
 

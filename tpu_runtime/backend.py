@@ -55,10 +55,6 @@ class CapturedModule:
         return self.call(*args, **kwargs)
 
 
-#: Runs of captured graphs in this process (all models).
-_GRAPH_CALLS = [0]
-
-
 #: Dynamo keeps this many guarded variants per code object before it silently runs eagerly; each
 #: execution signature (latent bucket, batch, token length) of each model is one variant.
 _DYNAMO_RECOMPILE_LIMIT = 256
@@ -80,7 +76,7 @@ class XlaBackend:
         if persistent_cache_dir:
             try:  # must come before the first computation
                 xr.initialize_cache(persistent_cache_dir, readonly=False)
-            except Exception as exc:
+            except Exception as exc:  # logged, and the runtime works without it: no cache, said in stats
                 self.persistent_cache_error = f"{type(exc).__name__}: {exc}"
                 log.warning("comfy-tpu: XLA persistent cache not initialised at %s: %s", persistent_cache_dir,
                             self.persistent_cache_error)
@@ -92,6 +88,7 @@ class XlaBackend:
         self._xr = xr
         self._device: Optional[torch.device] = None
         self._mesh = None
+        self._graph_calls = 0  # runs of captured graphs, all models (compiled mode)
         self.spmd = self._start_spmd(*spmd_request)
 
     def _start_spmd(self, mode: str, mesh_spec: Optional[str]) -> "SpmdPlan":
@@ -129,15 +126,13 @@ class XlaBackend:
     def device_type(self) -> str:
         try:
             return str(self._xr.device_type())
-        except Exception as exc:  # pragma: no cover - runtime-specific
-            log.debug("device_type failed: %s", exc)
+        except RuntimeError as exc:  # shown as "unknown" (doctor, stats); nothing decides on it but auto mode
+            log.warning("comfy-tpu: the XLA runtime did not say its device type: %s", exc)
             return "unknown"
 
     def device_count(self) -> int:
-        try:
-            return int(self._xr.global_runtime_device_count())
-        except Exception:  # pragma: no cover
-            return 1
+        """Every device of the runtime. Not guessed when the runtime cannot say: SPMD depends on it."""
+        return int(self._xr.global_runtime_device_count())
 
     def device_attributes(self) -> dict[str, Any]:
         """What the runtime says of the device (TPU type, core count...), or {} where it can't."""
@@ -147,7 +142,8 @@ class XlaBackend:
             else:
                 attrs = self._torch_xla._XLAC._xla_get_device_attributes(str(self.device()))
             return dict(attrs) if attrs else {}
-        except Exception:
+        except (RuntimeError, IndexError, AttributeError) as exc:  # for display only (doctor, device node)
+            log.debug("comfy-tpu: no device attributes from the runtime: %s", exc)
             return {}
 
     # -- execution -----------------------------------------------------------------------------
@@ -208,7 +204,7 @@ class XlaBackend:
 
             def run(*args):
                 result.graph_calls += 1
-                _GRAPH_CALLS[0] += 1
+                self._graph_calls += 1
                 return run_graph(*args)
 
             return run
@@ -247,7 +243,7 @@ class XlaBackend:
             "dynamo_frames": int(counters["frames"]["total"]),
             "dynamo_graphs": int(counters["stats"]["unique_graphs"]),
             "dynamo_graph_breaks": int(sum(counters["graph_break"].values())),
-            "captured_graph_calls": _GRAPH_CALLS[0],
+            "captured_graph_calls": self._graph_calls,
         }
 
     # -- metrics -------------------------------------------------------------------------------
@@ -298,7 +294,8 @@ class XlaBackend:
             return None
         try:
             info = self._xm.get_memory_info(device)
-        except Exception:
+        except (RuntimeError, ValueError) as exc:  # the caller then uses host RAM figures, and says so
+            log.debug("comfy-tpu: the runtime answered no memory query for %s: %s", device, exc)
             return None
         total = int(info.get("bytes_limit", 0) or info.get("kb_total", 0) * 1024)
         used = int(info.get("bytes_used", 0) or (info.get("kb_total", 0) - info.get("kb_free", 0)) * 1024)
@@ -331,35 +328,20 @@ def counters_total_frames() -> int:
     return int(counters["frames"]["total"])
 
 
-_BACKEND: Optional[XlaBackend] = None
-_BACKEND_ERROR: Optional[str] = None
-_PERSISTENT_CACHE_DIR: Optional[str] = None
-#: (COMFY_TPU_SPMD, COMFY_TPU_MESH) for the backend to apply when it is created; off unless configured.
-_SPMD_REQUEST: tuple[str, Optional[str]] = ("off", None)
+class BackendUnavailable(RuntimeError):
+    """torch_xla cannot be imported or its runtime does not start; the message says which."""
 
 
-def configure_spmd(mode: str, mesh: Optional[str]) -> None:
-    """SPMD mode and mesh; takes effect when the backend is created (before any device exists)."""
-    global _SPMD_REQUEST
-    _SPMD_REQUEST = (mode, mesh)
+def create_backend(persistent_cache_dir: Optional[str] = None,
+                   spmd_request: tuple[str, Optional[str]] = ("off", None)) -> XlaBackend:
+    """Start the XLA runtime: the PJRT client, SPMD (or not) and the persistent cache.
 
-
-def configure_persistent_cache(path: Optional[str]) -> None:
-    """Where XLA keeps compiled executables; takes effect when the backend is created."""
-    global _PERSISTENT_CACHE_DIR
-    _PERSISTENT_CACHE_DIR = path
-
-
-def get_backend() -> Optional[XlaBackend]:
-    """The backend, created on first use; None (with :func:`backend_error` saying why) if unusable."""
-    global _BACKEND, _BACKEND_ERROR
-    if _BACKEND is None and _BACKEND_ERROR is None:
-        try:
-            _BACKEND = XlaBackend(_PERSISTENT_CACHE_DIR, _SPMD_REQUEST)
-        except Exception as exc:  # ImportError, or a runtime that fails to start
-            _BACKEND_ERROR = f"torch_xla is not usable: {type(exc).__name__}: {exc}"
-    return _BACKEND
-
-
-def backend_error() -> Optional[str]:
-    return _BACKEND_ERROR
+    Each of those is process-wide in torch_xla and must be settled before the first XLA tensor, so
+    this is called once per process, by ``runtime.start`` (and the doctor), never as a side effect
+    of asking what hardware is here. Raises :class:`BackendUnavailable` naming what failed."""
+    try:
+        return XlaBackend(persistent_cache_dir, spmd_request)
+    except ImportError as exc:
+        raise BackendUnavailable(f"torch_xla is not usable: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # a runtime that fails to start: its own message, whatever the type
+        raise BackendUnavailable(f"the XLA runtime did not start: {type(exc).__name__}: {exc}") from exc

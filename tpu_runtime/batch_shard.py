@@ -15,10 +15,6 @@ import torch
 
 log = logging.getLogger("comfy_tpu")
 
-#: (rows, padded rows, ways) already said in the log: the padding is logged once per shape.
-_LOGGED: set[tuple[int, int, int]] = set()
-
-
 def padded_rows(rows: int, ways: int) -> int:
     """The smallest multiple of ``ways`` that holds ``rows``."""
     return -(-rows // ways) * ways
@@ -45,13 +41,13 @@ def _is_plain_device_tensor(value: Any, rows: int) -> bool:
 
 
 def sharded_apply(backend, executor, x: torch.Tensor, t, c_concat=None, c_crossattn=None, control=None,
-                  transformer_options={}, **kwargs):
-    """Run ``apply_model`` with its batch split over the mesh (padded to a multiple, cropped after)."""
+                  transformer_options={}, *, notices=None, **kwargs):
+    """Run ``apply_model`` with its batch split over the mesh (padded to a multiple, cropped after).
+    ``notices`` (the pack's :class:`~tpu_runtime.state.Notices`) has the padding logged once per shape."""
     ways = backend.shard_count()
     rows = int(x.shape[0])
     target = padded_rows(rows, ways)
-    if target != rows and (rows, target, ways) not in _LOGGED:
-        _LOGGED.add((rows, target, ways))
+    if target != rows and (notices is None or notices.first_time("batch padding", rows, target, ways)):
         log.info("comfy-tpu: the model's batch of %d row(s) (cond and uncond together) does not divide over "
                  "%d devices: padded to %d rows, the extra rows are cropped from the result", rows, ways, target)
     x, t, c_concat, c_crossattn, control, kwargs = pad_rows((x, t, c_concat, c_crossattn, control, kwargs),

@@ -129,14 +129,3 @@ class CompiledModels:
         """Models that run lazily although compiled mode is on, with why."""
         return {entry._model_name: entry.fallback_reason for entry in list(self._entries)
                 if entry.fallback_reason}
-
-
-_REGISTRIES: "weakref.WeakKeyDictionary[Any, CompiledModels]" = weakref.WeakKeyDictionary()
-
-
-def registry(backend) -> CompiledModels:
-    """The compiled models of one backend."""
-    found = _REGISTRIES.get(backend)
-    if found is None:
-        found = _REGISTRIES[backend] = CompiledModels(backend)
-    return found

@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from pydantic import BaseModel
 
@@ -102,8 +102,8 @@ def version_mismatch(torch_version: str, xla_version: Optional[str]) -> Optional
     return None
 
 
-def detect(start_runtime: bool = True) -> DeviceReport:
-    """Look at torch, torch_xla, libtpu and (if ``start_runtime``) the PJRT device."""
+def detect() -> DeviceReport:
+    """What is installed: torch, torch_xla, libtpu. Starts nothing (no runtime, no device)."""
     import torch
 
     report = DeviceReport(torch_version=torch.__version__, torch_xla_version=versions.torch_xla_version(),
@@ -112,30 +112,25 @@ def detect(start_runtime: bool = True) -> DeviceReport:
     if not report.torch_xla_importable:
         report.error = "torch_xla is not installed"
         return report
-    mismatch = version_mismatch(report.torch_version, report.torch_xla_version)
-    if mismatch:
-        report.error = mismatch
-        return report
-    if not start_runtime:
-        return report
-    from . import backend as backend_mod
+    report.error = version_mismatch(report.torch_version, report.torch_xla_version)
+    return report
 
-    xla = backend_mod.get_backend()
-    if xla is None:
-        report.error = backend_mod.backend_error()
-        return report
+
+def describe(report: DeviceReport, backend: Any) -> DeviceReport:
+    """``report`` completed with what a started backend says of its devices (a copy)."""
+    report = report.model_copy()
     try:
-        report.device = str(xla.device())
-    except Exception as exc:
+        report.device = str(backend.device())
+    except RuntimeError as exc:
         report.error = f"no PJRT device: {type(exc).__name__}: {exc}"
         return report
-    report.device_type = xla.device_type()
-    report.device_count = xla.device_count()
-    report.spmd, report.mesh, report.spmd_reason = xla.spmd.on, xla.spmd.mesh, xla.spmd.reason
-    attrs = xla.device_attributes()
+    report.device_type = backend.device_type()
+    report.device_count = backend.device_count()
+    report.spmd, report.mesh, report.spmd_reason = backend.spmd.on, backend.spmd.mesh, backend.spmd.reason
+    attrs = backend.device_attributes()
     report.tpu_type = str(attrs.get("name") or attrs.get("device_kind") or os.environ.get(
         "TPU_ACCELERATOR_TYPE") or ("n/a (not a TPU)" if report.device_type != "TPU" else "unknown"))
-    memory = xla.memory_info(xla.device())
+    memory = backend.memory_info(backend.device())
     report.hbm_per_chip_bytes = memory[1] if memory else None
     return report
 
@@ -148,8 +143,11 @@ def _tpu_runtime_present() -> bool:
     return versions.libtpu_version() is not None
 
 
-def decide_path(loaded: LoadedSettings, report_fn=detect) -> tuple[PathDecision, Optional[DeviceReport]]:
-    """Apply the settings to what was detected. Auto mode turns on only for a real TPU."""
+def decide_path(loaded: LoadedSettings, probe: Callable[[], DeviceReport]
+                ) -> tuple[PathDecision, Optional[DeviceReport]]:
+    """Apply the settings to what is here. ``probe`` starts the runtime and describes its devices: it
+    is called only when the decision depends on them (not when the settings turn the path off, nor in
+    auto mode on a machine with no TPU runtime). Auto mode turns on only for a real TPU."""
     if not loaded.ok:
         return PathDecision(on=False, reason="; ".join(p.message() for p in loaded.problems)), None
     settings = loaded.settings
@@ -160,7 +158,7 @@ def decide_path(loaded: LoadedSettings, report_fn=detect) -> tuple[PathDecision,
     if settings.enable is None and not _tpu_runtime_present():
         return PathDecision(on=False, reason="no TPU runtime here (libtpu missing, PJRT_DEVICE is not TPU); "
                                              "set COMFY_TPU_ENABLE=1 to use XLA anyway"), None
-    report = report_fn()
+    report = probe()
     if report.error:
         return PathDecision(on=False, reason=report.error), report
     if settings.enable:

@@ -112,11 +112,3 @@ class KernelTwins:
 
 
 _CLASS_LEVEL = object()  # the layer had no weight_function of its own, only its class's
-_TWINS: dict[int, KernelTwins] = {}
-
-
-def twins(backend) -> KernelTwins:
-    """The process's twin maker for ``backend``."""
-    if id(backend) not in _TWINS:
-        _TWINS[id(backend)] = KernelTwins(backend)
-    return _TWINS[id(backend)]

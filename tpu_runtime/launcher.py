@@ -180,22 +180,25 @@ def launch(argv: Sequence[str]) -> int:
 
 
 def doctor_data() -> dict[str, Any]:
-    """What doctor reports: detected hardware, settings in force and the TPU-path decision."""
-    from .device import decide_path, detect  # imports torch: only here
-
+    """What doctor reports: detected hardware, settings in force and the TPU-path decision. The doctor
+    starts the XLA runtime itself (in its own process) when the decision depends on the device."""
     from . import backend as backend_mod
+    from .device import decide_path, describe, detect  # imports torch: only here
 
     loaded = load_settings()
-    if loaded.ok:
-        backend_mod.configure_spmd(loaded.settings.spmd, loaded.settings.mesh)
-    seen: list[Any] = []
+    installed = detect()
 
-    def report_fn():
-        seen.append(detect())
-        return seen[-1]
+    def probe():
+        if installed.error:
+            return installed
+        try:
+            backend = backend_mod.create_backend(None, (loaded.settings.spmd, loaded.settings.mesh))
+        except backend_mod.BackendUnavailable as exc:
+            return installed.model_copy(update={"error": str(exc)})
+        return describe(installed, backend)
 
-    decision, report = decide_path(loaded, report_fn)
-    report = report or (seen[-1] if seen else detect())
+    decision, report = decide_path(loaded, probe)
+    report = report or probe()  # the doctor shows the hardware even when the settings keep the path off
     settings = loaded.settings
     return {
         "report": report.model_dump(mode="json"),

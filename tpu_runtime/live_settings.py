@@ -1,7 +1,7 @@
 """Reading and changing the pack's settings while ComfyUI runs (the seed document's ``args.tpu_*``).
 
 The settings are read once, at start (:func:`runtime.start`). Most of them only shape what the next
-sampling run does (its :class:`~tpu_runtime.sampling.RunOptions`, which ``sampling.attach`` reads
+sampling run does (the pack's :class:`~tpu_runtime.run_options.RunOptions`, which ``sampling.attach`` reads
 at each run) or how the manager warms up, so they can change between runs. ``enable`` and
 ``disable`` decided whether the pack's patches went in at all, so they cannot change any more.
 
@@ -13,9 +13,13 @@ rules and one message format.
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
+from .run_options import RunOptions
 from .settings import SettingsProblem, TPUSettings, _problems_from, env_var
+
+if TYPE_CHECKING:
+    from .state import PackState
 
 log = logging.getLogger("comfy_tpu")
 
@@ -61,25 +65,22 @@ class _GivenValuesOnly(TPUSettings):
         return (init_settings,)
 
 
-def _state():
-    from . import runtime
+def _state() -> "PackState":
+    from .state import current
 
-    if runtime.STATE is None:
+    state = current()
+    if state is None:
         raise RuntimeError("comfy-tpu: the pack has not started (load it in ComfyUI)")
-    return runtime.STATE
+    return state
 
 
 def current(field: str) -> Any:
     """What ``field`` is now: the value the next sampling run (or warm-up) will use."""
-    from . import patches, runtime
-    from .sampling import RunOptions
-
     state = _state()
-    options = patches.get_options()
-    if field in RunOptions.model_fields and options is not None:
-        return getattr(options, field)
-    if field == "warmup_steps" and runtime.MANAGER is not None:
-        return runtime.MANAGER.warmup_steps
+    if field in RunOptions.model_fields and state.on:
+        return getattr(state.options, field)
+    if field == "warmup_steps" and state.manager is not None:
+        return state.manager.warmup_steps
     return getattr(state.settings, field)
 
 
@@ -121,26 +122,18 @@ def change(field: str, value: Any, source: str) -> Any:
             f"({'on' if decision.on else 'off'}: {decision.reason}) and stays {'on' if decision.on else 'off'}. "
             f"Set {env_var(field)} (or comfy-tpu launch --tpu-{field}) and restart ComfyUI.")
     state.changed = new_settings
-    _apply(field, new_value, new_settings)
+    _apply(state, field, new_value, new_settings)
     log.info("comfy-tpu: %s = %r (was %r): in force from the next sampling run%s", source, new_value, old_value,
              _NOTES.get(field, ""))
     return new_value
 
 
-def _apply(field: str, value: Any, settings: TPUSettings) -> None:
-    """Hand the new value to what the next run reads: the run options (patches, for sampling.attach,
-    and the manager, for signatures made through the API) or the manager's warm-up knobs."""
-    from . import patches, runtime
-    from .sampling import RunOptions
-
-    manager = runtime.MANAGER
+def _apply(state: "PackState", field: str, value: Any, settings: TPUSettings) -> None:
+    """Hand the new value to what the next run reads: the pack's run options (the sampling wrappers
+    and the manager read the same object) or the manager's warm-up knobs."""
     if field in RunOptions.model_fields:
-        options = patches.get_options()
-        if options is not None:
-            patches.set_options(options.model_copy(update={field: value}))
-        if manager is not None and "options" in vars(manager):
-            # A manager that keeps its own copy (one that reads the patches' options has none to update).
-            manager.options = manager.options.model_copy(update={field: value})
+        state.options = state.options.model_copy(update={field: value})
+    manager = state.manager
     if field in MANAGER_FIELDS and manager is not None:
         manager.auto_warmup = settings.warmup and not settings.manual_warmup
         manager.warmup_steps = settings.warmup_steps

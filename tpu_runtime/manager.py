@@ -1,6 +1,6 @@
 """The public face of the compilation cache: ``tpu_manager`` and ``get_tpu_stats()``.
 
-The manager observes every sampling run on the device (see ``sampling.OBSERVERS``): it records the
+The manager observes every sampling run on the device (one of ``PackState.observers``): it records the
 run's signature and XLA's compile count in the registry, explains misses, logs first-time compiles,
 and re-warms signatures recorded in an earlier session before a model's first step.
 
@@ -15,14 +15,19 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from pydantic import BaseModel
 
-from . import compiled, kernel_layout, sampling, warmup as warmup_mod
+from . import kernel_layout, warmup as warmup_mod
 from .cache import SignatureRegistry
 from .compile_status import CompileStatus
+from .run_options import RunOptions, for_model
+from .sampling import RunObserver, SamplingRun, padded_shape
 from .signature import ExecutionSignature, build_signature
+
+if TYPE_CHECKING:
+    from .state import PackState
 
 log = logging.getLogger("comfy_tpu")
 
@@ -41,14 +46,16 @@ class WarmupResult(BaseModel):
                 f"{self.seconds:.1f} s ({self.steps_run} step(s) run)")
 
 
-class TPUManager(sampling.RunObserver):
-    def __init__(self, backend, registry: SignatureRegistry, options: sampling.RunOptions, *, warmup: bool = True,
+class TPUManager(RunObserver):
+    """The compilation cache's side of the pack: records, explains, warms up and re-warms."""
+
+    def __init__(self, state: "PackState", registry: SignatureRegistry, *, warmup: bool = True,
                  manual_warmup: bool = False, warmup_steps: int = 1, xla_cache_dir: Optional[Path] = None,
-                 persistent_cache_note: str = "", mesh: str = "single", rewarm: bool = True,
+                 persistent_cache_note: str = "", rewarm: bool = True,
                  status: Optional[CompileStatus] = None) -> None:
-        self.backend = backend
+        self.state = state
+        self.backend = state.backend
         self.registry = registry
-        self._options = options
         self.auto_warmup = warmup and not manual_warmup
         self.rewarm = rewarm
         self.status = status or CompileStatus()
@@ -56,19 +63,17 @@ class TPUManager(sampling.RunObserver):
         self.warmup_steps = warmup_steps
         self.xla_cache_dir = xla_cache_dir
         self.persistent_cache_note = persistent_cache_note
-        self.mesh = mesh
+        self.mesh = self.backend.mesh_description()
         self._warming = False
         self.last_outcome = None
 
     @property
-    def options(self) -> sampling.RunOptions:
-        """The run options in force: those the sampling wrappers use (one copy, kept by the patches)."""
-        from . import patches
-
-        return patches.get_options() or self._options
+    def options(self) -> RunOptions:
+        """The run options in force: the pack's one set, which the sampling wrappers read too."""
+        return self.state.options
 
     # -- observing runs --------------------------------------------------------------------------
-    def before_run(self, run: sampling.SamplingRun, patcher: Any) -> None:
+    def before_run(self, run: SamplingRun, patcher: Any) -> None:
         signature = run.signature
         if not self._warming:
             self._prompt_warmup(patcher, signature)
@@ -80,7 +85,7 @@ class TPUManager(sampling.RunObserver):
                      f"{estimate:.0f} s" if estimate else "unknown s")
             self.status.compiling(signature.short(), estimate)
 
-    def after_run(self, run: sampling.SamplingRun) -> None:
+    def after_run(self, run: SamplingRun) -> None:
         if run.signature is None or run.figures is None or not run.options.compilation_cache:
             return
         outcome = self.registry.record(run.signature, run.figures.compiles, run.figures.compile_s)
@@ -95,10 +100,8 @@ class TPUManager(sampling.RunObserver):
         """A ``tpu_warmup`` block sent with this prompt: warm its signature before the first step."""
         from comfy_execution.utils import get_executing_context
 
-        from .prompt_warmup import PENDING
-
         context = get_executing_context()
-        request = PENDING.take(getattr(context, "prompt_id", None))
+        request = self.state.pending_warmups.take(getattr(context, "prompt_id", None))
         if request is None or not request.enabled:
             return
         width, height = request.target_resolution
@@ -110,7 +113,7 @@ class TPUManager(sampling.RunObserver):
                              positive=conditioning, negative=conditioning)
         log.info("comfy-tpu: prompt warm-up: %s", result.status())
 
-    def _rewarm(self, patcher: Any, options: sampling.RunOptions) -> None:
+    def _rewarm(self, patcher: Any, options: RunOptions) -> None:
         pending = [s for s in self.registry.pending_rewarm(self._fingerprint(patcher)) if s not in self._rewarm_tried]
         if not pending:
             return
@@ -134,7 +137,7 @@ class TPUManager(sampling.RunObserver):
                  time.perf_counter() - start, len(pending) - len(reproducible))
 
     def _cannot_reproduce(self, signature: ExecutionSignature, patcher: Any,
-                          options: sampling.RunOptions) -> Optional[str]:
+                          options: RunOptions) -> Optional[str]:
         """Why this process cannot compile ``signature``'s graphs (None when it can)."""
         dtype = "bfloat16" if options.autocast_bf16 else str(patcher.model_dtype()).removeprefix("torch.")
         entry = self.registry.get(signature)
@@ -175,12 +178,18 @@ class TPUManager(sampling.RunObserver):
         inner = getattr(model, "model", model)
         channels = int(getattr(getattr(inner, "latent_format", None), "latent_channels", 4))
         user_shape = (batch_size, channels, height // 8, width // 8)
-        padded = sampling._padded_shape(user_shape, self.options)
+        options = self.options_for(model)
+        padded = padded_shape(user_shape, options)
         if dtype is None:
-            dtype = "bfloat16" if self.options.autocast_bf16 else str(model.model_dtype()).removeprefix("torch.")
+            dtype = "bfloat16" if options.autocast_bf16 else str(model.model_dtype()).removeprefix("torch.")
         return build_signature(model, user_shape, padded, (context_tokens,), not math.isclose(cfg_scale, 1.0),
                                dtype, _sampler_function_name(sampler), mesh=self.mesh, cfg_scale=cfg_scale,
-                               scheduler=scheduler, steps=steps, execution=self.options.execution)
+                               scheduler=scheduler, steps=steps, execution=options.execution)
+
+    def options_for(self, model: Any) -> RunOptions:
+        """The run options a model's runs use: the pack's, with the model's own overrides (the
+        optimisation node's), so a signature made here is the one its runs record."""
+        return for_model(self.options, getattr(model, "model_options", {}) or {})
 
     def is_cached(self, signature: ExecutionSignature) -> bool:
         return self.registry.is_cached(signature)
@@ -224,10 +233,10 @@ class TPUManager(sampling.RunObserver):
                                                  "transfers_to_host", "xla_tensors_live")}
         stats["execution"] = self.options.execution
         stats["dynamo"] = {k.removeprefix("dynamo_"): counters[k] for k in counters if k.startswith("dynamo_")}
-        stats["dynamo"]["lazy_fallbacks"] = compiled.registry(self.backend).fallbacks()
+        stats["dynamo"]["lazy_fallbacks"] = self.state.compiled_models.fallbacks()
         hwio = kernel_layout.resolve(self.options.conv_kernel_layout, self.backend.device_type())
         stats["conv_kernels"] = {"layout": "hwio" if hwio else "native", "setting": self.options.conv_kernel_layout,
-                                 "twins_made": kernel_layout.twins(self.backend).made}
+                                 "twins_made": self.state.kernel_twins.made}
         stats["persistent_cache"] = {
             "dir": str(self.xla_cache_dir) if self.xla_cache_dir else None,
             "hits": counters["persistent_cache_hits"], "misses": counters["persistent_cache_misses"],

@@ -1,13 +1,9 @@
 """Per-run figures from XLA's own counters (exact, unlike wall-clock time)."""
 from __future__ import annotations
 
-import logging
 import time
 
-
 from pydantic import BaseModel
-
-log = logging.getLogger("comfy_tpu")
 
 
 class RunFigures(BaseModel):
@@ -56,20 +52,3 @@ class RunMeter:
             transfers_to_host=counters["transfers_to_host"] - self._start_counters["transfers_to_host"],
             fallback_ops=new_fallbacks,
         )
-
-
-class FallbackReporter:
-    """Names each CPU-fallback op once per model, so the log says what to fix without flooding."""
-
-    def __init__(self) -> None:
-        self._seen: set[tuple[str, str]] = set()
-
-    def report(self, model_name: str, fallback_ops: dict[str, int]) -> list[str]:
-        new = sorted(op for op in fallback_ops if (model_name, op) not in self._seen)
-        for op in new:
-            self._seen.add((model_name, op))
-        if new:
-            log.warning("comfy-tpu: %s ran %s on the CPU (XLA has no lowering); the run completed, "
-                        "but each such op costs a device-to-host round trip", model_name, ", ".join(new))
-        return new
-

@@ -21,21 +21,17 @@ from __future__ import annotations
 
 import importlib
 import logging
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from . import sampling, schedule
+from . import sampling
 from .host_values import as_host
 
+if TYPE_CHECKING:
+    from .state import PackState
+
 log = logging.getLogger("comfy_tpu")
-
-_ORIGINALS: dict[tuple[str, str], Any] = {}
-_STATE: dict[str, Any] = {}
-
-
-def installed() -> bool:
-    return bool(_ORIGINALS)
 
 
 def _owner(path: str) -> Any:
@@ -47,40 +43,51 @@ def _owner(path: str) -> Any:
         return getattr(importlib.import_module(module_name), name)
 
 
-def _set(owner_path: str, attribute: str, value: Any) -> None:
-    owner = _owner(owner_path)
-    _ORIGINALS.setdefault((owner_path, attribute), vars(owner).get(attribute, getattr(owner, attribute)))
-    setattr(owner, attribute, value)
+class Patches:
+    """The attributes the pack replaced in ComfyUI's modules, with what was there before.
+
+    ComfyUI's modules are process-wide, so what this records is too; it lives in the pack's state
+    (one per started pack) and :meth:`uninstall` puts everything back."""
+
+    def __init__(self) -> None:
+        self._originals: dict[tuple[str, str], Any] = {}
+
+    @property
+    def installed(self) -> bool:
+        return bool(self._originals)
+
+    def set(self, owner_path: str, attribute: str, value: Any) -> None:
+        owner = _owner(owner_path)
+        self._originals.setdefault((owner_path, attribute), vars(owner).get(attribute, getattr(owner, attribute)))
+        setattr(owner, attribute, value)
+
+    def original(self, owner_path: str, attribute: str) -> Any:
+        """What ComfyUI had before the pack patched it."""
+        if (owner_path, attribute) in self._originals:
+            return self._originals[(owner_path, attribute)]
+        return getattr(_owner(owner_path), attribute)
+
+    def uninstall(self) -> None:
+        """Put every patched attribute back."""
+        for (owner_path, attribute), value in list(self._originals.items()):
+            setattr(_owner(owner_path), attribute, value)
+        self._originals.clear()
 
 
-def original(module_name: str, attribute: str) -> Any:
-    """The function ComfyUI had before the pack patched it."""
-    if (module_name, attribute) in _ORIGINALS:
-        return _ORIGINALS[(module_name, attribute)]
-    return getattr(_owner(module_name), attribute)
-
-
-def uninstall() -> None:
-    """Put every patched attribute back."""
-    for (owner_path, attribute), value in list(_ORIGINALS.items()):
-        setattr(_owner(owner_path), attribute, value)
-    _ORIGINALS.clear()
-    _STATE.clear()
-
-
-def install(backend, options: sampling.RunOptions, host_memory_fallback: Optional[Callable] = None) -> None:
-    """Apply the patches once (a second call changes nothing)."""
-    if installed():
-        return
+def install(state: "PackState") -> Patches:
+    """Apply the patches for a started pack (``state.backend`` set); idempotent per state."""
+    if state.patches is not None and state.patches.installed:
+        return state.patches
     import comfy.model_management as mm
 
+    patches = state.patches = Patches()
+    backend = state.backend
     mm_name = "comfy.model_management"
     xla_device = backend.device()
     # Devices stock ComfyUI picks for everything but the diffusion model, read before we patch.
     stock = {name: getattr(mm, name)() for name in (
         "text_encoder_device", "text_encoder_offload_device", "vae_device", "vae_offload_device",
         "intermediate_device", "unet_offload_device")}
-    _STATE.update(backend=backend, options=options, stock=stock)
 
     def is_xla(device: Any) -> bool:
         return device is not None and backend.is_device(device)
@@ -133,28 +140,28 @@ def install(backend, options: sampling.RunOptions, host_memory_fallback: Optiona
             "fp32_unet", "fp64_unet", "bf16_unet", "fp16_unet", "fp8_e4m3fn_unet", "fp8_e5m2_unet",
             "fp8_e8m0fnu_unet"))
         if (device is None or is_xla(device)) and not explicit:
-            current = _STATE["options"]
-            if current.autocast_bf16 and torch.bfloat16 in supported_dtypes:
+            if state.options.autocast_bf16 and torch.bfloat16 in supported_dtypes:
                 return torch.bfloat16
             return torch.float32
         return orig_unet_dtype(device, model_params, list(supported_dtypes), weight_dtype)
 
-    _set(mm_name, "get_torch_device", get_torch_device)
-    _set(mm_name, "get_free_memory", get_free_memory)
-    _set(mm_name, "get_total_memory", get_total_memory)
-    _set(mm_name, "should_use_bf16", should_use_bf16)
-    _set(mm_name, "should_use_fp16", should_use_fp16)
-    _set(mm_name, "unet_dtype", unet_dtype)
+    patches.set(mm_name, "get_torch_device", get_torch_device)
+    patches.set(mm_name, "get_free_memory", get_free_memory)
+    patches.set(mm_name, "get_total_memory", get_total_memory)
+    patches.set(mm_name, "should_use_bf16", should_use_bf16)
+    patches.set(mm_name, "should_use_fp16", should_use_fp16)
+    patches.set(mm_name, "unet_dtype", unet_dtype)
     for name, device in stock.items():
-        _set(mm_name, name, (lambda d: (lambda *a, **k: d))(device))
+        patches.set(mm_name, name, (lambda d: (lambda *a, **k: d))(device))
 
     import comfy.samplers
     import comfy.sampler_helpers
 
     orig_calculate_sigmas = comfy.samplers.calculate_sigmas
+    host_schedules = state.host_schedules
 
     def calculate_sigmas(model_sampling, scheduler_name, steps):
-        sigmas = orig_calculate_sigmas(schedule.host_model_sampling(model_sampling), scheduler_name, steps)
+        sigmas = orig_calculate_sigmas(host_schedules.host_model_sampling(model_sampling), scheduler_name, steps)
         # Tagged: when ComfyUI moves it to the device, the copy keeps these host values (DeviceTwin).
         return as_host(sigmas) if sigmas.device.type == "cpu" else sigmas
 
@@ -163,20 +170,21 @@ def install(backend, options: sampling.RunOptions, host_memory_fallback: Optiona
     def prepare_model_patcher(model, conds, model_options):
         result = orig_prepare(model, conds, model_options)
         if is_xla(getattr(model, "load_device", None)):
-            schedule.remember(model.get_model_object("model_sampling"))
-            sampling.attach(model_options, backend, _STATE["options"])
+            host_schedules.remember(model.get_model_object("model_sampling"))
+            sampling.attach(model_options, state)
         return result
 
     import comfy.extra_samplers.uni_pc as uni_pc
 
-    _set("comfy.extra_samplers.uni_pc", "torch", HostAwareTorch(uni_pc.torch, backend))
-    _set("comfy.samplers", "calculate_sigmas", calculate_sigmas)
-    _set("comfy.sampler_helpers", "prepare_model_patcher", prepare_model_patcher)
-    _set("comfy.model_patcher.ModelPatcher", "partially_load", _repatch_on_device(is_xla))
+    patches.set("comfy.extra_samplers.uni_pc", "torch", HostAwareTorch(uni_pc.torch, backend))
+    patches.set("comfy.samplers", "calculate_sigmas", calculate_sigmas)
+    patches.set("comfy.sampler_helpers", "prepare_model_patcher", prepare_model_patcher)
+    patches.set("comfy.model_patcher.ModelPatcher", "partially_load", _repatch_on_device(is_xla, state))
     log.debug("comfy-tpu: patches installed")
+    return patches
 
 
-def _repatch_on_device(is_xla: Callable[[Any], bool]) -> Callable:
+def _repatch_on_device(is_xla: Callable[[Any], bool], state: "PackState") -> Callable:
     """``ModelPatcher.partially_load`` that, for a model already on the XLA device, unpatches it there."""
     import comfy.model_patcher
 
@@ -188,7 +196,7 @@ def _repatch_on_device(is_xla: Callable[[Any], bool]) -> Callable:
         # A partly loaded (low-VRAM) model keeps ComfyUI's path, and so does compiled execution: a model
         # captured by dynamo kept computing with the patched weights after they were restored in place
         # on the chip (tests/test_kernel_layout.py); a full reload makes it see them.
-        lazy = _STATE["options"].execution == "lazy"
+        lazy = state.options.execution == "lazy"
         if not (is_xla(chip) and fully_on_chip and lazy):
             return load(self, device_to, extra_memory, force_patch_weights)
         unpatch = self.unpatch_model
@@ -239,13 +247,3 @@ def _host_values(data: Any) -> Any:
     if isinstance(data, (list, tuple)):
         return [_host_values(item) for item in data]
     return data.item() if isinstance(data, torch.Tensor) else data
-
-
-def get_options() -> Optional[sampling.RunOptions]:
-    """The run options in force (None before the pack is installed)."""
-    return _STATE.get("options")
-
-
-def set_options(options: sampling.RunOptions) -> None:
-    """Change the run options of an installed pack (tests, the optimisation node)."""
-    _STATE["options"] = options

@@ -78,5 +78,3 @@ class PendingWarmups:
         with self._lock:
             return self._by_prompt.pop(prompt_id, None)
 
-
-PENDING = PendingWarmups()

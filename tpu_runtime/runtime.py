@@ -1,58 +1,29 @@
-"""Bringing the pack up inside ComfyUI: settings -> device decision -> patches, with one log line."""
+"""Bringing the pack up inside ComfyUI: settings -> device decision -> backend -> state -> patches, with
+one log line."""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
-
-from pydantic import BaseModel
+from typing import Any, Optional
 
 from . import backend as backend_mod
-from .device import DeviceReport, PathDecision, decide_path, detect
-from .sampling import RunOptions
-from .settings import LoadedSettings, TPUSettings, load_settings
+from .device import DeviceReport, decide_path, describe, detect
+from .run_options import RunOptions
+from .settings import TPUSettings, load_settings
+from .state import PackState, current, set_current
 
 log = logging.getLogger("comfy_tpu")
 
-
-class RuntimeState(BaseModel):
-    """What :func:`start` decided; read by the doctor, nodes and stats."""
-
-    model_config = {"arbitrary_types_allowed": True}
-
-    loaded: LoadedSettings
-    decision: PathDecision
-    report: Optional[DeviceReport] = None
-    #: The settings as changed from Python after start (``args.tpu_*``, see live_settings); None until then.
-    changed: Optional[TPUSettings] = None
-
-    @property
-    def settings(self) -> TPUSettings:
-        """The settings in force now: as loaded at start, with any later change."""
-        return self.changed or self.loaded.settings
-
-
-STATE: Optional[RuntimeState] = None
-MANAGER = None  # the TPUManager once the path is on
-
-
-def run_options(loaded: LoadedSettings) -> RunOptions:
-    s = loaded.settings
-    return RunOptions(autocast_bf16=s.autocast_bf16, sync_steps=s.sync_steps, debug_metrics=s.debug_metrics,
-                      shape_padding=s.shape_padding, shape_padding_multiple=s.shape_padding_multiple,
-                      compilation_cache=s.compilation_cache, execution=s.execution,
-                      compiled_graph_break_limit=s.compiled_graph_break_limit,
-                      conv_kernel_layout=s.conv_kernel_layout)
+__all__ = ["current", "start", "stop"]
 
 
 def default_cache_dir() -> Path:
     """``<ComfyUI user dir>/comfy-tpu`` inside ComfyUI, else ``~/.cache/comfy-tpu``."""
     try:
         import folder_paths
-
-        return Path(folder_paths.get_user_directory()) / "comfy-tpu"
-    except Exception:
+    except ImportError:  # not inside ComfyUI (a script, the doctor)
         return Path.home() / ".cache" / "comfy-tpu"
+    return Path(folder_paths.get_user_directory()) / "comfy-tpu"
 
 
 def xla_cache_subdir(cache_dir: Path) -> Path:
@@ -75,64 +46,98 @@ def persistent_cache_note(report: Optional[DeviceReport]) -> str:
     return "XLA persistent cache in use; hits and misses are XLA's own counters"
 
 
-def start(force: bool = False) -> RuntimeState:
-    """Idempotent: decide once whether the TPU path is on and, if so, install the patches."""
-    global STATE
-    if STATE is not None and not force:
-        return STATE
+def start(force: bool = False) -> PackState:
+    """Decide once whether the TPU path is on and, if so, start the backend and install the patches.
+
+    Idempotent; ``force`` starts again (after :func:`stop`), reusing the backend of a previous start:
+    the XLA runtime (PJRT client, SPMD, persistent cache) is settled once per process."""
+    previous = current()
+    if previous is not None and not force:
+        return previous
     loaded = load_settings()
     for problem in loaded.problems:
         log.error("comfy-tpu: %s", problem.message())
     settings = loaded.settings
     cache_dir = Path(settings.cache_dir) if loaded.ok and settings.cache_dir else default_cache_dir()
-    xla_dir = xla_cache_subdir(cache_dir) if loaded.ok and settings.compilation_cache else None
-    if xla_dir is not None:
-        try:
-            xla_dir.mkdir(parents=True, exist_ok=True)
-            backend_mod.configure_persistent_cache(str(xla_dir))
-        except OSError as exc:
-            log.warning("comfy-tpu: no XLA persistent cache at %s (%s)", xla_dir, exc)
-            xla_dir = None
-    if loaded.ok:  # SPMD is switched on (or not) when the backend starts, before any XLA device exists
-        backend_mod.configure_spmd(settings.spmd, settings.mesh)
-    decision, report = decide_path(loaded, detect)
-    STATE = RuntimeState(loaded=loaded, decision=decision, report=report)
+    started: dict[str, Any] = {}
+
+    def start_backend() -> DeviceReport:
+        """The probe of ``decide_path``: starts the XLA runtime (only when the decision needs it)."""
+        report = detect()
+        if report.error:
+            return report
+        backend = previous.backend if previous is not None else None
+        if backend is None:
+            try:
+                backend = backend_mod.create_backend(_persistent_cache_dir(cache_dir, settings),
+                                                     (settings.spmd, settings.mesh))
+            except backend_mod.BackendUnavailable as exc:
+                return report.model_copy(update={"error": str(exc)})
+        started["backend"] = backend
+        return describe(report, backend)
+
+    decision, report = decide_path(loaded, start_backend)
+    state = PackState(loaded=loaded, decision=decision, report=report)
+    set_current(state)
     if not decision.on:
         log.info("comfy-tpu: TPU path off: %s. ComfyUI runs as stock.", decision.reason)
-        return STATE
-    from . import manager as manager_mod, patches, sampling
-    from .cache import SignatureRegistry
-    from .versions import libtpu_version, torch_xla_version
+        return state
+    _assemble(state, started["backend"], cache_dir)
+    log.info("comfy-tpu: TPU path on (%s): %s; settings changed from defaults: %s", decision.reason,
+             report.summary() if report else "?", loaded.settings.non_defaults() or "none")
+    return state
+
+
+def _persistent_cache_dir(cache_dir: Path, settings: TPUSettings) -> Optional[str]:
+    """XLA's persistent cache folder, made (None when the cache is off or the folder cannot be made)."""
+    if not settings.compilation_cache:
+        return None
+    xla_dir = xla_cache_subdir(cache_dir)
+    try:
+        xla_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.warning("comfy-tpu: no XLA persistent cache at %s (%s)", xla_dir, exc)
+        return None
+    return str(xla_dir)
+
+
+def _assemble(state: PackState, backend: Any, cache_dir: Path) -> None:
+    """Build what a pack with the path on holds, and install the patches."""
     import torch
 
-    backend = backend_mod.get_backend()
-    options = run_options(loaded)
+    from . import manager as manager_mod, patches, seed_api
+    from .cache import SignatureRegistry
+    from .compiled import CompiledModels
+    from .kernel_layout import KernelTwins
+    from .schedule import HostSchedules
+    from .versions import libtpu_version, torch_xla_version
+
+    settings = state.settings
+    state.backend = backend
+    state.options = RunOptions.from_settings(settings)
+    state.host_schedules = HostSchedules()
+    state.kernel_twins = KernelTwins(backend)
+    state.compiled_models = CompiledModels(backend)
     registry = SignatureRegistry(cache_dir, {"torch": torch.__version__, "torch_xla": torch_xla_version(),
                                              "libtpu": libtpu_version()})
-    global MANAGER
-    MANAGER = manager_mod.TPUManager(
-        backend, registry, options, warmup=settings.warmup, manual_warmup=settings.manual_warmup,
+    state.manager = manager_mod.TPUManager(
+        state, registry, warmup=settings.warmup, manual_warmup=settings.manual_warmup,
         warmup_steps=settings.warmup_steps, xla_cache_dir=Path(backend.persistent_cache_dir)
-        if backend.persistent_cache_dir else None, persistent_cache_note=persistent_cache_note(report),
-        mesh=backend.mesh_description(), rewarm=settings.rewarm)
-    sampling.OBSERVERS[:] = [MANAGER]
-    patches.install(backend, options)
-    from . import seed_api
-
+        if backend.persistent_cache_dir else None, persistent_cache_note=persistent_cache_note(state.report),
+        rewarm=settings.rewarm)
+    state.observers.append(state.manager)
+    patches.install(state)
     seed_api.register()  # only with the path on: a seed script then fails loudly when it is off
-    changed = loaded.settings.non_defaults()
-    log.info("comfy-tpu: TPU path on (%s): %s; settings changed from defaults: %s", decision.reason,
-             report.summary() if report else "?", changed or "none")
-    return STATE
 
 
 def stop() -> None:
-    """Undo the patches (tests; a user switching the pack off without a restart)."""
-    global STATE, MANAGER
-    from . import patches, sampling, seed_api
+    """Undo the patches (tests; a user switching the pack off without a restart). The backend stays,
+    for a later :func:`start` to reuse."""
+    from . import seed_api
 
     seed_api.unregister()
-    patches.uninstall()
-    sampling.OBSERVERS.clear()
-    STATE = None
-    MANAGER = None
+    state = current()
+    if state is not None:
+        if state.patches is not None:
+            state.patches.uninstall()
+        state.observers.clear()

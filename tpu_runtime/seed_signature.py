@@ -144,12 +144,12 @@ def _from_recorded(template: ExecutionSignature, request: SignatureRequest, mana
     :meth:`TPUManager.create_execution_signature` makes them, any other (the fingerprint, the
     model id) the recorded signature's."""
     from .manager import _sampler_function_name
-    from .sampling import _padded_shape
+    from .sampling import padded_shape
 
     channels = request.input_shape[1] if request.input_shape else (
         template.input_shape[1] if len(template.input_shape) == 4 else template.latent_shape[0])
     user_shape = (batch, channels, height // 8, width // 8)
-    padded = _padded_shape(user_shape, manager.options)
+    padded = padded_shape(user_shape, manager.options)
     dtype = request.dtype or ("bfloat16" if manager.options.autocast_bf16 else template.compute_dtype)
     return template.model_copy(update=dict(
         latent_shape=tuple(padded[1:]), batch_size=int(padded[0]), context_tokens=(request.context_tokens,),

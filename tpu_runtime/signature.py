@@ -10,7 +10,6 @@ execution mode (lazy and compiled trace different graphs).
 from __future__ import annotations
 
 import hashlib
-import weakref
 from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict
@@ -81,16 +80,18 @@ def nearest(signature: ExecutionSignature, known: list[ExecutionSignature]) -> O
                                          len(signature.differences(other))))
 
 
-_FINGERPRINTS: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
+_FINGERPRINT_ATTR = "_comfy_tpu_fingerprint"
 
 
 def cached_fingerprint(model: Any) -> str:
-    """``model_fingerprint`` memoised per diffusion-model object (read on every run; held weakly so
-    ComfyUI can still free an unloaded model)."""
+    """``model_fingerprint`` memoised on the model object itself (read on every run; it goes with the
+    model when ComfyUI frees it)."""
     inner = getattr(model, "model", model)
-    cached = _FINGERPRINTS.get(inner)
+    cached = vars(inner).get(_FINGERPRINT_ATTR) if hasattr(inner, "__dict__") else None
     if cached is None:
-        cached = _FINGERPRINTS[inner] = model_fingerprint(model)
+        cached = model_fingerprint(model)
+        if hasattr(inner, "__dict__"):
+            vars(inner)[_FINGERPRINT_ATTR] = cached
     return cached
 
 

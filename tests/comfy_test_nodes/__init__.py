@@ -2,12 +2,24 @@
 
 No weights can be downloaded in CI; these let workflows through the real server sample on XLA.
 """
+import importlib.util
 import os
 import sys
 
 _PACK = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
-if _PACK not in sys.path:
-    sys.path.insert(0, _PACK)
+_TINY_MODEL = "comfy_tpu_test_tiny_model"
+
+
+def _tiny_model():
+    """The pack's ``bench/tiny_model.py``, imported by path under a private name: the pack's folder
+    stays off ``sys.path`` in the server processes these nodes run in."""
+    module = sys.modules.get(_TINY_MODEL)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(_TINY_MODEL, os.path.join(_PACK, "bench", "tiny_model.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[_TINY_MODEL] = module
+    return module
 
 
 class TPUTestTinyModel:
@@ -21,9 +33,7 @@ class TPUTestTinyModel:
                 "optional": {"channels": ("INT", {"default": 32, "min": 32, "max": 128, "step": 32})}}
 
     def build(self, seed, channels=32):
-        from tpu_runtime.tiny_model import build_patcher
-
-        return (build_patcher("tiny", seed=seed, overrides={"model_channels": channels} if channels != 32 else None),)
+        return (_tiny_model().build_patcher("tiny", seed=seed, overrides={"model_channels": channels} if channels != 32 else None),)
 
 
 class TPUTestConditioning:
@@ -37,9 +47,7 @@ class TPUTestConditioning:
                              "tokens": ("INT", {"default": 77, "min": 1, "max": 1024})}}
 
     def make(self, seed, tokens):
-        from tpu_runtime.tiny_model import sd15_conditioning
-
-        return (sd15_conditioning(seed, tokens),)
+        return (_tiny_model().sd15_conditioning(seed, tokens),)
 
 
 NODE_CLASS_MAPPINGS = {"TPUTestTinyModel": TPUTestTinyModel, "TPUTestConditioning": TPUTestConditioning}

@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-PACK_DIR = Path(__file__).resolve().parent.parent
+PACK_DIR = Path(__file__).resolve().parent.parent  # the pack folder (this file is bench/comfy_host.py)
 
 
 def comfyui_path() -> Path:

@@ -1,6 +1,6 @@
 """The main job: a txt2img KSampler run twice on the XLA device, with the figures that matter.
 
-``python -m tpu_runtime.demo [--ckpt NAME] [--steps 8 12] [--size 256]``. With ``--ckpt`` (a file in
+``python -m bench.demo [--ckpt NAME] [--steps 8 12] [--size 256]``. With ``--ckpt`` (a file in
 ComfyUI's models/checkpoints) it runs the checkpoint with its CLIP and VAE; otherwise a small
 random-weight SD1.5-architecture UNet (built from ComfyUI's classes) and a latent-to-RGB preview.
 """
@@ -32,19 +32,19 @@ def main(argv=None) -> int:
     parser.add_argument("--sampler", default="euler")
     args = parser.parse_args(argv)
 
-    from tpu_runtime.comfy_host import import_comfy
+    from bench.comfy_host import import_comfy
 
     nodes = import_comfy(load_pack=True)
     import torch
 
-    import tpu_runtime.backend as backend_mod
-    from tpu_runtime import tiny_model
-    from tpu_runtime.runtime import STATE
+    from bench import tiny_model
+    from tpu_runtime import runtime
 
-    print(f"comfy-tpu demo: TPU path {'on' if STATE and STATE.decision.on else 'off'}"
-          f" ({STATE.decision.reason if STATE else 'not started'})")
-    backend = backend_mod.get_backend()
-    if STATE is None or not STATE.decision.on or backend is None:
+    state = runtime.current()
+    print(f"comfy-tpu demo: TPU path {'on' if state and state.decision.on else 'off'}"
+          f" ({state.decision.reason if state else 'not started'})")
+    backend = state.backend if state else None
+    if state is None or not state.on:
         print("The TPU path is off; nothing to show. Run `python -m tpu_runtime doctor` to see why.")
         return 1
     if args.ckpt:
@@ -81,9 +81,7 @@ def main(argv=None) -> int:
                      ", ".join(f"{k} x{v}" for k, v in fallbacks.items()) or "none", name))
 
     print()
-    import tpu_runtime.patches as patches
-
-    options = patches.get_options()
+    options = state.options
     print(f"execution mode: {options.execution} (COMFY_TPU_EXECUTION); conv kernels: "
           f"{options.conv_kernel_layout} (COMFY_TPU_CONV_KERNEL_LAYOUT; auto = hwio on the PJRT CPU device)")
     print(f"{'run':>3} {'steps':>5} {'wall s':>8} {'XLA compiles':>12} {'executions':>10} {'to-host':>7} "

@@ -1,0 +1,37 @@
+"""Adding the pack's wrappers to one sampling call's model options (``patches`` calls it for every
+sampling call of a model that loads on the XLA device)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..run_options import for_model
+from . import model_call, outer, steps
+
+if TYPE_CHECKING:
+    from ..state import PackState
+
+WRAPPER_KEY = "comfy_tpu"
+
+
+def attach(model_options: dict, state: "PackState") -> None:
+    """Add the wrappers (and PyTorch SDPA attention), with the run options in force now and this
+    model's own overrides; a call that has them already is left alone."""
+    import comfy.patcher_extension as pe
+
+    if pe.get_wrappers_with_key(pe.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, model_options, is_model_options=True):
+        return
+    options = for_model(state.options, model_options)
+    compiled_mode = options.execution == "compiled"
+    apply_model = model_call.compiled_apply_model_wrapper if compiled_mode else model_call.apply_model_wrapper
+    wrappers = {
+        pe.WrappersMP.OUTER_SAMPLE: outer.outer_sample_wrapper(state, options),
+        pe.WrappersMP.PREPARE_SAMPLING: outer.prepare_sampling,
+        pe.WrappersMP.SAMPLER_SAMPLE: steps.sampler_sample,
+        pe.WrappersMP.PREDICT_NOISE: steps.predict_noise_wrapper(boundary=not compiled_mode),
+        pe.WrappersMP.CALC_COND_BATCH: steps.calc_cond_batch,
+        pe.WrappersMP.APPLY_MODEL: apply_model(state, options),
+    }
+    for kind, wrapper in wrappers.items():
+        pe.add_wrapper_with_key(kind, WRAPPER_KEY, wrapper, model_options, is_model_options=True)
+    transformer_options = model_options.setdefault("transformer_options", {})
+    transformer_options.setdefault("optimized_attention_override", model_call.sdpa_attention)

@@ -1,0 +1,88 @@
+"""One diffusion-model call (``APPLY_MODEL``): bf16 autocast around the model (the sampler's own math
+stays fp32), the batch split over the mesh under SPMD, conv layers reading HWIO kernel twins where
+that is on, and in compiled mode the captured model standing in for the diffusion model."""
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
+
+import torch
+
+from .. import batch_shard, compiled, kernel_layout
+from ..run_options import RunOptions
+from .run import _RUN
+
+if TYPE_CHECKING:
+    from ..state import PackState
+
+
+def sdpa_attention(func, *args, **kwargs):
+    """XLA lowers PyTorch SDPA well; ComfyUI's CPU default (sub-quadratic) loops and asks for free memory."""
+    from comfy.ldm.modules.attention import attention_pytorch
+
+    return attention_pytorch(*args, **kwargs)
+
+
+def _kernel_twins(state: "PackState", options: RunOptions):
+    """``twins.applied`` where conv kernels go to XLA as HWIO twins, else a no-op."""
+    if kernel_layout.resolve(options.conv_kernel_layout, state.backend.device_type()):
+        return state.kernel_twins.applied
+    return lambda model: contextlib.nullcontext()
+
+
+def _executor(state: "PackState"):
+    """Calls ``apply_model``, its batch split over the mesh's 'data' axis under SPMD."""
+    backend = state.backend
+    if backend.shard_count() > 1:
+        return lambda executor, args, kwargs: batch_shard.sharded_apply(backend, executor, *args,
+                                                                        notices=state.notices, **kwargs)
+    return lambda executor, args, kwargs: executor(*args, **kwargs)
+
+
+def apply_model_wrapper(state: "PackState", options: RunOptions):
+    """APPLY_MODEL in lazy mode."""
+    dtype = torch.bfloat16 if options.autocast_bf16 else torch.float32
+    kernels = _kernel_twins(state, options)
+    execute = _executor(state)
+    backend = state.backend
+
+    def apply_model(executor, *args, **kwargs):
+        with kernels(getattr(executor.class_obj, "diffusion_model", None)), backend.autocast(dtype):
+            return execute(executor, args, kwargs)
+
+    return apply_model
+
+
+def compiled_apply_model_wrapper(state: "PackState", options: RunOptions):
+    """APPLY_MODEL in compiled mode: the base model's diffusion model is its captured stand-in for
+    the length of the call (as core's torch.compile wrapper does), under the same autocast."""
+    dtype = torch.bfloat16 if options.autocast_bf16 else torch.float32
+    kernels = _kernel_twins(state, options)
+    execute = _executor(state)
+    backend = state.backend
+
+    def apply_model(executor, *args, **kwargs):
+        base_model = executor.class_obj
+        original = getattr(base_model, "diffusion_model", None)
+        if not isinstance(original, torch.nn.Module) or isinstance(original, compiled.CompiledDiffusionModel):
+            with backend.autocast(dtype):  # no diffusion model to capture, or already inside one
+                return execute(executor, args, kwargs)
+        stand_in = state.compiled_models.for_module(original, _model_label(base_model),
+                                                    options.compiled_graph_break_limit)
+        run = _RUN.get()
+        stand_in.before_call = run.pacer.boundary if run is not None and run.pacer is not None else None
+        base_model.diffusion_model = stand_in
+        try:
+            with kernels(original), backend.autocast(dtype):
+                return execute(executor, args, kwargs)
+        finally:
+            base_model.diffusion_model = original
+            stand_in.before_call = None
+
+    return apply_model
+
+
+def _model_label(base_model) -> str:
+    """How the log names a model: its ComfyUI config (``SD15``) and class (``BaseModel``)."""
+    config = type(getattr(base_model, "model_config", None)).__name__
+    return f"{config} ({type(base_model).__name__})" if config != "NoneType" else type(base_model).__name__

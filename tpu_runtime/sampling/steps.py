@@ -1,0 +1,115 @@
+"""The step loop's host side (``SAMPLER_SAMPLE``, ``PREDICT_NOISE``, ``CALC_COND_BATCH``): host sigmas
+and noise for the sampler, one step boundary before each model evaluation, fixed cond batching."""
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import torch
+
+from ..host_values import HostTensor, as_host, host_copy, plain, upload
+from ..noise import host_brownian_noise_sampler, host_default_noise_sampler, noise_kind
+from ..pacing import StepPacer
+from .run import _RUN
+
+
+class _HostModelWrap:
+    """Just enough of a model wrapper for ``Sampler.max_denoise`` to read the host schedule."""
+
+    def __init__(self, model_sampling) -> None:
+        self.inner_model = type("InnerModel", (), {"model_sampling": model_sampling})()
+
+
+@contextlib.contextmanager
+def _host_sampler(sampler, model_wrap, noise: torch.Tensor, host_sigmas: HostTensor, seed, host_schedules,
+                  user_shape: Optional[tuple[int, ...]] = None):
+    """Point a KSAMPLER at host-side helpers for the length of one call, then restore it."""
+    saved = dict(vars(sampler))
+    try:
+        if hasattr(sampler, "max_denoise"):
+            ms = host_schedules.host_model_sampling(model_wrap.inner_model.model_sampling)
+            unbound = type(sampler).max_denoise
+            sampler.max_denoise = lambda _wrap, sigmas: unbound(sampler, _HostModelWrap(ms), sigmas)
+        function = getattr(sampler, "sampler_function", None)
+        extra = getattr(sampler, "extra_options", None)
+        kind = noise_kind(function) if function is not None else None
+        if kind and isinstance(extra, dict) and extra.get("noise_sampler") is None:
+            noise_sampler = (host_brownian_noise_sampler(noise, host_sigmas, seed, user_shape) if kind == "brownian"
+                             else host_default_noise_sampler(noise, seed, user_shape))
+            sampler.extra_options = {**extra, "noise_sampler": noise_sampler}
+        yield
+    finally:
+        vars(sampler).clear()
+        vars(sampler).update(saved)
+
+
+def sampler_sample(executor, model_wrap, sigmas, extra_args, callback, noise, latent_image=None,
+                   denoise_mask=None, disable_pbar=False):
+    run = _RUN.get()
+    if run is None:
+        return executor(model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar)
+    host_sigmas = run.host_sigmas
+    if host_sigmas is None or host_sigmas.shape != sigmas.shape:
+        host_sigmas = as_host(sigmas)  # another wrapper changed the schedule: one transfer
+    total_steps = max(len(host_sigmas) - 1, 0)
+    latent_image = _as_device_data(latent_image)
+    pacer = StepPacer(run.backend, total_steps, wait_every=run.options.sync_steps, show_bar=not disable_pbar)
+    run.pacer = pacer
+    run.pacers.append(pacer)
+    try:
+        with _host_sampler(executor.class_obj, model_wrap, noise, host_sigmas, extra_args.get("seed"),
+                           run.state.host_schedules, run.user_shape or None):
+            samples = executor(model_wrap, host_sigmas, extra_args, pacer.step_callback(callback), noise,
+                               latent_image, denoise_mask, True)
+        samples = plain(samples)
+        pacer.finish()
+        return samples
+    finally:
+        pacer.close()
+        run.pacer = None
+
+
+def _as_device_data(tensor):
+    """A device twin re-sent from its host values: whether ComfyUI's preprocessing of it (such as
+    ``process_latent_in``) was already run on the device or is still pending must not change the
+    first step's graph."""
+    host = host_copy(tensor) if isinstance(tensor, torch.Tensor) else None
+    if host is None or tensor.device.type == "cpu":
+        return tensor
+    return upload(host, tensor.device)
+
+
+def predict_noise_wrapper(boundary: bool):
+    """Lazy mode cuts the graph before each model evaluation; compiled mode cuts it later, right
+    before the captured graph runs (see :mod:`..compiled`)."""
+
+    def predict_noise(executor, x, timestep, model_options={}, seed=None):
+        run = _RUN.get()
+        if run is not None and run.pacer is not None:
+            if boundary:
+                run.pacer.boundary()
+            if isinstance(timestep, torch.Tensor) and timestep.device != x.device:
+                # Samplers that pass a host sigma straight to the model (uni_pc): upload it as data, or
+                # ComfyUI's ``timestep(...).to(sigma.device)`` would bring the model's timestep back to the host.
+                timestep = upload(timestep, x.device)
+        return executor(x, timestep, model_options, seed)
+
+    return predict_noise
+
+
+def _zero_memory_required(*args, **kwargs) -> int:
+    return 0
+
+
+def calc_cond_batch(executor, model, conds, x_in, timestep, model_options):
+    """Batch every compatible cond together, always: the graph must not follow free memory."""
+    had_own = "memory_required" in vars(model)
+    saved = vars(model).get("memory_required")
+    model.memory_required = _zero_memory_required
+    try:
+        return executor(model, conds, x_in, timestep, model_options)
+    finally:
+        if had_own:
+            model.memory_required = saved
+        else:
+            del model.memory_required
