@@ -38,6 +38,20 @@ PACK_FILES = ["__init__.py", "install.py", "prestartup_script.py", "requirements
               "tpu_runtime/__init__.py", "tpu_runtime/runtime.py", "tpu_nodes/__init__.py"]
 WATCHED_DISTRIBUTIONS = ["torch", "torch_xla", "numpy", "pydantic", "pydantic-settings"]
 TIMEOUT = 600
+# `python main.py <args>`, plus a list at exit of the modules loaded from a tpu_runtime or tpu_nodes
+# folder: the test venv also has the pack installed editable (pointing at a checkout), and the
+# installed pack must not run that checkout's code.
+MAIN_WITH_MODULE_LIST = """
+import atexit, runpy, sys
+def report():
+    for name, module in sorted(sys.modules.items()):
+        path = getattr(module, "__file__", None) or ""
+        if "tpu_runtime" in path or "tpu_nodes" in path:
+            print("comfy-tpu module:", name, path, flush=True)
+atexit.register(report)
+sys.argv = ["main.py", *sys.argv[1:]]
+runpy.run_path("main.py", run_name="__main__")
+"""
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -200,7 +214,8 @@ def test_comfyui_loads_the_installed_pack_with_tpu_path_on(manager_install, tmp_
     the test's own, so its user folder and database may stay where ComfyUI puts them."""
     env = {**os.environ, "COMFY_TPU_ENABLE": "1", "PJRT_DEVICE": "CPU", "PYTHONUNBUFFERED": "1",
            "COMFYUI_PATH": str(manager_install.root)}
-    log = run([sys.executable, "main.py", "--cpu", "--quick-test-for-ci"], cwd=manager_install.root, env=env)
+    log = run([sys.executable, "-c", MAIN_WITH_MODULE_LIST, "--cpu", "--quick-test-for-ci"],
+              cwd=manager_install.root, env=env)
 
     assert "comfy-tpu: TPU path on" in log, log[-6000:]
     assert "comfy-tpu: failed to start" not in log, log[-6000:]
@@ -211,6 +226,12 @@ def test_comfyui_loads_the_installed_pack_with_tpu_path_on(manager_install, tmp_
     assert listed and all("IMPORT FAILED" not in line for line in listed), imports[1][:2000]
     assert "PRESTARTUP FAILED" not in log, log[-6000:]
     assert "Cannot import" not in log, log[-6000:]
+
+    modules = re.findall(r"^comfy-tpu module: (\S+) (.+)$", log, flags=re.M)
+    assert modules, "no tpu_runtime / tpu_nodes module loaded:\n" + log[-6000:]
+    installed = os.path.realpath(manager_install.pack) + os.sep
+    elsewhere = [(name, path) for name, path in modules if not os.path.realpath(path).startswith(installed)]
+    assert not elsewhere, f"modules loaded from outside the installed pack: {elsewhere}"
 
 
 def test_comfy_cli_node_install_goes_through_manager(tmp_path, bare, versions_before):
