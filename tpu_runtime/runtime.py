@@ -37,12 +37,7 @@ MANAGER = None  # the TPUManager once the path is on
 
 
 def run_options(loaded: LoadedSettings) -> RunOptions:
-    s = loaded.settings
-    return RunOptions(autocast_bf16=s.autocast_bf16, sync_steps=s.sync_steps, debug_metrics=s.debug_metrics,
-                      shape_padding=s.shape_padding, shape_padding_multiple=s.shape_padding_multiple,
-                      compilation_cache=s.compilation_cache, execution=s.execution,
-                      compiled_graph_break_limit=s.compiled_graph_break_limit,
-                      conv_kernel_layout=s.conv_kernel_layout)
+    return RunOptions.from_settings(loaded.settings)
 
 
 def default_cache_dir() -> Path:

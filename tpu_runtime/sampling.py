@@ -21,36 +21,22 @@ import contextvars
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 import torch
-from pydantic import BaseModel
 
 from . import batch_shard, compiled, kernel_layout, metrics, padding, schedule
 from .signature import ExecutionSignature, build_signature
 from .host_values import HostTensor, as_host, host_copy, plain, upload
 from .noise import host_brownian_noise_sampler, host_default_noise_sampler, noise_kind
 from .pacing import StepPacer
+from .run_options import RunOptions
 
 log = logging.getLogger("comfy_tpu")
 
 WRAPPER_KEY = "comfy_tpu"
 OPTIONS_KEY = "comfy_tpu"  # transformer_options[OPTIONS_KEY]: per-model overrides (a dict)
 CORE_TORCH_COMPILE_KEY = "torch_compile_kwargs"  # set in model_options by core's TorchCompileModel node
-
-
-class RunOptions(BaseModel):
-    """What one sampling run does; the settings, overridden per model by the optimisation node."""
-
-    autocast_bf16: bool = True
-    sync_steps: int = 0
-    debug_metrics: bool = False
-    shape_padding: bool = True
-    shape_padding_multiple: int = 64
-    compilation_cache: bool = True
-    execution: Literal["compiled", "lazy"] = "lazy"
-    compiled_graph_break_limit: int = 0
-    conv_kernel_layout: Literal["auto", "hwio", "native"] = "auto"
 
 
 class RunObserver:
