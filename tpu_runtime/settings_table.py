@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .settings import TPUSettings, env_var, launch_flags, setting_meta
 
@@ -56,7 +56,7 @@ def with_table(readme: str) -> str:
     return readme[:start] + BEGIN + "\n" + settings_table_markdown() + "\n" + readme[end:]
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tpu_runtime.settings_table", description=__doc__.split("\n")[0])
     parser.add_argument("--write", nargs="?", const=str(README), metavar="README",
                         help=f"rewrite the table in this file (default {README.name} of the pack)")
