@@ -16,40 +16,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from .settings import env_var, load_settings
+from .settings import all_launch_flags, env_var, load_settings, value_type
 
 COMFYUI_PATH_ENV = "COMFYUI_PATH"
 
+#: Every ``--tpu-*`` flag, derived from the settings fields (:func:`~tpu_runtime.settings.launch_flags`).
+_FLAGS = all_launch_flags()
 #: On/off flags: (flag, settings field, value it sets).
-BOOL_FLAGS: list[tuple[str, str, bool]] = [
-    ("--tpu-enable", "enable", True),
-    ("--tpu-disable", "disable", True),
-    ("--tpu-manual-warmup", "manual_warmup", True),
-    ("--tpu-warmup", "warmup", True),
-    ("--no-tpu-warmup", "warmup", False),
-    ("--tpu-rewarm", "rewarm", True),
-    ("--no-tpu-rewarm", "rewarm", False),
-    ("--tpu-autocast-bf16", "autocast_bf16", True),
-    ("--no-tpu-autocast-bf16", "autocast_bf16", False),
-    ("--tpu-compilation-cache", "compilation_cache", True),
-    ("--no-tpu-compilation-cache", "compilation_cache", False),
-    ("--tpu-shape-padding", "shape_padding", True),
-    ("--no-tpu-shape-padding", "shape_padding", False),
-    ("--tpu-debug-metrics", "debug_metrics", True),
-]
+BOOL_FLAGS: list[tuple[str, str, bool]] = [(f.flag, f.field, f.const) for f in _FLAGS if f.const is not None]
 #: Flags with a value: (flag, settings field, metavar).
-VALUE_FLAGS: list[tuple[str, str, str]] = [
-    ("--tpu-warmup-steps", "warmup_steps", "N"),
-    ("--tpu-shape-padding-multiple", "shape_padding_multiple", "N"),
-    ("--tpu-sync-steps", "sync_steps", "N"),
-    ("--tpu-cache-dir", "cache_dir", "PATH"),
-    ("--tpu-execution", "execution", "MODE"),
-    ("--tpu-compiled-graph-break-limit", "compiled_graph_break_limit", "N"),
-    ("--tpu-conv-kernel-layout", "conv_kernel_layout", "auto|hwio|native"),
-    ("--tpu-spmd", "spmd", "auto|on|off"),
-    ("--tpu-mesh", "mesh", "data=N"),
-]
-_INT_FIELDS = {"warmup_steps", "shape_padding_multiple", "sync_steps", "compiled_graph_break_limit"}
+VALUE_FLAGS: list[tuple[str, str, str]] = [(f.flag, f.field, f.metavar) for f in _FLAGS if f.const is None]
 
 
 class ComfyUINotFound(Exception):
@@ -69,7 +45,7 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, dest=field, action="store_const", const=value, default=None,
                             help=f"sets {env_var(field)}={int(value)}")
     for flag, field, metavar in VALUE_FLAGS:
-        parser.add_argument(flag, dest=field, metavar=metavar, type=int if field in _INT_FIELDS else str,
+        parser.add_argument(flag, dest=field, metavar=metavar, type=int if value_type(field) is int else str,
                             default=None, help=f"sets {env_var(field)}")
 
 
@@ -102,7 +78,7 @@ def parse_launch(argv: Sequence[str]) -> tuple[dict[str, str], list[str], Option
             continue
         if isinstance(value, bool):
             env[env_var(field)] = "1" if value else "0"
-        elif field == "cache_dir":
+        elif value_type(field) is Path:
             env[env_var(field)] = os.path.abspath(value)  # ComfyUI runs from its own folder
         else:
             env[env_var(field)] = str(value)

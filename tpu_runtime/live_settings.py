@@ -16,30 +16,19 @@ import logging
 from typing import TYPE_CHECKING, Any, Optional
 
 from .run_options import RunOptions
-from .settings import SettingsProblem, TPUSettings, _problems_from, env_var
+from .settings import SettingsProblem, TPUSettings, _problems_from, env_var, fields_where, setting_meta
 
 if TYPE_CHECKING:
     from .state import PackState
 
 log = logging.getLogger("comfy_tpu")
 
-#: The seed document's flags (``--tpu-enable`` ... ``--tpu-warmup-steps``) as settings fields.
-SEED_FIELDS: tuple[str, ...] = (
-    "enable", "disable", "manual_warmup", "autocast_bf16", "compilation_cache", "shape_padding",
-    "shape_padding_multiple", "debug_metrics", "sync_steps", "warmup", "warmup_steps")
+#: The seed document's flags (``--tpu-enable`` ... ``--tpu-warmup-steps``) as settings fields: ``seed=True``.
+SEED_FIELDS: tuple[str, ...] = fields_where(seed=True)
 #: Decided whether the patches went in at start; changing them later could not undo or redo that.
 FIXED_AT_START = frozenset({"enable", "disable"})
-#: Held by the manager (how it warms up), not by the run options.
-MANAGER_FIELDS = frozenset({"warmup", "manual_warmup", "warmup_steps"})
-
-#: What a change means beyond "from the next run", where that is not the whole story.
-_NOTES: dict[str, str] = {
-    "autocast_bf16": "; a model already loaded keeps its UNet dtype until ComfyUI loads it again",
-    "compilation_cache": "; XLA's persistent cache folder is set up at start only, this switches recording "
-                         "signatures",
-    "warmup": "; automatic warm-up of recorded signatures follows it",
-    "manual_warmup": "; automatic warm-up of recorded signatures follows it",
-}
+#: Held by the manager (how it warms up), not by the run options: ``scope="manager"``.
+MANAGER_FIELDS = frozenset(fields_where(scope="manager"))
 
 
 class SettingRefused(ValueError):
@@ -124,7 +113,7 @@ def change(field: str, value: Any, source: str) -> Any:
     state.changed = new_settings
     _apply(state, field, new_value, new_settings)
     log.info("comfy-tpu: %s = %r (was %r): in force from the next sampling run%s", source, new_value, old_value,
-             _NOTES.get(field, ""))
+             setting_meta(field).change_note)
     return new_value
 
 

@@ -1,9 +1,17 @@
-"""What one sampling run does: the settings it reads, overridden per model by the optimisation node."""
+"""``RunOptions``: what one sampling run does, made from the settings fields marked ``scope="run"``.
+
+The fields (names, types, defaults, descriptions) come from :class:`~tpu_runtime.settings.TPUSettings`,
+so a new per-run setting is one field there. Values are not re-checked against the settings' bounds:
+per-model overrides (the optimisation node's dict) go in with ``model_copy(update=...)`` as before.
+"""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, create_model
+from typing_extensions import Self
+
+from .settings import TPUSettings, fields_where
 
 #: transformer_options[OPTIONS_KEY]: per-model overrides (a dict), set by the TPU Model Optimization node.
 OPTIONS_KEY = "comfy_tpu"
@@ -11,25 +19,25 @@ OPTIONS_KEY = "comfy_tpu"
 CORE_TORCH_COMPILE_KEY = "torch_compile_kwargs"
 
 
-class RunOptions(BaseModel):
-    """What one sampling run does; the settings, overridden per model by the optimisation node."""
-
-    autocast_bf16: bool = True
-    sync_steps: int = 0
-    debug_metrics: bool = False
-    shape_padding: bool = True
-    shape_padding_multiple: int = 64
-    compilation_cache: bool = True
-    execution: Literal["compiled", "lazy"] = "lazy"
-    compiled_graph_break_limit: int = 0
-    conv_kernel_layout: Literal["auto", "hwio", "native"] = "auto"
-
+class _RunOptionsBase(BaseModel):
     @classmethod
-    def from_settings(cls, settings: Any) -> "RunOptions":
+    def from_settings(cls, settings: TPUSettings) -> Self:
+        """The run options in ``settings`` (a ``RunOptions``)."""
         return cls(**{name: getattr(settings, name) for name in cls.model_fields})
 
 
-def for_model(options: RunOptions, model_options: dict) -> RunOptions:
+def _field(name: str) -> tuple[Any, Any]:
+    info = TPUSettings.model_fields[name]
+    return info.annotation, Field(info.default, description=info.description)
+
+
+RunOptions = create_model(
+    "RunOptions", __base__=_RunOptionsBase, __module__=__name__,
+    __doc__="What one sampling run does; the settings, overridden per model by the optimisation node.",
+    **{name: _field(name) for name in fields_where(scope="run")})
+
+
+def for_model(options: "RunOptions", model_options: dict) -> "RunOptions":
     """``options`` with one model's overrides (the optimisation node's) applied: what its runs use,
     and so what its signatures record."""
     overrides = model_options.get("transformer_options", {}).get(OPTIONS_KEY, {})

@@ -4,75 +4,114 @@ ComfyUI rejects unknown CLI flags, so the seed document's ``--tpu-*`` flags beco
 variables (and, optionally, a JSON or TOML file named by ``COMFY_TPU_SETTINGS_FILE``). Bad values
 never raise out of :func:`load_settings`: they come back as :class:`SettingsProblem` lines that name
 the variable, the value and what is accepted, and the TPU path stays off.
+
+Each field of :class:`TPUSettings` is the one place a setting is described: its type, default and
+checks, and (through :func:`setting`) what the launcher, the run options, the live ``args.tpu_*``
+attributes, error messages and the README table need. Everything else derives from the fields.
 """
 from __future__ import annotations
 
 import json
 import os
 import tomllib
+import types
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, NamedTuple, Optional, Union, get_args, get_origin
 
+from annotated_types import Ge, Le
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "COMFY_TPU_"
 SETTINGS_FILE_ENV = "COMFY_TPU_SETTINGS_FILE"
+#: What an on/off field accepts, in words; every bool field gets it unless it says more.
+ACCEPTED_BOOL = "1/0, true/false, yes/no, on/off"
+_META_KEY = "comfy_tpu"
 
-#: What each field accepts, in words, for error messages.
-_ACCEPTED_BOOL = "1/0, true/false, yes/no, on/off"
-_ACCEPTED: dict[str, str] = {
-    "enable": _ACCEPTED_BOOL + " (unset: on when torch_xla finds a TPU)",
-    "disable": _ACCEPTED_BOOL,
-    "warmup": _ACCEPTED_BOOL,
-    "warmup_steps": "an integer from 1 to 1000",
-    "rewarm": _ACCEPTED_BOOL,
-    "manual_warmup": _ACCEPTED_BOOL,
-    "autocast_bf16": _ACCEPTED_BOOL,
-    "compilation_cache": _ACCEPTED_BOOL,
-    "shape_padding": _ACCEPTED_BOOL,
-    "shape_padding_multiple": "a positive multiple of 8 (pixels), at most 1024",
-    "debug_metrics": _ACCEPTED_BOOL,
-    "sync_steps": "an integer >= 0 (0 = auto: wait one step behind the device)",
-    "cache_dir": "a directory path",
-    "execution": "compiled (dynamo + openxla) or lazy (lazy tensor tracing every step)",
-    "compiled_graph_break_limit": "an integer >= 0",
-    "conv_kernel_layout": "auto, hwio or native (auto: hwio on the PJRT CPU device, native elsewhere)",
-    "spmd": "auto, on or off (auto: on when more than one XLA device is present)",
-    "mesh": "axis=size pairs separated by commas with a 'data' axis, e.g. data=8 or data=4,model=2 "
-            "(unset: every device on one 'data' axis)",
-}
+
+class SettingMeta(BaseModel):
+    """What the rest of the pack needs to know about one setting, beyond its type and default."""
+
+    model_config = {"frozen": True}
+
+    #: Who reads it: once at ``start``, each sampling ``run`` (a RunOptions field), or the warm-up ``manager``.
+    scope: Literal["start", "run", "manager"] = "start"
+    #: The seed document has a ``--tpu-*`` flag for it: ComfyUI's ``args`` gets an ``args.tpu_<field>``.
+    seed: bool = False
+    #: What a bad value is told it should be; derived for bools and bounded ints when empty.
+    accepted: str = ""
+    #: The launcher flag's metavar; derived from the type when empty (int: N, path: PATH, choices: a|b).
+    metavar: str = ""
+    #: Said after the default in the README (``unset: on when a TPU is found``).
+    default_note: str = ""
+    #: Logged when it changes while ComfyUI runs, after "in force from the next sampling run".
+    change_note: str = ""
+
+
+def setting(default: Any, description: str, **kwargs: Any) -> Any:
+    """``Field(default, description=...)`` plus :class:`SettingMeta` (its keywords); other keywords go to
+    ``Field`` (``ge``, ``le``...). ``description`` is the README's "meaning" column."""
+    meta = {key: kwargs.pop(key) for key in list(kwargs) if key in SettingMeta.model_fields}
+    return Field(default, description=description,
+                 json_schema_extra={_META_KEY: SettingMeta(**meta).model_dump(exclude_defaults=True)}, **kwargs)
 
 
 class TPUSettings(BaseSettings):
-    """Every knob of the pack. Field ``x`` is read from ``COMFY_TPU_X``."""
+    """Every knob of the pack. Field ``x`` is read from ``COMFY_TPU_X`` and set by ``--tpu-x``.
+
+    A new setting is one field here, made with :func:`setting`; nothing else keeps a list of them."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, env_ignore_empty=True)
 
-    enable: Optional[bool] = Field(None, description="--tpu-enable: force the TPU path on (unset: auto).")
-    disable: bool = Field(False, description="--tpu-disable: force the TPU path off.")
-    warmup: bool = Field(True, description="Automatic warm-up of new signatures (--no-tpu-warmup sets false).")
-    warmup_steps: int = Field(1, ge=1, le=1000, description="--tpu-warmup-steps N.")
-    rewarm: bool = Field(True, description="--tpu-rewarm: after a restart, compile the signatures recorded in "
-                                          "earlier sessions before a model's first step (--no-tpu-rewarm: off).")
-    manual_warmup: bool = Field(False, description="--tpu-manual-warmup: only warm up on request.")
-    autocast_bf16: bool = Field(True, description="--tpu-autocast-bf16: bf16 autocast around the diffusion model.")
-    compilation_cache: bool = Field(True, description="--tpu-compilation-cache.")
-    shape_padding: bool = Field(True, description="--tpu-shape-padding: pad latents to shape buckets.")
-    shape_padding_multiple: int = Field(64, description="Pixel multiple latents are padded to.")
-    debug_metrics: bool = Field(False, description="--tpu-debug-metrics: log XLA metrics per run.")
-    sync_steps: int = Field(0, ge=0, description="--tpu-sync-steps N: also wait for the device every N steps.")
-    cache_dir: Optional[Path] = Field(None, description="Where the pack keeps its cache (default <ComfyUI user dir>/comfy-tpu).")
-    execution: Literal["compiled", "lazy"] = Field(
-        "lazy", description="How the diffusion model runs: captured once by dynamo (openxla backend) or "
-                                "re-traced lazily every step.")
-    compiled_graph_break_limit: int = Field(
-        0, ge=0, description="Graph breaks a captured model may have before it falls back to lazy execution.")
-    conv_kernel_layout: Literal["auto", "hwio", "native"] = Field(
-        "auto", description="Conv kernels handed to XLA as HWIO twins (no per-call kernel transposes; costs a "
-                            "device copy of each conv kernel) or as PyTorch's own OIHW weights.")
-    spmd: Literal["auto", "on", "off"] = Field("auto", description="Shard the batch over every XLA device (SPMD).")
-    mesh: Optional[str] = Field(None, description="Device mesh for SPMD, e.g. data=8 (default: all on 'data').")
+    enable: Optional[bool] = setting(
+        None, "force the TPU path on (any PJRT device)", seed=True, default_note="on when a TPU is found",
+        accepted=f"{ACCEPTED_BOOL} (unset: on when torch_xla finds a TPU)")
+    disable: bool = setting(False, "force the TPU path off", seed=True)
+    manual_warmup: bool = setting(False, "only warm up on request", scope="manager", seed=True,
+                                  change_note="; automatic warm-up of recorded signatures follows it")
+    warmup: bool = setting(True, "warm up new signatures automatically", scope="manager", seed=True,
+                           change_note="; automatic warm-up of recorded signatures follows it")
+    warmup_steps: int = setting(1, "the least steps a warm-up runs (it runs more when the sampler needs them)",
+                                ge=1, le=1000, scope="manager", seed=True)
+    rewarm: bool = setting(
+        True, "after a restart, compile the signatures recorded in earlier sessions before a model's first step "
+              "(each at most once a process; ones this process cannot reproduce are skipped, with the reason)")
+    autocast_bf16: bool = setting(
+        True, "bf16 autocast around the diffusion model (and a bf16 UNet)", scope="run", seed=True,
+        change_note="; a model already loaded keeps its UNet dtype until ComfyUI loads it again")
+    compilation_cache: bool = setting(
+        True, "keep the compilation cache", scope="run", seed=True,
+        change_note="; XLA's persistent cache folder is set up at start only, this switches recording signatures")
+    shape_padding: bool = setting(True, "pad latents to shape buckets", scope="run", seed=True)
+    shape_padding_multiple: int = setting(
+        64, "the pixel multiple latents are padded up to (a positive multiple of 8, at most 1024)", scope="run",
+        seed=True, accepted="a positive multiple of 8 (pixels), at most 1024")
+    debug_metrics: bool = setting(False, "log XLA figures after each run", scope="run", seed=True)
+    sync_steps: int = setting(
+        0, "also wait for the device every N steps (memory relief)", ge=0, scope="run", seed=True,
+        default_note="auto", accepted="an integer >= 0 (0 = auto: wait one step behind the device)")
+    cache_dir: Optional[Path] = setting(None, "where the pack keeps its files", accepted="a directory path",
+                                        default_note="`<ComfyUI user dir>/comfy-tpu`")
+    execution: Literal["compiled", "lazy"] = setting(
+        "lazy", "`compiled`: the diffusion model is captured once by dynamo (openxla backend); `lazy`: re-traced "
+                "every step (see below)", scope="run", metavar="MODE",
+        accepted="compiled (dynamo + openxla) or lazy (lazy tensor tracing every step)")
+    compiled_graph_break_limit: int = setting(
+        0, "graph breaks a captured model may have before it falls back to lazy", ge=0, scope="run")
+    conv_kernel_layout: Literal["auto", "hwio", "native"] = setting(
+        "auto", "`hwio`: conv kernels go to XLA as HWIO twins kept on the device (no kernel transposes a call; "
+                "costs a device copy of every conv kernel); `native`: PyTorch's OIHW weights (see below)",
+        scope="run", default_note="`hwio` on the PJRT CPU device, `native` on a TPU",
+        accepted="auto, hwio or native (auto: hwio on the PJRT CPU device, native elsewhere)")
+    spmd: Literal["auto", "on", "off"] = setting(
+        "auto", "split the diffusion model's batch over every chip (torch_xla SPMD); see "
+                "[docs/scaling.md](docs/scaling.md)", default_note="on with more than one XLA device",
+        accepted="auto, on or off (auto: on when more than one XLA device is present)")
+    mesh: Optional[str] = setting(
+        None, "the SPMD mesh, `axis=size` pairs with a `data` axis (their product = the device count)",
+        metavar="data=N", default_note="every device on one `data` axis",
+        accepted="axis=size pairs separated by commas with a 'data' axis, e.g. data=8 or data=4,model=2 "
+                 "(unset: every device on one 'data' axis)")
 
     @field_validator("spmd", mode="before")
     @classmethod
@@ -104,6 +143,72 @@ class TPUSettings(BaseSettings):
         defaults = TPUSettings.model_construct()
         return {name: getattr(self, name) for name in type(self).model_fields
                 if getattr(self, name) != getattr(defaults, name)}
+
+
+# -- what derives from the fields --------------------------------------------------------------
+def setting_meta(field: str) -> SettingMeta:
+    """The field's :class:`SettingMeta` (the defaults for a field made with a plain ``Field``)."""
+    extra = TPUSettings.model_fields[field].json_schema_extra
+    return SettingMeta(**extra.get(_META_KEY, {})) if isinstance(extra, dict) else SettingMeta()
+
+
+def fields_where(**meta: Any) -> tuple[str, ...]:
+    """The fields whose metadata has these values, in field order: ``fields_where(scope="run")``."""
+    return tuple(name for name in TPUSettings.model_fields
+                 if all(getattr(setting_meta(name), key) == value for key, value in meta.items()))
+
+
+def value_type(field: str) -> Any:
+    """The field's type without ``Optional``: ``bool``, ``int``, ``Path``, ``str`` or a ``Literal``."""
+    annotation = TPUSettings.model_fields[field].annotation
+    if get_origin(annotation) in (Union, types.UnionType):
+        (annotation,) = [arg for arg in get_args(annotation) if arg is not type(None)]
+    return annotation
+
+
+def accepted(field: str) -> str:
+    """What ``field`` accepts, in words ("" when neither the metadata nor the type says)."""
+    meta, kind = setting_meta(field), value_type(field)
+    if meta.accepted:
+        return meta.accepted
+    if kind is bool:
+        return ACCEPTED_BOOL
+    if kind is int:
+        bounds = TPUSettings.model_fields[field].metadata
+        low = next((b.ge for b in bounds if isinstance(b, Ge)), None)
+        high = next((b.le for b in bounds if isinstance(b, Le)), None)
+        if low is not None and high is not None:
+            return f"an integer from {low} to {high}"
+        return "an integer" + (f" >= {low}" if low is not None else f" <= {high}" if high is not None else "")
+    if get_origin(kind) is Literal:
+        words = [str(arg) for arg in get_args(kind)]
+        return ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else words[0]
+    return ""
+
+
+class LaunchFlag(NamedTuple):
+    """One ``comfy-tpu launch`` flag: an on/off switch (``const`` is what it sets) or one taking a value."""
+
+    flag: str
+    field: str
+    const: Optional[bool] = None
+    metavar: Optional[str] = None
+
+
+def launch_flags(field: str) -> list[LaunchFlag]:
+    """``--tpu-<field>``; a switch that is on by default can also be turned off (``--no-tpu-<field>``)."""
+    flag, kind = "--tpu-" + field.replace("_", "-"), value_type(field)
+    if kind is bool:
+        switch_off = TPUSettings.model_fields[field].default is True
+        return [LaunchFlag(flag, field, True)] + ([LaunchFlag("--no-" + flag[2:], field, False)] if switch_off else [])
+    metavar = setting_meta(field).metavar or {int: "N", Path: "PATH"}.get(kind) or (
+        "|".join(get_args(kind)) if get_origin(kind) is Literal else "VALUE")
+    return [LaunchFlag(flag, field, metavar=metavar)]
+
+
+def all_launch_flags() -> list[LaunchFlag]:
+    """Every field's flags, in field order."""
+    return [flag for field in TPUSettings.model_fields for flag in launch_flags(field)]
 
 
 def parse_mesh(text: str) -> dict[str, int]:
@@ -205,8 +310,8 @@ def _problems_from(exc: ValidationError) -> list[SettingsProblem]:
         field = str(error["loc"][0]) if error["loc"] else "?"
         variable = ENV_PREFIX + field.upper()
         value = os.environ.get(variable, error.get("input"))
-        problems.append(SettingsProblem(variable=variable, value=str(value),
-                                        accepted=_ACCEPTED.get(field, error["msg"])))
+        words = accepted(field) if field in TPUSettings.model_fields else ""
+        problems.append(SettingsProblem(variable=variable, value=str(value), accepted=words or error["msg"]))
     return problems
 
 
