@@ -11,7 +11,7 @@ COMFYUI_STAMP := $(VENV)/.comfyui-$(shell printf '%s' '$(COMFYUI_PATH)' | cksum 
 export PJRT_DEVICE ?= CPU
 export COMFYUI_PATH
 
-.PHONY: setup demo test bench doctor clean chromium
+.PHONY: setup demo test test-fast lint bench doctor clean chromium
 
 setup: $(VENV)/.stack $(COMFYUI_STAMP) $(VENV)/.pack
 
@@ -45,8 +45,17 @@ chromium:
 demo: setup
 	COMFY_TPU_ENABLE=$${COMFY_TPU_ENABLE:-1} $(VPY) -m bench.demo
 
-test: setup chromium
+# Everything (what .ci/run runs): lint, then the unit tests and the integration tests, which count
+# compiles in child processes one at a time.
+test: setup chromium lint
 	$(VPY) -m pytest -q -ra tests
+
+# The unit layer only: no ComfyUI, no XLA device (seconds).
+test-fast: setup
+	$(VPY) -m pytest -q -ra tests/unit
+
+lint: setup
+	$(VPY) -m ruff check .
 
 bench: setup
 	COMFY_TPU_ENABLE=1 $(VPY) bench/bench_sampling.py

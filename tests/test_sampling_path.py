@@ -62,7 +62,7 @@ def assert_run_figures(run, steps: int, mode: str, *, first: bool) -> None:
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_sampler_compiles_nothing_after_first_run(comfy, backend, tiny, mode, sampler):
     xla, cpu, pos, neg = tiny
-    for index, steps in enumerate((6, 12, 20, 12)):
+    for index, steps in enumerate((6, 12)):  # a new step count after the first: nothing compiles
         run = ksample(comfy, xla, pos, neg, steps=steps, sampler=sampler, backend=backend)
         assert run.samples.device.type == "cpu"
         assert_run_figures(run, steps, mode, first=index == 0)

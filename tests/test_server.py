@@ -30,7 +30,7 @@ def test_system_stats_lists_the_xla_device_with_memory(server):
 
 def test_startup_log_line_names_device_and_versions(server):
     log = server.log()
-    line = next(l for l in log.splitlines() if "TPU path on" in l)
+    line = next(text for text in log.splitlines() if "TPU path on" in text)
     assert "xla:0" in line and "torch_xla 2.9.0" in line and "torch 2.9.0" in line
     assert "IMPORT FAILED" not in log
 
@@ -62,7 +62,7 @@ def test_disabled_pack_loads_and_comfy_runs_stock(tmp_path):
     log, stats = _start_and_read_log(tmp_path, {"COMFY_TPU_DISABLE": "1", "COMFY_TPU_ENABLE": None},
                                      extra_args=["--cpu"])
     assert stats["devices"][0]["type"] == "cpu"
-    assert sum("TPU path off" in l and "COMFY_TPU_DISABLE" in l for l in log.splitlines()) == 1
+    assert sum("TPU path off" in text and "COMFY_TPU_DISABLE" in text for text in log.splitlines()) == 1
     assert "IMPORT FAILED" not in log
 
 
@@ -72,11 +72,11 @@ def test_without_torch_xla_the_pack_loads_and_says_why(tmp_path):
     (shadow / "torch_xla" / "__init__.py").write_text("raise ImportError('torch_xla hidden by the test')\n")
     log, stats = _start_and_read_log(tmp_path, {}, pythonpath_prefix=str(shadow))
     assert stats["devices"][0]["type"] == "cpu"
-    assert any("TPU path off" in l and "torch_xla" in l for l in log.splitlines()), log[-3000:]
+    assert any("TPU path off" in text and "torch_xla" in text for text in log.splitlines()), log[-3000:]
     assert "IMPORT FAILED" not in log
 
 
 def test_bad_setting_is_named_and_comfy_keeps_running(tmp_path):
     log, stats = _start_and_read_log(tmp_path, {"COMFY_TPU_WARMUP_STEPS": "lots"}, extra_args=["--cpu"])
     assert stats["devices"][0]["type"] == "cpu"
-    assert any("COMFY_TPU_WARMUP_STEPS='lots'" in l for l in log.splitlines())
+    assert any("COMFY_TPU_WARMUP_STEPS='lots'" in text for text in log.splitlines())

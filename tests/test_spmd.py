@@ -54,7 +54,7 @@ def _finish(process: subprocess.Popen, out: str) -> dict:
         process.kill()
         raise
     assert process.returncode == 0, stderr[-3000:]
-    line = next(l for l in stdout.splitlines() if l.startswith("RESULT "))
+    line = next(text for text in stdout.splitlines() if text.startswith("RESULT "))
     return {**json.loads(line[len("RESULT "):]), "log": stderr, "latents": torch.load(out)}
 
 

@@ -65,13 +65,13 @@ class CompiledDiffusionModel(torch.nn.Module):
                 self.__dict__["_compiled"] = self._backend.compile_module(self.inner)
             graph_calls = getattr(self._compiled, "graph_calls", None)
             output = self._compiled(*args, **kwargs)
-        except Exception as exc:
+        except Exception as exc:  # re-raised, or the model falls back to lazy with the error in a warning
             if before["dynamo_frames"] == self._backend.compiler_counters()["dynamo_frames"]:
                 raise  # no capture was attempted: the model's own error, not the compiler's
             kwargs["transformer_options"] = options
             try:
                 output = self.inner(*args, **kwargs)
-            except Exception:
+            except Exception:  # re-raised below
                 # The model's own error (it fails uncompiled too). Dynamo has marked the code it
                 # was capturing as never to be captured again: reset it, or every later model of
                 # this class would run uncaptured.

@@ -1,7 +1,6 @@
 """What derives from the TPUSettings fields: run options, accepted values, seed and manager fields."""
 from __future__ import annotations
 
-import pytest
 
 from tpu_runtime import live_settings, seed_args
 from tpu_runtime.run_options import RunOptions
@@ -30,13 +29,20 @@ def test_run_options_from_settings_and_per_model_overrides():
     assert options.shape_padding_multiple == 128
 
 
-def test_sampling_and_runtime_use_the_same_run_options():
-    pytest.importorskip("torch")
-    from tpu_runtime import runtime, sampling
-    from tpu_runtime.settings import LoadedSettings
+def test_run_options_are_defined_once():
+    """Only run_options.py makes a RunOptions class: the wrappers, manager and runtime import it."""
+    import ast
+    from pathlib import Path
 
-    assert sampling.RunOptions is RunOptions
-    assert runtime.run_options(LoadedSettings(settings=TPUSettings(debug_metrics=True))).debug_metrics is True
+    package = Path(__file__).resolve().parents[2] / "tpu_runtime"
+    makers = []
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = [node.name] if isinstance(node, ast.ClassDef) else [
+                t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)]
+            if "RunOptions" in targets:
+                makers.append(path.name)
+    assert makers == ["run_options.py"]
 
 
 def test_every_field_is_described_and_says_what_it_accepts():
