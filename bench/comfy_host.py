@@ -18,17 +18,24 @@ def comfyui_path() -> Path:
     raise RuntimeError("ComfyUI not found: set COMFYUI_PATH or run `make setup`")
 
 
-def import_comfy(load_pack: bool = True):
-    """Import ComfyUI's ``nodes`` (CPU mode, as the prestartup script sets without CUDA) and load the pack."""
+def import_comfy_core() -> Path:
+    """Put ComfyUI on ``sys.path`` and import its core (``comfy.*``, CPU mode, as the prestartup script
+    sets without CUDA) but not its nodes: enough for ``comfy.samplers`` in a few seconds. Returns its root."""
     root = comfyui_path()
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-    os.chdir(root)
     from comfy.cli_args import args
 
     args.cpu = True
     args.use_pytorch_cross_attention = True
     import comfy.model_management  # noqa: F401
+    return root
+
+
+def import_comfy(load_pack: bool = True):
+    """Import ComfyUI's ``nodes`` (CPU mode, as the prestartup script sets without CUDA) and load the pack."""
+    os.chdir(comfyui_path())
+    import_comfy_core()
     import nodes
 
     if load_pack and not asyncio.run(nodes.load_custom_node(str(PACK_DIR))):

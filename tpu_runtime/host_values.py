@@ -9,6 +9,7 @@ per-step graph is therefore the same for every step index, step count and sigma 
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional
 
 import torch
@@ -112,8 +113,8 @@ class DeviceTwin(torch.Tensor):
                 return func(*tree_map(_host_of, args), **tree_map(_host_of, kwargs)).clone()
             name = getattr(func, "__name__", "")
             random = "rand" in name or "normal" in name or "bernoulli" in name
-            in_place = (name.endswith("_") and not name.endswith("__")) or name in (
-                "__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__")
+            written = written_tensors(func, args, kwargs)
+            in_place = bool(written)
             if twins_only and not random and not in_place:
                 # Computed on the host only; the device side is a fresh upload (device data, never a
                 # pending op): a pending op on these small tensors would be materialised at the next
@@ -127,11 +128,55 @@ class DeviceTwin(torch.Tensor):
             result = func(*device_args, **device_kwargs)
             if twins_only and in_place and not random:
                 func(*tree_map(_host_of, args), **tree_map(_host_of, kwargs))  # mirror it on the host
-                return args[0] if isinstance(result, torch.Tensor) else result
-            for leaf in leaves:  # a change we cannot mirror: forget the host copy
-                if in_place and isinstance(leaf, DeviceTwin) and args and leaf is args[0]:
-                    leaf._host = None
+                if not isinstance(result, torch.Tensor):
+                    return result
+                return args[0] if written[0] is args[0] else kwargs["out"]  # the twin, not a plain view of it
+            for tensor in written:  # a change we cannot mirror: forget the host copy
+                if isinstance(tensor, DeviceTwin):
+                    tensor._host = None
             return result
+
+
+#: Python's in-place operator methods (the data model's ``__i<op>__`` and item assignment): they
+#: write ``self`` whatever ATen op implements them, and have no ATen schema of their own name.
+_PYTHON_IN_PLACE = {"__setitem__", "__iadd__", "__isub__", "__imul__", "__imatmul__", "__itruediv__",
+                    "__ifloordiv__", "__imod__", "__ipow__", "__ilshift__", "__irshift__", "__iand__", "__ixor__",
+                    "__ior__"}
+
+
+@functools.lru_cache(maxsize=None)
+def _schema_writes(name: str) -> Optional[tuple[bool, bool]]:
+    """(writes ``self``, writes an ``out=`` argument) over the overloads of ``aten::<name>``, read from
+    the schemas' alias annotations (``Tensor(a!)``); None where ATen has no op of that name."""
+    try:
+        schemas = torch._C._jit_get_schemas_for_operator(f"aten::{name}")
+    except RuntimeError:
+        schemas = []
+    if not schemas:
+        return None
+    written = {argument.name for schema in schemas for argument in schema.arguments
+               if argument.alias_info is not None and argument.alias_info.is_write}
+    return "self" in written, bool(written - {"self"})
+
+
+def written_tensors(func: Any, args: tuple, kwargs: dict) -> list[torch.Tensor]:
+    """The tensors a call writes in place: ``self`` for an in-place op (``add_``, ``copy_``,
+    ``index_put_``, ``transpose_``, ``x[i] = v``, ``x += y``), the ``out=`` tensors for an out variant.
+
+    ATen's schemas decide. A Python-level function with no ATen op of its name (``nn.init.trunc_normal_``)
+    goes by PyTorch's naming convention for in-place functions (a trailing ``_``): missing its write
+    would leave a twin's host copy stale."""
+    name = getattr(func, "__name__", "")
+    writes = _schema_writes(name)
+    if writes is None:
+        writes = (name.endswith("_") and not name.endswith("__"), False)
+    writes_self, writes_out = writes
+    written: list[torch.Tensor] = []
+    if (writes_self or name in _PYTHON_IN_PLACE) and args and isinstance(args[0], torch.Tensor):
+        written.append(args[0])
+    if writes_out and kwargs.get("out") is not None:
+        written.extend(leaf for leaf in tree_flatten(kwargs["out"])[0] if isinstance(leaf, torch.Tensor))
+    return written
 
 
 def _twin(device_tensor: torch.Tensor, host_tensor: torch.Tensor) -> DeviceTwin:

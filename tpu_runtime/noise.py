@@ -9,12 +9,15 @@ padded: the same noise as stock ComfyUI where the user's latent is, none in the 
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import Callable, Optional
 
 import torch
 
 from . import padding
 from .host_values import plain
+
+log = logging.getLogger("comfy_tpu")
 
 NoiseSampler = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -56,12 +59,96 @@ def host_brownian_noise_sampler(like: torch.Tensor, sigmas: torch.Tensor, seed: 
     return sample
 
 
+#: How each of ComfyUI's sampler functions draws noise when it is given no ``noise_sampler``, keyed
+#: by the function's ``__name__`` (what ``KSAMPLER.sampler_function`` holds for each entry of
+#: ``comfy.samplers.KSampler.SAMPLERS`` in ComfyUI 0.3.75, plus the built-in custom-sampler nodes'):
+#: ``"default"``: it takes a ``noise_sampler`` and falls back to ``default_noise_sampler`` (a
+#: ``torch.Generator`` on the latent's device: on XLA that raises, so a host one must be given even
+#: where the noise is scaled by 0, as in ``res_multistep`` and ``dpm_adaptive``); ``"brownian"``: it falls
+#: back to ``BrownianTreeNoiseSampler`` (the ``_gpu`` variants too: the pack draws them on the
+#: host, like the CPU ones); ``None``: it takes no ``noise_sampler``, so none can be given.
+#: ``tests/test_noise_table.py`` checks every entry against what the function really does.
+NOISE_KINDS: dict[str, Optional[str]] = {
+    # No noise sampler parameter.
+    "sample_euler": None,              # euler, and ddim (ComfyUI runs ddim as euler)
+    "sample_euler_cfg_pp": None,       # builds a default one itself (eta 0): cannot be given one
+    "sample_heun": None,
+    "sample_heunpp2": None,
+    "sample_dpm_2": None,
+    "sample_lms": None,
+    "dpm_fast_function": None,         # comfy.samplers' wrapper; builds a default one itself (eta 0)
+    "sample_dpmpp_2m": None,
+    "sample_dpmpp_2m_cfg_pp": None,
+    "sample_ipndm": None,
+    "sample_ipndm_v": None,
+    "sample_deis": None,
+    "sample_gradient_estimation": None,
+    "sample_gradient_estimation_cfg_pp": None,
+    "sample_unipc": None,
+    "sample_unipc_bh2": None,
+    "sample_lcm_upscale": None,        # comfy_extras: draws randn_like on the device itself
+    "sample_euler_pp": None,           # comfy_extras
+    # default_noise_sampler.
+    "sample_euler_ancestral": "default",
+    "sample_euler_ancestral_cfg_pp": "default",
+    "sample_dpm_2_ancestral": "default",
+    "dpm_adaptive_function": "default",  # comfy.samplers' wrapper: passes **extra_options on
+    "sample_dpmpp_2s_ancestral": "default",
+    "sample_dpmpp_2s_ancestral_cfg_pp": "default",
+    "sample_ddpm": "default",
+    "sample_lcm": "default",
+    "sample_res_multistep": "default",
+    "sample_res_multistep_cfg_pp": "default",
+    "sample_res_multistep_ancestral": "default",
+    "sample_res_multistep_ancestral_cfg_pp": "default",
+    "sample_er_sde": "default",
+    "sample_seeds_2": "default",
+    "sample_seeds_3": "default",
+    "sample_sa_solver": "default",
+    "sample_sa_solver_pece": "default",
+    # BrownianTreeNoiseSampler.
+    "sample_dpmpp_sde": "brownian",
+    "sample_dpmpp_sde_gpu": "brownian",
+    "sample_dpmpp_2m_sde": "brownian",
+    "sample_dpmpp_2m_sde_gpu": "brownian",
+    "sample_dpmpp_2m_sde_heun": "brownian",  # no tree in its own body: 2m_sde builds it
+    "sample_dpmpp_2m_sde_heun_gpu": "brownian",
+    "sample_dpmpp_3m_sde": "brownian",
+    "sample_dpmpp_3m_sde_gpu": "brownian",
+}
+
+#: Modules whose sampler functions the table describes; a same-named function elsewhere is unknown.
+COMFY_MODULE_PREFIXES = ("comfy.", "comfy_extras.")
+
+#: Unknown sampler functions already named in the log (once each).
+_UNKNOWN_LOGGED: set[str] = set()
+
+
 def noise_kind(sampler_function: Callable) -> Optional[str]:
-    """'brownian', 'default' or None (the sampler draws no noise), read from its signature and source."""
+    """'brownian', 'default' or None (give the sampler no noise sampler), from :data:`NOISE_KINDS`.
+
+    A sampler the table does not know (another pack's) gets host default noise when it declares a
+    ``noise_sampler`` parameter: left without one, a sampler that falls back to ComfyUI's
+    ``default_noise_sampler`` fails on XLA (no device generator), and independent Gaussian draws are
+    valid noise for any sampler, Brownian or not (only bit-parity with a CPU run is lost). One that
+    declares none gets nothing: passing it an unknown keyword would raise. Either way the decision
+    is logged once per function.
+    """
+    name = getattr(sampler_function, "__name__", None)
+    module = getattr(sampler_function, "__module__", None) or ""
+    if name in NOISE_KINDS and module.startswith(COMFY_MODULE_PREFIXES):
+        return NOISE_KINDS[name]
     try:
-        if "noise_sampler" not in inspect.signature(sampler_function).parameters:
-            return None
-        source = inspect.getsource(sampler_function)
-    except (TypeError, ValueError, OSError):
-        return None
-    return "brownian" if "BrownianTreeNoiseSampler" in source else "default"
+        takes = "noise_sampler" in inspect.signature(sampler_function).parameters
+    except (TypeError, ValueError):
+        takes = False
+    label = f"{module}.{name}" if name else repr(sampler_function)
+    if label not in _UNKNOWN_LOGGED:
+        _UNKNOWN_LOGGED.add(label)
+        if takes:
+            log.warning("comfy-tpu: sampler %s is not in the pack's noise table: it gets host default noise "
+                        "(valid noise, though not bit-identical to a CPU run if it draws a Brownian tree)", label)
+        else:
+            log.info("comfy-tpu: sampler %s is not in the pack's noise table and takes no noise_sampler: "
+                     "none is given", label)
+    return "default" if takes else None

@@ -1,0 +1,96 @@
+"""A CPU stand-in for :class:`tpu_runtime.backend.Backend`: every method, simple behaviour, counters.
+
+``events`` records the calls that order matters for (``step_boundary``, ``wait_device``,
+``materialize``), so a test can read the sequence; ``shards`` sets ``shard_count``.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, ContextManager, Optional
+
+import torch
+
+from tpu_runtime.backend import Backend, CapturedModule
+
+
+class FakeBackend:
+    name = "fake"
+
+    def __init__(self, shards: int = 1, device: str = "cpu") -> None:
+        self.shards = shards
+        self._device = torch.device(device)
+        self.events: list[str] = []
+        self.sharded: list[torch.Tensor] = []
+        self._counters = {"compiles": 0, "executions": 0, "transfers_to_host": 0, "transfers_to_device": 0}
+
+    def device(self) -> torch.device:
+        return self._device
+
+    def is_device(self, device: Any) -> bool:
+        return torch.device(device) == self._device
+
+    def device_type(self) -> str:
+        return "FAKE"
+
+    def step_boundary(self) -> None:
+        self.events.append("step_boundary")
+        self._counters["executions"] += 1
+
+    def wait_device(self) -> None:
+        self.events.append("wait_device")
+
+    def materialize(self, tensors: list[torch.Tensor]) -> None:
+        self.events.append("materialize")
+
+    def tensor_token(self, tensor: torch.Tensor) -> Any:
+        return id(tensor), tensor._version
+
+    def to_host(self, tensor: torch.Tensor) -> torch.Tensor:
+        self._counters["transfers_to_host"] += 1
+        return tensor.to("cpu")
+
+    def autocast(self, dtype: torch.dtype) -> ContextManager:
+        return contextlib.nullcontext()
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._counters)
+
+    def fallback_ops(self) -> dict[str, int]:
+        return {}
+
+    def memory_info(self, device: Any) -> Optional[tuple[int, int]]:
+        return None
+
+    def compile_module(self, module: torch.nn.Module) -> CapturedModule:
+        captured = CapturedModule()
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            captured.graph_calls += 1
+            return module(*args, **kwargs)
+
+        captured.call = call
+        return captured
+
+    def reset_compiler(self) -> None:
+        self.events.append("reset_compiler")
+
+    def compiler_counters(self) -> dict[str, int]:
+        return {"dynamo_frames": 0, "dynamo_graphs": 0, "dynamo_graph_breaks": 0, "captured_graph_calls": 0}
+
+    def mesh_description(self) -> str:
+        return "single" if self.shards == 1 else f"data={self.shards}"
+
+    def shard_count(self) -> int:
+        return self.shards
+
+    def shard_batch(self, tensor: torch.Tensor) -> torch.Tensor:
+        self.sharded.append(tensor)
+        return tensor
+
+
+def _conforms(backend: Backend) -> Backend:
+    """Type-checks that FakeBackend implements the protocol (mypy/pyright read this line)."""
+    return backend
+
+
+_conforms(FakeBackend())
