@@ -8,12 +8,8 @@ import torch
 
 from tpu_runtime import batch_shard
 from tpu_runtime.host_values import as_host
+from tpu_runtime.state import Notices
 from tests.unit.fake_backend import FakeBackend
-
-
-@pytest.fixture(autouse=True)
-def fresh_log_memory(monkeypatch):
-    monkeypatch.setattr(batch_shard, "_LOGGED", set())
 
 
 @pytest.mark.parametrize("rows,ways,expected", [(1, 1, 1), (3, 4, 4), (4, 4, 4), (5, 4, 8), (2, 8, 8)])
@@ -40,11 +36,12 @@ def test_sharded_apply_pads_runs_and_crops(caplog):
         return x * 2
 
     x = torch.arange(3.0).reshape(3, 1, 1, 1)
+    notices = Notices()
     with caplog.at_level(logging.INFO, logger="comfy_tpu"):
         out = batch_shard.sharded_apply(backend, executor, x, torch.ones(3), c_crossattn=torch.zeros(3, 7, 2),
-                                        y=torch.zeros(3, 5))
+                                        y=torch.zeros(3, 5), notices=notices)
         batch_shard.sharded_apply(backend, executor, x, torch.ones(3), c_crossattn=torch.zeros(3, 7, 2),
-                                  y=torch.zeros(3, 5))
+                                  y=torch.zeros(3, 5), notices=notices)
     assert seen["x"].shape[0] == seen["t"].shape[0] == seen["c_crossattn"].shape[0] == seen["y"].shape[0] == 4
     assert torch.equal(out, x * 2)
     padding_lines = [r for r in caplog.records if "does not divide" in r.getMessage()]
