@@ -185,5 +185,5 @@ def test_clear_cache_removes_only_the_packs_files(comfy, backend, model, warmed)
     stats = tpu_runtime.get_tpu_stats()
     assert stats["cached_signatures"] == 0 and stats["signatures"] == [] and stats["hits"] == 0
     assert not (cache_dir / "warm_set.json").exists()
-    assert not runtime.MANAGER.xla_cache_dir.exists()
+    assert not runtime.current().manager.xla_cache_dir.exists()
     assert bystander.read_text() == "keep me"
