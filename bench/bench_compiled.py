@@ -28,39 +28,6 @@ os.environ.setdefault("COMFY_TPU_CACHE_DIR", tempfile.mkdtemp(prefix="comfy-tpu-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-class DeviceIdleMeter:
-    """Waits for the device after every dispatch (while on) and adds up the time spent waiting."""
-
-    def __init__(self, backend) -> None:
-        self.backend = backend
-        self.on = False
-        self.wait_s = 0.0
-        boundary, compile_module = backend.step_boundary, backend.compile_module
-
-        def step_boundary() -> None:
-            boundary()
-            self._wait()
-
-        def compile_and_wait(module):
-            captured = compile_module(module)
-
-            def call(*args, **kwargs):
-                output = captured(*args, **kwargs)
-                self._wait()
-                return output
-
-            return call
-
-        backend.step_boundary = step_boundary
-        backend.compile_module = compile_and_wait
-
-    def _wait(self) -> None:
-        if self.on:
-            start = time.perf_counter()
-            self.backend.wait_device()
-            self.wait_s += time.perf_counter() - start
-
-
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", default="sd15", choices=["tiny", "sd15"])
@@ -69,6 +36,7 @@ def main() -> int:
     parser.add_argument("--layouts", default="native,hwio", help="conv kernel layouts to run (COMFY_TPU_CONV_KERNEL_LAYOUT)")
     args = parser.parse_args()
 
+    from bench.bench_step_host import DeviceIdleMeter
     from bench.comfy_host import import_comfy
 
     nodes = import_comfy(load_pack=True)

@@ -5,6 +5,7 @@ what ``create_backend`` returns, and installing the patches (which needs ComfyUI
 """
 from __future__ import annotations
 
+import contextlib
 from types import SimpleNamespace
 
 import pytest
@@ -30,6 +31,17 @@ class StartedFakeBackend(FakeBackend):
         return {}
 
 
+@contextlib.contextmanager
+def no_pack_started():
+    """Start from no pack state, and put back the one before (the test process's) after."""
+    previous = state_mod.current()
+    state_mod.set_current(None)
+    try:
+        yield
+    finally:
+        state_mod.set_current(previous)
+
+
 @pytest.fixture
 def started(monkeypatch, mocker, tmp_path):
     """Start the pack with COMFY_TPU_ENABLE=1 on the fake backend; put the previous state back after."""
@@ -41,12 +53,8 @@ def started(monkeypatch, mocker, tmp_path):
     fake = StartedFakeBackend()
     create = mocker.patch.object(backend_mod, "create_backend", return_value=fake)
     install = mocker.patch.object(patches, "install", side_effect=lambda s: setattr(s, "patches", mocker.Mock()))
-    previous = state_mod.current()
-    state_mod.set_current(None)
-    try:
+    with no_pack_started():
         yield SimpleNamespace(state=runtime.start(), backend=fake, create=create, install=install)
-    finally:
-        state_mod.set_current(previous)
 
 
 def test_start_builds_one_state_and_hands_it_on(started):
@@ -90,12 +98,8 @@ def test_settings_that_keep_the_path_off_start_nothing(monkeypatch, mocker):
     monkeypatch.setenv("COMFY_TPU_DISABLE", "1")
     monkeypatch.delenv("COMFY_TPU_ENABLE", raising=False)
     create = mocker.patch.object(backend_mod, "create_backend")
-    previous = state_mod.current()
-    state_mod.set_current(None)
-    try:
+    with no_pack_started():
         state = runtime.start()
-    finally:
-        state_mod.set_current(previous)
     assert not state.on and state.backend is None and "COMFY_TPU_DISABLE" in state.decision.reason
     create.assert_not_called()
 
@@ -105,10 +109,6 @@ def test_a_backend_that_cannot_start_keeps_the_path_off_with_the_reason(monkeypa
     monkeypatch.setenv("COMFY_TPU_CACHE_DIR", str(tmp_path))
     mocker.patch.object(backend_mod, "create_backend",
                         side_effect=backend_mod.BackendUnavailable("the XLA runtime did not start: boom"))
-    previous = state_mod.current()
-    state_mod.set_current(None)
-    try:
+    with no_pack_started():
         state = runtime.start()
-    finally:
-        state_mod.set_current(previous)
     assert not state.on and "boom" in state.decision.reason
