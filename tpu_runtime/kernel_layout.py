@@ -40,10 +40,13 @@ class HwioKernel:
     """A layer's ``weight_function``: its HWIO twin, viewed as OIHW, in the weight's dtype."""
 
     def __init__(self, layer: torch.nn.Module) -> None:
-        self.layer = layer  # a cycle through the layer's own __dict__: collected with the layer
+        # Weakly: the kernel lives in the layer's own __dict__, and a strong reference back would make a
+        # cycle that only a second garbage collection frees (measured: one model's weights and twins
+        # stayed on the device after ComfyUI unloaded it and collected once).
+        self.layer = weakref.ref(layer)
 
     def __call__(self, weight: torch.Tensor) -> torch.Tensor:
-        return getattr(self.layer, BUFFER).permute(3, 2, 0, 1).to(weight.dtype)
+        return getattr(self.layer(), BUFFER).permute(3, 2, 0, 1).to(weight.dtype)
 
 
 class KernelTwins:
@@ -52,6 +55,14 @@ class KernelTwins:
     def __init__(self, backend) -> None:
         self.backend = backend
         self.made = 0  # twins made or refilled so far (tests and stats read it)
+        # Each model's conv layers, found once (walking a UNet's modules every call costs milliseconds).
+        self._convs: "weakref.WeakKeyDictionary[torch.nn.Module, list]" = weakref.WeakKeyDictionary()
+
+    def _conv_layers(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        layers = self._convs.get(model)
+        if layers is None:
+            layers = self._convs[model] = [layer for layer in model.modules() if isinstance(layer, torch.nn.Conv2d)]
+        return layers
 
     def _eligible(self, layer: torch.nn.Module) -> bool:
         weight = getattr(layer, "weight", None)
@@ -63,7 +74,7 @@ class KernelTwins:
         """Each eligible conv layer of ``model`` with its kernel function, its twin up to date. New
         values are computed together, in one small graph, so they never join the model's own graph."""
         pairs, fresh = [], []
-        for layer in model.modules():
+        for layer in self._conv_layers(model):
             if not self._eligible(layer):
                 continue
             weight = layer.weight
@@ -100,7 +111,7 @@ class KernelTwins:
         pairs = self.kernels_for(model) if isinstance(model, torch.nn.Module) else []
         saved = [vars(layer).get("weight_function", _CLASS_LEVEL) for layer, _ in pairs]
         for layer, kernel in pairs:
-            layer.weight_function = [kernel]
+            vars(layer)["weight_function"] = [kernel]  # a plain attribute: no nn.Module bookkeeping
         try:
             yield len(pairs)
         finally:
@@ -108,7 +119,7 @@ class KernelTwins:
                 if before is _CLASS_LEVEL:
                     vars(layer).pop("weight_function", None)
                 else:
-                    layer.weight_function = before
+                    vars(layer)["weight_function"] = before
 
 
 _CLASS_LEVEL = object()  # the layer had no weight_function of its own, only its class's
