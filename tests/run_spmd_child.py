@@ -39,6 +39,8 @@ for sampler, batch, steps in runs_wanted:
                         shape=list(run.samples.shape), mesh=signature.mesh if signature else None))
 torch.save(latents, out_path)
 device = mm.get_torch_device()
+state = runtime.current()
 result = dict(runs=figures, spmd=tpu_runtime.get_tpu_stats()["spmd"], device=str(device),
-              free=mm.get_free_memory(device), total=mm.get_total_memory(device))
+              free=mm.get_free_memory(device), total=mm.get_total_memory(device), execution=state.options.execution,
+              replay=state.replayed_models.figures(), replay_fallbacks=state.replayed_models.fallbacks())
 print("RESULT " + json.dumps(result))

@@ -10,9 +10,10 @@ import pytest
 from tests.child import run_child
 
 STEPS = 8
-#: A plain euler run executes one graph a step, the latent preparation and the result (ComfyUI's
-#: own figure in the README); the first run of a process also makes the conv kernel twins.
-PLAIN_EXECUTIONS = STEPS + 2
+#: A plain euler run (default replay execution) executes two graphs a step (the sampler's math, then
+#: the model's program), the latent preparation and the result; the first run of a process also makes
+#: the conv kernel twins.
+PLAIN_EXECUTIONS = 2 * STEPS + 2
 
 
 @pytest.fixture(scope="module")

@@ -60,14 +60,14 @@ def _finish(process: subprocess.Popen, out: str) -> dict:
 
 @pytest.fixture(scope="module")
 def children(tmp_path_factory):
-    """The three configurations, run side by side."""
+    """The three configurations, one after the other (each child has the cores to itself)."""
     tmp_path = tmp_path_factory.mktemp("spmd")
-    started = {
-        "spmd": _start(tmp_path, "spmd", RUNS, CPU_NUM_DEVICES="4", COMFY_TPU_SPMD="auto"),
-        "off": _start(tmp_path, "off", RUNS, CPU_NUM_DEVICES="4", COMFY_TPU_SPMD="off"),
-        "single": _start(tmp_path, "single", [["euler", 2, 6]], CPU_NUM_DEVICES=None, COMFY_TPU_SPMD=None),
+    configurations = {
+        "spmd": (RUNS, {"CPU_NUM_DEVICES": "4", "COMFY_TPU_SPMD": "auto"}),
+        "off": (RUNS, {"CPU_NUM_DEVICES": "4", "COMFY_TPU_SPMD": "off"}),
+        "single": ([["euler", 2, 6]], {"CPU_NUM_DEVICES": None, "COMFY_TPU_SPMD": None}),
     }
-    finished = {name: _finish(*pair) for name, pair in started.items()}
+    finished = {name: _finish(*_start(tmp_path, name, runs, **env)) for name, (runs, env) in configurations.items()}
     (tmp_path / "figures.json").write_text(json.dumps({name: {k: v for k, v in child.items() if k not in (
         "latents", "log")} for name, child in finished.items()}, indent=1))  # for people reading a run
     return finished
@@ -78,6 +78,9 @@ def test_spmd_splits_the_batch_over_four_devices(children):
     assert spmd["spmd"] == {"on": True, "mesh": "data=4", "devices": 4, "data_axis": 4, "reason": "auto: 4 XLA devices",
                             "memory_per_chip": "unknown"}
     assert all(run["mesh"] == "data=4" for run in spmd["runs"])  # the mesh is part of the signature
+    # The default execution replays the model's program, sharded: one program per batch, whatever the sampler.
+    assert spmd["execution"] == "replay" and spmd["replay_fallbacks"] == {}, spmd["replay_fallbacks"]
+    assert spmd["replay"]["programs"] == spmd["replay"]["traces"] == 4, spmd["replay"]  # batches 1, 2, 3 and 4
     assert spmd["free"] > 0 and spmd["total"] > 0  # ComfyUI's memory queries answer under SPMD
 
 

@@ -36,11 +36,17 @@ class Backend(Protocol):
     def fallback_ops(self) -> dict[str, int]: ...
     def memory_info(self, device: Any) -> Optional[tuple[int, int]]: ...
     def compile_module(self, module: torch.nn.Module) -> "CapturedModule": ...
+    def capture_program(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor]) -> Any: ...
+    def run_program(self, program: Any, inputs: list[torch.Tensor]) -> list[torch.Tensor]: ...
     def reset_compiler(self) -> None: ...
     def compiler_counters(self) -> dict[str, int]: ...
     def mesh_description(self) -> str: ...
     def shard_count(self) -> int: ...
     def shard_batch(self, tensor: torch.Tensor) -> torch.Tensor: ...
+
+
+class ReplayUnsupported(Exception):
+    """A traced call the backend cannot turn into a replayable program; the message says why."""
 
 
 class CapturedModule:
@@ -162,10 +168,7 @@ class XlaBackend:
 
     def tensor_token(self, tensor: torch.Tensor) -> Any:
         """Changes when the tensor's device data is replaced or written in place."""
-        try:
-            version = tensor._version
-        except RuntimeError:  # an inference tensor keeps no version counter
-            version = None
+        version = None if tensor.is_inference() else tensor._version  # an inference tensor keeps no counter
         return self._torch_xla._XLAC._xla_get_tensor_id(tensor), version
 
     def to_host(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -227,6 +230,44 @@ class XlaBackend:
 
         result.call = call
         return result
+
+    # -- replaying a traced program ----------------------------------------------------------------
+    def capture_program(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor]) -> "XlaProgram":
+        """Compile the graph that computes ``outputs`` (traced lazily from ``inputs``, which were
+        device data when the trace began) as a program whose parameters are ``inputs``, in order.
+
+        The pending trace is left to be dropped by the caller (nothing of it executes); the program
+        runs with :meth:`run_program`, which costs one list of device handles and one launch: no
+        Python of the model, no re-trace. Graph inputs that are not among ``inputs`` are values the
+        trace made (constants) and are kept; the RNG seed is taken fresh at each run, as torch_xla's
+        dynamo bridge does. Raises :class:`ReplayUnsupported` when ``inputs`` were written in place."""
+        xlac = self._torch_xla._XLAC
+        written = [index for index, pending in enumerate(xlac._check_tensor_need_materialization(inputs))
+                   if pending]
+        if written:
+            raise ReplayUnsupported(f"the model writes {len(written)} of its inputs in place")
+        self._xm.wait_device_ops()  # the inputs' data must exist (not placeholders) to be named
+        input_ids = {xlac._xla_get_tensor_id(tensor): index for index, tensor in enumerate(inputs)}
+        graph_ids, graph_values = xlac._get_tensors_xla_device_data_node(outputs)
+        graph_hash = xlac._get_graph_hash(outputs)
+        xlac._xla_warm_up_cache(outputs, [])  # compiles, unless XLA's cache has this graph already
+        seed_id = xlac._get_seed_info_id()
+        slots = [input_ids.get(tensor_id) for tensor_id in graph_ids]
+        constants = [None if slot is not None else value for slot, value in zip(slots, graph_values)]
+        seed_slots = [index for index, tensor_id in enumerate(graph_ids) if tensor_id == seed_id]
+        return XlaProgram(graph_hash, slots, constants, seed_slots, len(outputs))
+
+    def run_program(self, program: "XlaProgram", inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Run a captured program on ``inputs`` (device data: the step boundary materialised them)."""
+        xlac = self._torch_xla._XLAC
+        graph_input = [inputs[slot] if slot is not None else constant
+                       for slot, constant in zip(program.slots, program.constants)]
+        if program.seed_slots:
+            device = str(self.device())
+            for index in program.seed_slots:
+                graph_input[index] = xlac._get_base_seed_as_tensor(device)
+            self._xm.set_rng_state((1012031 + xlac._xla_get_rng_seed() * 7012063) % 18446744073709551615, device)
+        return xlac._run_cached_graph(program.graph_hash, graph_input)
 
     def reset_compiler(self) -> None:
         """Forget every capture. Dynamo never retries code whose capture raised (it runs it
@@ -319,6 +360,21 @@ class XlaBackend:
             return tensor
         self._xs.mark_sharding(tensor, self._mesh, ("data",) + (None,) * (tensor.dim() - 1))
         return tensor
+
+
+class XlaProgram:
+    """A compiled graph and how to feed it: per graph parameter, the index of the run's input that
+    fills it (None: a constant the trace made, kept in ``constants``)."""
+
+    __slots__ = ("graph_hash", "slots", "constants", "seed_slots", "output_count")
+
+    def __init__(self, graph_hash: bytes, slots: list[Optional[int]], constants: list[Any], seed_slots: list[int],
+                 output_count: int) -> None:
+        self.graph_hash = graph_hash
+        self.slots = slots
+        self.constants = constants
+        self.seed_slots = seed_slots
+        self.output_count = output_count
 
 
 def counters_total_frames() -> int:

@@ -234,6 +234,7 @@ class TPUManager(RunObserver):
         stats["execution"] = self.options.execution
         stats["dynamo"] = {k.removeprefix("dynamo_"): counters[k] for k in counters if k.startswith("dynamo_")}
         stats["dynamo"]["lazy_fallbacks"] = self.state.compiled_models.fallbacks()
+        stats["replay"] = {**self.state.replayed_models.figures(), "lazy_fallbacks": self.state.replayed_models.fallbacks()}
         hwio = kernel_layout.resolve(self.options.conv_kernel_layout, self.backend.device_type())
         stats["conv_kernels"] = {"layout": "hwio" if hwio else "native", "setting": self.options.conv_kernel_layout,
                                  "twins_made": self.state.kernel_twins.made}

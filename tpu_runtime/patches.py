@@ -196,8 +196,8 @@ def _repatch_on_device(is_xla: Callable[[Any], bool], state: "PackState") -> Cal
         # A partly loaded (low-VRAM) model keeps ComfyUI's path, and so does compiled execution: a model
         # captured by dynamo kept computing with the patched weights after they were restored in place
         # on the chip (tests/test_kernel_layout.py); a full reload makes it see them.
-        lazy = state.options.execution == "lazy"
-        if not (is_xla(chip) and fully_on_chip and lazy):
+        on_chip = state.options.execution != "compiled"
+        if not (is_xla(chip) and fully_on_chip and on_chip):
             return load(self, device_to, extra_memory, force_patch_weights)
         unpatch = self.unpatch_model
 

@@ -42,7 +42,7 @@ def for_model(options: "RunOptions", model_options: dict) -> "RunOptions":
     and so what its signatures record."""
     overrides = model_options.get("transformer_options", {}).get(OPTIONS_KEY, {})
     effective = options.model_copy(update={k: v for k, v in overrides.items() if k in RunOptions.model_fields})
-    if effective.execution == "compiled" and CORE_TORCH_COMPILE_KEY in model_options:
-        # The user's own TorchCompileModel node already compiles this model: don't capture it twice.
+    if effective.execution != "lazy" and CORE_TORCH_COMPILE_KEY in model_options:
+        # The user's own TorchCompileModel node already compiles this model: don't capture or replay it too.
         effective = effective.model_copy(update={"execution": "lazy"})
     return effective

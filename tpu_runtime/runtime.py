@@ -109,6 +109,8 @@ def _assemble(state: PackState, backend: Any, cache_dir: Path) -> None:
     from .cache import SignatureRegistry
     from .compiled import CompiledModels
     from .kernel_layout import KernelTwins
+    from .replay import ReplayedModels
+    from .sampling import WRAPPER_KEY
     from .schedule import HostSchedules
     from .versions import libtpu_version, torch_xla_version
 
@@ -118,6 +120,7 @@ def _assemble(state: PackState, backend: Any, cache_dir: Path) -> None:
     state.host_schedules = HostSchedules()
     state.kernel_twins = KernelTwins(backend)
     state.compiled_models = CompiledModels(backend)
+    state.replayed_models = ReplayedModels(backend, WRAPPER_KEY)
     registry = SignatureRegistry(cache_dir, {"torch": torch.__version__, "torch_xla": torch_xla_version(),
                                              "libtpu": libtpu_version()})
     state.manager = manager_mod.TPUManager(

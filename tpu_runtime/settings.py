@@ -92,10 +92,12 @@ class TPUSettings(BaseSettings):
         default_note="auto", accepted="an integer >= 0 (0 = auto: wait one step behind the device)")
     cache_dir: Optional[Path] = setting(None, "where the pack keeps its files", accepted="a directory path",
                                         default_note="`<ComfyUI user dir>/comfy-tpu`")
-    execution: Literal["compiled", "lazy"] = setting(
-        "lazy", "`compiled`: the diffusion model is captured once by dynamo (openxla backend); `lazy`: re-traced "
-                "every step (see below)", scope="run", metavar="MODE",
-        accepted="compiled (dynamo + openxla) or lazy (lazy tensor tracing every step)")
+    execution: Literal["replay", "compiled", "lazy"] = setting(
+        "replay", "`replay`: the diffusion model is traced once per call shape and replayed as its own program; "
+                "`compiled`: captured once by dynamo (openxla backend); `lazy`: re-traced every step, fused with "
+                "the sampler's math (see below)", scope="run", metavar="MODE",
+        accepted="replay (traced once, replayed), compiled (dynamo + openxla) or lazy (lazy tensor tracing every "
+                 "step)")
     compiled_graph_break_limit: int = setting(
         0, "graph breaks a captured model may have before it falls back to lazy", ge=0, scope="run")
     conv_kernel_layout: Literal["auto", "hwio", "native"] = setting(

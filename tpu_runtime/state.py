@@ -19,6 +19,7 @@ from .settings import LoadedSettings, TPUSettings
 if TYPE_CHECKING:
     from .backend import Backend
     from .compiled import CompiledModels
+    from .replay import ReplayedModels
     from .kernel_layout import KernelTwins
     from .manager import TPUManager
     from .metrics import RunFigures
@@ -70,6 +71,7 @@ class PackState:
     host_schedules: Optional["HostSchedules"] = None
     kernel_twins: Optional["KernelTwins"] = None
     compiled_models: Optional["CompiledModels"] = None
+    replayed_models: Optional["ReplayedModels"] = None
 
     @property
     def settings(self) -> TPUSettings:

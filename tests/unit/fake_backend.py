@@ -10,7 +10,7 @@ from typing import Any, ContextManager, Optional
 
 import torch
 
-from tpu_runtime.backend import Backend, CapturedModule
+from tpu_runtime.backend import Backend, CapturedModule, ReplayUnsupported
 
 
 class FakeBackend:
@@ -70,6 +70,12 @@ class FakeBackend:
 
         captured.call = call
         return captured
+
+    def capture_program(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor]) -> Any:
+        raise ReplayUnsupported("the fake backend compiles no programs")
+
+    def run_program(self, program: Any, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        raise ReplayUnsupported("the fake backend compiles no programs")
 
     def reset_compiler(self) -> None:
         self.events.append("reset_compiler")

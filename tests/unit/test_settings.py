@@ -46,7 +46,7 @@ def test_defaults_match_the_documented_table():
     assert (s.enable, s.disable, s.warmup, s.warmup_steps, s.manual_warmup, s.autocast_bf16, s.compilation_cache,
             s.shape_padding, s.shape_padding_multiple, s.debug_metrics, s.sync_steps, s.cache_dir, s.execution,
             s.compiled_graph_break_limit) == (
-        None, False, True, 1, False, True, True, True, 64, False, 0, None, "lazy", 0)
+        None, False, True, 1, False, True, True, True, 64, False, 0, None, "replay", 0)
     assert s.non_defaults() == {}
     assert (s.spmd, s.mesh, s.conv_kernel_layout, s.rewarm) == ("auto", None, "auto", True)
 

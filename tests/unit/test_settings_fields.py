@@ -16,7 +16,7 @@ def test_run_options_are_the_run_scoped_settings_with_their_types_and_defaults()
         "execution", "conv_kernel_layout"}
     for name, (kind, default) in RUN_FIELDS.items():
         assert (RunOptions.model_fields[name].annotation, RunOptions.model_fields[name].default) == (kind, default)
-    assert RunOptions().execution == "lazy" and RunOptions().conv_kernel_layout == "auto"
+    assert RunOptions().execution == "replay" and RunOptions().conv_kernel_layout == "auto"
     assert RunOptions.__name__ == "RunOptions" and RunOptions.__module__ == "tpu_runtime.run_options"
 
 

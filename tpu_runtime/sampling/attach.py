@@ -21,13 +21,17 @@ def attach(model_options: dict, state: "PackState") -> None:
     if pe.get_wrappers_with_key(pe.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, model_options, is_model_options=True):
         return
     options = for_model(state.options, model_options)
-    compiled_mode = options.execution == "compiled"
-    apply_model = model_call.compiled_apply_model_wrapper if compiled_mode else model_call.apply_model_wrapper
+    # Lazy mode cuts the graph before each model evaluation; the other modes cut it later, right
+    # before the model runs (its inputs are then device data for the captured or replayed program).
+    boundary_in_model = options.execution in ("compiled", "replay")
+    apply_model = {"compiled": model_call.compiled_apply_model_wrapper,
+                   "replay": model_call.replayed_apply_model_wrapper}.get(options.execution,
+                                                                         model_call.apply_model_wrapper)
     wrappers = {
         pe.WrappersMP.OUTER_SAMPLE: outer.outer_sample_wrapper(state, options),
         pe.WrappersMP.PREPARE_SAMPLING: outer.prepare_sampling,
         pe.WrappersMP.SAMPLER_SAMPLE: steps.sampler_sample,
-        pe.WrappersMP.PREDICT_NOISE: steps.predict_noise_wrapper(boundary=not compiled_mode),
+        pe.WrappersMP.PREDICT_NOISE: steps.predict_noise_wrapper(boundary=not boundary_in_model),
         pe.WrappersMP.CALC_COND_BATCH: steps.calc_cond_batch,
         pe.WrappersMP.APPLY_MODEL: apply_model(state, options),
     }

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .. import batch_shard, compiled, kernel_layout
+from .. import batch_shard, compiled, kernel_layout, replay
 from ..run_options import RunOptions
 from .run import _RUN
 
@@ -80,6 +80,49 @@ def compiled_apply_model_wrapper(state: "PackState", options: RunOptions):
             stand_in.before_call = None
 
     return apply_model
+
+
+def replayed_apply_model_wrapper(state: "PackState", options: RunOptions):
+    """APPLY_MODEL in replay mode: the base model's diffusion model is its replayed stand-in for the
+    length of the call; the step boundary is taken right before the model runs, so the model's graph
+    is its own (the sampler's math and the input preparation are another, small one). Conv kernel
+    twins are kept up to date at each call, and read by the layers only while a call is traced."""
+    dtype = torch.bfloat16 if options.autocast_bf16 else torch.float32
+    twins_on = kernel_layout.resolve(options.conv_kernel_layout, state.backend.device_type())
+    refresh = state.kernel_twins.kernels_for if twins_on else (lambda model: None)
+    trace_context = state.kernel_twins.applied if twins_on else (lambda model: contextlib.nullcontext())
+    backend = state.backend
+    execute = _executor(state)
+
+    def apply_model(executor, *args, **kwargs):
+        base_model = executor.class_obj
+        original = getattr(base_model, "diffusion_model", None)
+        if not isinstance(original, torch.nn.Module) or isinstance(
+                original, (compiled.CompiledDiffusionModel, replay.ReplayedDiffusionModel)):
+            with backend.autocast(dtype):
+                return execute(executor, args, kwargs)
+        stand_in = state.replayed_models.for_module(original, _model_label(base_model))
+        run = _RUN.get()
+        stand_in.before_call = run.pacer.boundary if run is not None and run.pacer is not None else None
+        stand_in.trace_context = trace_context
+        stand_in.model_token = _object_patches(base_model)
+        refresh(original)
+        base_model.diffusion_model = stand_in
+        try:
+            with backend.autocast(dtype):
+                return execute(executor, args, kwargs)
+        finally:
+            base_model.diffusion_model = original
+            stand_in.before_call = None
+
+    return apply_model
+
+
+def _object_patches(base_model) -> tuple:
+    """What ComfyUI's patcher swapped into the model (``object_patches``: modules, functions), by identity."""
+    patcher = getattr(base_model, "current_patcher", None)
+    patches = getattr(patcher, "object_patches", None) or {}
+    return tuple(sorted((name, id(value)) for name, value in patches.items()))
 
 
 def _model_label(base_model) -> str:

@@ -1,0 +1,260 @@
+"""Replay execution: the diffusion model traced once per call shape, then replayed as its own program.
+
+Lazy mode re-runs the model's Python every step to trace its graph, and fuses the sampler's math into
+that graph, so every sampler gets its own copy of the model's graph to compile (minutes on a TPU for
+a large model). Here the model's graph is cut off at both ends: the step boundary comes right before
+the model call (the sampler's math and the call's input preparation form one small graph), the model
+is traced once per call key and compiled as a program whose parameters are the call's tensors and the
+model's weights, and every later call with that key runs the program directly (one list of device
+handles, one launch; no Python of the model). The model's graph is the same whatever the sampler,
+scheduler, cfg value, step count or denoise, so a new sampler compiles only its own small graph.
+
+It attaches as compiled mode does: during one ``apply_model`` call the base model's
+``diffusion_model`` is swapped for a :class:`ReplayedDiffusionModel`.
+
+What a key holds, and when a call runs lazily instead: see :func:`call_key` and
+:meth:`ReplayedDiffusionModel.forward`. The Python of the model must be a function of the call's
+inputs and weights; anything that could make it otherwise (a device value read on the host while
+tracing, the model writing its inputs, other packs' per-call patches, a partly loaded model) makes
+that model run lazily, said once in the log.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from typing import Any, Callable, Optional
+
+import torch
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from .backend import ReplayUnsupported
+
+log = logging.getLogger("comfy_tpu")
+
+#: transformer_options entries the traced call must not see (their shape follows the step count).
+STEP_DEPENDENT_OPTIONS = ("sample_sigmas",)
+#: transformer_options entries that do not reach the model's graph (identifiers ComfyUI renews per run).
+IGNORED_OPTIONS = ("uuids",)
+#: transformer_options entries through which other code changes what the model computes per call.
+PER_CALL_PATCHES = ("patches", "patches_replace")
+#: CPU tensors up to this many elements are part of the key by value (larger ones: not replayed).
+HOST_VALUES_IN_KEY = 4096
+_ENTRY_ATTR = "_comfy_tpu_replayed"
+
+
+class NotReplayable(Exception):
+    """This call cannot be replayed (the reason is its message); it runs lazily."""
+
+
+def _leaf_key(leaf: Any, own_wrappers: str) -> Any:
+    if isinstance(leaf, torch.Tensor):
+        if leaf.device.type == "cpu":
+            if leaf.numel() > HOST_VALUES_IN_KEY:
+                raise NotReplayable(f"a host tensor of {leaf.numel()} elements among the model's inputs")
+            plain = leaf.detach().as_subclass(torch.Tensor).contiguous()
+            return ("host", tuple(plain.shape), str(plain.dtype), hashlib.sha1(plain.numpy().tobytes()).hexdigest())
+        return ("device", tuple(leaf.shape), str(leaf.dtype))
+    if leaf is None or isinstance(leaf, (bool, int, float, str, bytes, torch.dtype, torch.device)):
+        return leaf
+    if callable(leaf):
+        return ("callable", id(leaf))
+    return ("object", type(leaf).__qualname__, id(leaf))
+
+
+def call_key(args: tuple, kwargs: dict, own_wrappers: str) -> tuple[tuple, list[torch.Tensor]]:
+    """(key, device tensors of the call in order): what decides the traced graph, and its inputs.
+
+    The key holds every tensor's shape and dtype, Python values by value, small host tensors by value,
+    and other objects (patches, callables) by identity; the pack's own per-run wrappers and ComfyUI's
+    per-run cond ids are left out, so a new run reuses the program."""
+    options = kwargs.get("transformer_options")
+    if isinstance(options, dict):
+        for name in PER_CALL_PATCHES:
+            if options.get(name):
+                raise NotReplayable(f"transformer_options[{name!r}] patches the model's forward ({sorted(options[name])})")
+        kept = {k: v for k, v in options.items() if k not in IGNORED_OPTIONS and k not in ("wrappers", "callbacks")}
+        for name in ("wrappers", "callbacks"):
+            others = {kind: {key: fns for key, fns in by_key.items() if key != own_wrappers}
+                      for kind, by_key in (options.get(name) or {}).items()}
+            kept[name] = {kind: by_key for kind, by_key in others.items() if by_key}
+        kwargs = {**kwargs, "transformer_options": kept}
+    leaves, spec = tree_flatten((args, kwargs))
+    tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor) and leaf.device.type != "cpu"]
+    return (str(spec), tuple(_leaf_key(leaf, own_wrappers) for leaf in leaves)), tensors
+
+
+class _Program:
+    """One traced call shape: the backend's program, the output's structure, the weights it read."""
+
+    def __init__(self, program: Any, out_spec: Any, weight_layout: tuple, weight_ids: tuple) -> None:
+        self.program = program
+        self.out_spec = out_spec
+        self.weight_layout = weight_layout
+        self.weight_ids = weight_ids  # the weight objects last seen: unchanged, no layout check needed
+
+    def fits(self, weights: list[torch.Tensor]) -> bool:
+        """Whether ``weights`` have the shapes, dtypes and device the program was traced with."""
+        ids = tuple(map(id, weights))
+        if ids == self.weight_ids:
+            return True
+        if _layout(weights) != self.weight_layout:
+            return False
+        self.weight_ids = ids
+        return True
+
+
+def _layout(weights: list[torch.Tensor]) -> tuple:
+    """Shapes and dtypes of the weights; raises NotReplayable when one is off the device."""
+    if any(tensor is None or tensor.device.type == "cpu" for tensor in weights):
+        raise NotReplayable("some of its weights are on the CPU (a partly loaded model)")
+    return tuple((tuple(w.shape), w.dtype) for w in weights)
+
+
+class ReplayedDiffusionModel(torch.nn.Module):
+    """Stands in for a base model's ``diffusion_model`` while it runs replayed (or its fallback)."""
+
+    def __init__(self, module: torch.nn.Module, backend, model_name: str, own_wrappers: str) -> None:
+        super().__init__()
+        self.inner = module
+        self._backend = backend
+        self._model_name = model_name
+        self._own_wrappers = own_wrappers
+        self.__dict__["_programs"] = {}
+        self.__dict__["_weights"] = None  # [(owner's parameter or buffer dict, name)] of every weight
+        self.__dict__["_hooked_layers"] = None  # layers that can carry weight or bias functions
+        #: Set by the wrapper each call: what ComfyUI's patcher swapped into the model (object patches).
+        self.model_token: Any = None
+        self.__dict__["_slots_token"] = None
+        self.fallback_reason: Optional[str] = None
+        self.before_call: Optional[Callable[[], None]] = None
+        #: Entered around a trace (the conv kernel twins): a replay reads the weights it was traced with.
+        self.trace_context: Callable[[torch.nn.Module], Any] = lambda module: contextlib.nullcontext()
+        self.traces = 0  # calls traced (first call of each key): tests and stats read it
+        self.replays = 0
+
+    def __getattr__(self, name: str) -> Any:
+        # ComfyUI reads attributes of the diffusion model (``dtype`` in ``get_dtype``, config values).
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["inner"], name)
+
+    def _weight_slots(self) -> list[tuple[dict, str]]:
+        """Every parameter and buffer of the model as (its owner's parameter or buffer dict, name): read
+        afresh at each call (two dict lookups each), so a weight ComfyUI replaced (a LoRA patched in
+        or out, a reload) is the one the program gets."""
+        if self._weights is None:
+            slots, seen = [], set()
+            for module in self.inner.modules():
+                for table in (module._parameters, module._buffers):
+                    for name, tensor in table.items():
+                        if tensor is not None and id(tensor) not in seen:
+                            seen.add(id(tensor))
+                            slots.append((table, name))
+            self.__dict__["_weights"] = slots
+        return self._weights
+
+    def _current_weights(self) -> list[torch.Tensor]:
+        if self._slots_token != self.model_token:  # modules were swapped in or out: find the weights again
+            self.__dict__["_weights"] = None
+            self.__dict__["_slots_token"] = self.model_token
+        return [table[name] for table, name in self._weight_slots()]
+
+    def _layer_functions(self) -> tuple:
+        """The weight and bias functions ComfyUI's layers carry now (LoRA's low-VRAM patches, a user's
+        own): run inside the model's Python, so they are part of what a program was traced with."""
+        if self._hooked_layers is None:
+            self.__dict__["_hooked_layers"] = [m for m in self.inner.modules() if hasattr(m, "weight_function")]
+        found = []
+        for index, layer in enumerate(self._hooked_layers):
+            own = vars(layer)
+            weight_functions, bias_functions = own.get("weight_function"), own.get("bias_function")
+            if weight_functions or bias_functions:
+                found.append((index, tuple(map(id, weight_functions or ())), tuple(map(id, bias_functions or ()))))
+        return tuple(found)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.before_call is not None:
+            self.before_call()  # the step boundary: the call's inputs are device data from here
+        if self.fallback_reason is not None:
+            with self.trace_context(self.inner):
+                return self.inner(*args, **kwargs)
+        options = kwargs.get("transformer_options")
+        if isinstance(options, dict):
+            kwargs["transformer_options"] = {k: v for k, v in options.items() if k not in STEP_DEPENDENT_OPTIONS}
+        try:
+            key, tensors = call_key(args, kwargs, self._own_wrappers)
+            key = (key, self.model_token, self._layer_functions())
+            weights = self._current_weights()
+            entry = self._programs.get(key)
+            if entry is None or not entry.fits(weights):
+                self.__dict__["_weights"] = None  # buffers may have come since (kernel twins): look again
+                weights = self._current_weights()
+                return self._trace(key, args, kwargs, tensors, weights, _layout(weights))
+        except NotReplayable as exc:
+            self._fall_back(str(exc))
+            kwargs["transformer_options"] = options
+            with self.trace_context(self.inner):
+                return self.inner(*args, **kwargs)
+        self.replays += 1
+        outputs = self._backend.run_program(entry.program, tensors + weights)
+        return tree_unflatten(list(outputs), entry.out_spec)
+
+    def _trace(self, key, args, kwargs, tensors, weights, layout) -> Any:
+        """First call of a key: trace the model lazily, compile its graph as a program, run it."""
+        transfers = self._backend.counters()["transfers_to_host"]
+        with self.trace_context(self.inner):
+            output = self.inner(*args, **kwargs)
+        if self._backend.counters()["transfers_to_host"] != transfers:
+            self._fall_back("its Python reads device values while it runs (a host sync in the model)")
+            return output  # computed lazily: it joins the next graph
+        out_leaves, out_spec = tree_flatten(output)
+        if not all(isinstance(leaf, torch.Tensor) for leaf in out_leaves):
+            self._fall_back("it returns values that are not tensors")
+            return output
+        try:
+            program = self._backend.capture_program(out_leaves, tensors + weights)
+        except ReplayUnsupported as exc:
+            self._fall_back(str(exc))
+            return output
+        del output, out_leaves  # the trace is dropped: the program computes the result
+        self._programs[key] = _Program(program, out_spec, layout, tuple(map(id, weights)))
+        self.traces += 1
+        self.replays += 1
+        return tree_unflatten(list(self._backend.run_program(program, tensors + weights)), out_spec)
+
+    def _fall_back(self, reason: str) -> None:
+        self.fallback_reason = reason
+        log.warning("comfy-tpu: %s cannot be replayed (%s); it runs in lazy mode from now on", self._model_name,
+                    reason)
+
+
+class ReplayedModels:
+    """One :class:`ReplayedDiffusionModel` per diffusion module: its programs live as long as it does."""
+
+    def __init__(self, backend, own_wrappers: str) -> None:
+        self._backend = backend
+        self._own_wrappers = own_wrappers
+        import weakref
+
+        self._entries: "weakref.WeakSet[ReplayedDiffusionModel]" = weakref.WeakSet()
+
+    def for_module(self, module: torch.nn.Module, model_name: str) -> ReplayedDiffusionModel:
+        # Kept in the module's __dict__ (not a child module, not a registry holding it alive): the
+        # entry and its programs go when the model is unloaded and collected.
+        entry = module.__dict__.get(_ENTRY_ATTR)
+        if entry is None or entry._backend is not self._backend:
+            entry = ReplayedDiffusionModel(module, self._backend, model_name, self._own_wrappers)
+            module.__dict__[_ENTRY_ATTR] = entry
+            self._entries.add(entry)
+        return entry
+
+    def fallbacks(self) -> dict[str, str]:
+        """Models that run lazily although replay is on, with why."""
+        return {entry._model_name: entry.fallback_reason for entry in list(self._entries) if entry.fallback_reason}
+
+    def figures(self) -> dict[str, int]:
+        entries = list(self._entries)
+        return {"programs": sum(len(e._programs) for e in entries), "traces": sum(e.traces for e in entries),
+                "replays": sum(e.replays for e in entries)}
