@@ -121,3 +121,31 @@ def test_sampler_custom_advanced(comfy, backend, tiny):
     assert after["transfers_to_host"] - before["transfers_to_host"] <= 2
     assert max_abs_diff(out, run(cpu, 9)) <= 1e-3
 
+
+
+def test_a_model_that_reads_the_schedule_runs_lazily_and_right(comfy, backend, caplog):
+    """Replay keeps ``sample_sigmas`` (its length is the step count) out of the traced call; a model
+    whose Python needs it runs lazily from then on, said once, and its results stay right."""
+    import comfy.patcher_extension as pe
+    from bench import tiny_model
+    from tpu_runtime import runtime
+
+    def reads_schedule(executor, *args, **kwargs):
+        schedule = args[-1]["sample_sigmas"] if isinstance(args[-1], dict) else kwargs["transformer_options"][
+            "sample_sigmas"]
+        return executor(*args, **kwargs) * (1.0 + 0.0 * len(schedule))
+
+    xla = tiny_model.build_patcher("tiny", seed=21)
+    cpu = tiny_model.build_patcher("tiny", seed=21, load_device=torch.device("cpu"))
+    for patcher in (xla, cpu):
+        patcher.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, "test_reads_schedule", reads_schedule)
+    pos, neg = tiny_model.sd15_conditioning(1), tiny_model.sd15_conditioning(2)
+    assert runtime.current().options.execution == "replay"
+    with caplog.at_level(logging.WARNING, logger="comfy_tpu"):
+        first = ksample(comfy, xla, pos, neg, steps=3, backend=backend)
+        second = ksample(comfy, xla, pos, neg, steps=5, backend=backend)
+    said = [r.getMessage() for r in caplog.records if "cannot be replayed" in r.getMessage()]
+    assert len(said) == 1 and "sample_sigmas" in said[0], said
+    assert max_abs_diff(first.samples, ksample(comfy, cpu, pos, neg, steps=3).samples) <= 1e-3
+    assert max_abs_diff(second.samples, ksample(comfy, cpu, pos, neg, steps=5).samples) <= 1e-3
+    assert second.transfers_to_host == 1

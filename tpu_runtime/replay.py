@@ -126,6 +126,7 @@ class ReplayedDiffusionModel(torch.nn.Module):
         #: Set by the wrapper each call: what ComfyUI's patcher swapped into the model (object patches).
         self.model_token: Any = None
         self.__dict__["_slots_token"] = None
+        self.__dict__["_full_options"] = None  # this call's transformer_options, before the key's cuts
         self.fallback_reason: Optional[str] = None
         self.before_call: Optional[Callable[[], None]] = None
         #: Entered around a trace (the conv kernel twins): a replay reads the weights it was traced with.
@@ -181,6 +182,7 @@ class ReplayedDiffusionModel(torch.nn.Module):
             with self.trace_context(self.inner):
                 return self.inner(*args, **kwargs)
         options = kwargs.get("transformer_options")
+        self.__dict__["_full_options"] = options
         if isinstance(options, dict):
             kwargs["transformer_options"] = {k: v for k, v in options.items() if k not in STEP_DEPENDENT_OPTIONS}
         try:
@@ -204,8 +206,17 @@ class ReplayedDiffusionModel(torch.nn.Module):
     def _trace(self, key, args, kwargs, tensors, weights, layout) -> Any:
         """First call of a key: trace the model lazily, compile its graph as a program, run it."""
         transfers = self._backend.counters()["transfers_to_host"]
-        with self.trace_context(self.inner):
-            output = self.inner(*args, **kwargs)
+        try:
+            with self.trace_context(self.inner):
+                output = self.inner(*args, **kwargs)
+        except Exception as exc:  # re-raised below when the model fails with its whole options too
+            full = self._full_options
+            if full is None or full is kwargs.get("transformer_options"):
+                raise
+            with self.trace_context(self.inner):  # the model needs what the key leaves out: run it lazily
+                output = self.inner(*args, **{**kwargs, "transformer_options": full})
+            self._fall_back(f"it needs transformer_options the program cannot hold ({type(exc).__name__}: {exc})")
+            return output
         if self._backend.counters()["transfers_to_host"] != transfers:
             self._fall_back("its Python reads device values while it runs (a host sync in the model)")
             return output  # computed lazily: it joins the next graph
