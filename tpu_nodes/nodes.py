@@ -12,6 +12,7 @@ from comfy_api.latest import io, ui
 
 from tpu_runtime.api import TPUPathOff, stats_of
 from tpu_runtime.run_options import OPTIONS_KEY
+from tpu_runtime.warmup import ALL_SAMPLERS
 
 if TYPE_CHECKING:
     from tpu_runtime.state import PackState
@@ -63,8 +64,9 @@ class TPUManualWarmup(TPUNode):
                 io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Images per batch."),
                 io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1,
                                tooltip="Only whether it is 1.0 (no uncond pass) matters to the graphs."),
-                io.Combo.Input("sampler_name", options=_samplers(), default="euler",
-                               tooltip="The sampler the workflow uses: its step update is part of the graph."),
+                io.Combo.Input("sampler_name", options=_samplers() + [ALL_SAMPLERS], default="euler",
+                               tooltip="The sampler the workflow uses: its step update is a small graph of its own "
+                                       f"({ALL_SAMPLERS}: every sampler the pack tests, one after another)."),
                 io.Combo.Input("scheduler", options=_schedulers(), default="normal",
                                tooltip="Schedulers are data, not graphs: any choice serves every scheduler."),
                 io.Conditioning.Input("positive", optional=True,

@@ -38,11 +38,14 @@ class WarmupResult(BaseModel):
     seconds: float
     steps_run: int
     already_cached: bool = False
+    samplers: int = 1
 
     def status(self) -> str:
+        what = self.signature.short() if self.samplers == 1 else f"{self.signature.short()} and " \
+            f"{self.samplers - 1} other sampler(s)"
         if self.already_cached:
-            return f"already cached: {self.signature.short()}"
-        return (f"warmed {self.signature.short()}: {self.graphs_compiled} graph(s) compiled in "
+            return f"already cached: {what}"
+        return (f"warmed {what}: {self.graphs_compiled} graph(s) compiled in "
                 f"{self.seconds:.1f} s ({self.steps_run} step(s) run)")
 
 
@@ -197,7 +200,20 @@ class TPUManager(RunObserver):
     def warmup(self, model: Any, width: int, height: int, batch_size: int = 1, cfg: float = 7.0,
                sampler_name: str = "euler", scheduler: str = "normal", positive: Optional[list] = None,
                negative: Optional[list] = None, force_recompile: bool = False) -> WarmupResult:
-        """Compile every graph of this signature now; later runs at it compile nothing."""
+        """Compile every graph of this signature now; later runs at it compile nothing.
+        ``sampler_name=warmup.ALL_SAMPLERS`` warms each of ``warmup.WARMED_BY_ALL`` in turn."""
+        if sampler_name == warmup_mod.ALL_SAMPLERS:
+            results = [self._warm_one(model, width, height, batch_size, cfg, name, scheduler, positive, negative,
+                                      force_recompile) for name in warmup_mod.WARMED_BY_ALL]
+            return WarmupResult(signature=results[0].signature, graphs_compiled=sum(r.graphs_compiled for r in results),
+                                seconds=sum(r.seconds for r in results), steps_run=sum(r.steps_run for r in results),
+                                already_cached=all(r.already_cached for r in results), samplers=len(results))
+        return self._warm_one(model, width, height, batch_size, cfg, sampler_name, scheduler, positive, negative,
+                              force_recompile)
+
+    def _warm_one(self, model: Any, width: int, height: int, batch_size: int, cfg: float, sampler_name: str,
+                  scheduler: str, positive: Optional[list], negative: Optional[list],
+                  force_recompile: bool) -> WarmupResult:
         tokens = int(positive[0][0].shape[1]) if positive else 77
         signature = self.create_execution_signature(model, width, height, batch_size, cfg, scheduler,
                                                     sampler_name, context_tokens=tokens)

@@ -18,6 +18,12 @@ STEPS_TO_COVER = {"euler": 2, "euler_ancestral": 2, "ddim": 2, "lcm": 2, "ddpm":
 #: Samplers whose graphs depend on the step count: one warm-up run per step count listed.
 STEP_PLANS = {"uni_pc": (6, 4), "uni_pc_bh2": (6, 4)}
 DEFAULT_STEPS = 3
+#: What the warm-up node and API take to warm every sampler of :data:`WARMED_BY_ALL` at once.
+ALL_SAMPLERS = "(all samplers)"
+#: The samplers whose parity and compile counts the suite checks. In replay execution (the default) the
+#: model's program is shared, so each after the first adds only its own small graphs.
+WARMED_BY_ALL = ("euler", "euler_ancestral", "heun", "dpm_2", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_sde", "lcm",
+                 "ddim", "uni_pc")
 
 
 def step_plan(sampler_name: str, minimum: int = 1) -> tuple[int, ...]:
