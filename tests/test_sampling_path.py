@@ -39,7 +39,31 @@ def eager_reference(comfy, cpu, pos, neg, kind: str = "", **kwargs):
     return _EAGER[key]
 
 
-@pytest.fixture(params=["replay", "compiled", "lazy"], scope="module", autouse=True)
+MODES = ("replay", "compiled", "lazy")
+#: Per test: the (mode, sampler) pairs it runs. The default mode runs every sampler; the others one
+#: sampler of each kind (lazy mode fuses the model into each sampler's graph: each costs a model compile).
+MODE_SAMPLERS = {
+    "test_sampler_compiles_nothing_after_first_run": [
+        (mode, sampler) for mode in MODES for sampler in (SAMPLERS if mode == DEFAULT_MODE else KIND_SAMPLERS)],
+    "test_variants": [(mode, sampler) for mode in MODES
+                      for sampler in (["euler", "dpmpp_2m"] if mode == DEFAULT_MODE else ["euler"])],
+}
+#: Tests whose subject does not depend on the mode (schedulers are sigmas, data; bf16 autocast wraps
+#: every mode's model call alike): run in the default mode only.
+DEFAULT_MODE_ONLY = {"test_schedulers_are_data_not_graphs", "test_bf16_autocast_parity"}
+
+
+def pytest_generate_tests(metafunc) -> None:
+    """Which execution modes (and samplers) each test runs in; one process switches modes per group."""
+    name = metafunc.function.__name__
+    if name in MODE_SAMPLERS:
+        metafunc.parametrize(["mode", "sampler"], MODE_SAMPLERS[name], indirect=["mode"], scope="module")
+    elif "mode" in metafunc.fixturenames:
+        modes = [DEFAULT_MODE] if name in DEFAULT_MODE_ONLY else list(MODES)
+        metafunc.parametrize("mode", modes, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
 def mode(request, comfy):
     with execution_mode(request.param) as name:
         yield name
@@ -64,10 +88,7 @@ def assert_run_figures(run, steps: int, mode: str, *, first: bool) -> None:
     assert torch.isfinite(run.samples).all()
 
 
-@pytest.mark.parametrize("sampler", SAMPLERS)
 def test_sampler_compiles_nothing_after_first_run(comfy, backend, tiny, mode, sampler):
-    if mode != DEFAULT_MODE and sampler not in KIND_SAMPLERS:
-        pytest.skip(f"{mode} mode runs one sampler of each kind; every sampler runs in the default mode")
     xla, cpu, pos, neg = tiny
     for index, steps in enumerate((6, 12)):  # a new step count after the first: nothing compiles
         run = ksample(comfy, xla, pos, neg, steps=steps, sampler=sampler, backend=backend)
@@ -79,8 +100,6 @@ def test_sampler_compiles_nothing_after_first_run(comfy, backend, tiny, mode, sa
 
 @pytest.mark.parametrize("scheduler", SCHEDULERS)
 def test_schedulers_are_data_not_graphs(comfy, backend, tiny, mode, scheduler):
-    if mode != DEFAULT_MODE:
-        pytest.skip("schedulers only change the sigmas (data): checked in the default execution mode")
     xla, cpu, pos, neg = tiny
     ksample(comfy, xla, pos, neg, steps=6, scheduler=scheduler, backend=backend)  # may compile (first use)
     run = ksample(comfy, xla, pos, neg, steps=9, scheduler=scheduler, cfg=5.5, seed=7, backend=backend)
@@ -105,11 +124,8 @@ def _variant_inputs(kind: str):
     raise ValueError(kind)
 
 
-@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m"])
 @pytest.mark.parametrize("kind", ["batch2", "cfg1", "img2img", "mask"])
 def test_variants(comfy, backend, tiny, mode, sampler, kind):
-    if mode != DEFAULT_MODE and sampler != "euler":
-        pytest.skip(f"{mode} mode runs the variants with euler; both samplers run in the default mode")
     xla, cpu, pos, neg = tiny
     inputs = _variant_inputs(kind)
     for index, steps in enumerate((6, 12)):
@@ -120,7 +136,7 @@ def test_variants(comfy, backend, tiny, mode, sampler, kind):
         assert max_abs_diff(run.samples, reference.samples) <= PARITY
 
 
-def test_step_count_independent_of_cfg_and_seed(comfy, backend, tiny):
+def test_step_count_independent_of_cfg_and_seed(comfy, backend, tiny, mode):
     xla, _, pos, neg = tiny
     ksample(comfy, xla, pos, neg, steps=4, cfg=7.0, backend=backend)
     for cfg, seed, steps in ((3.0, 1, 5), (11.5, 99, 17)):
@@ -129,8 +145,6 @@ def test_step_count_independent_of_cfg_and_seed(comfy, backend, tiny):
 
 
 def test_bf16_autocast_parity(comfy, backend, tiny, mode):
-    if mode != DEFAULT_MODE:
-        pytest.skip("bf16 autocast is the same around every mode's model call: checked in the default mode")
     xla, cpu, pos, neg = tiny
     with run_options(autocast_bf16=True):
         run = ksample(comfy, xla, pos, neg, steps=6, backend=backend)
