@@ -19,37 +19,25 @@ base model's ``diffusion_model`` is swapped for a :class:`CompiledDiffusionModel
 from __future__ import annotations
 
 import logging
-import weakref
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 
+from .stand_in import STEP_DEPENDENT_OPTIONS, ModelStandIn, StandIns
+
 log = logging.getLogger("comfy_tpu")
 
-#: transformer_options entries the captured region must not see (their shape follows the step count).
-STEP_DEPENDENT_OPTIONS = ("sample_sigmas",)
 
-
-class CompiledDiffusionModel(torch.nn.Module):
+class CompiledDiffusionModel(ModelStandIn):
     """Stands in for a base model's ``diffusion_model`` while it runs compiled (or its fallback)."""
 
+    CANNOT = "run compiled"
+
     def __init__(self, module: torch.nn.Module, backend, model_name: str, graph_break_limit: int) -> None:
-        super().__init__()
-        self.inner = module
-        self._backend = backend
-        self._model_name = model_name
+        super().__init__(module, backend, model_name)
         self._graph_break_limit = graph_break_limit
         # Kept out of ``_modules``: the captured module wraps ``inner``, which is already a child.
         self.__dict__["_compiled"] = None
-        self.fallback_reason: Optional[str] = None
-        self.before_call: Optional[Callable[[], None]] = None
-
-    def __getattr__(self, name: str) -> Any:
-        # ComfyUI reads attributes of the diffusion model (``dtype`` in ``get_dtype``, config values).
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self._modules["inner"], name)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self.before_call is not None:
@@ -88,12 +76,6 @@ class CompiledDiffusionModel(torch.nn.Module):
             self._fall_back("dynamo ran it without a captured graph (it skips code whose capture failed before)")
         return output
 
-    def _fall_back(self, reason: str) -> None:
-        self.fallback_reason = reason
-        log.warning("comfy-tpu: %s cannot run compiled (%s); it runs in lazy mode from now on",
-                    self._model_name, reason)
-
-
 def _describe(exc: BaseException) -> str:
     """The compiler's error and, where it wraps one, the error underneath (the useful part)."""
     root = exc
@@ -104,28 +86,14 @@ def _describe(exc: BaseException) -> str:
     return text if root is exc else f"{type(exc).__name__} <- {text}"
 
 
-_ENTRY_ATTR = "_comfy_tpu_compiled"
-
-
-class CompiledModels:
+class CompiledModels(StandIns):
     """One :class:`CompiledDiffusionModel` per diffusion module: its captures live as long as it does."""
 
     def __init__(self, backend) -> None:
-        self._backend = backend
-        self._entries: "weakref.WeakSet[CompiledDiffusionModel]" = weakref.WeakSet()
+        super().__init__(backend, lambda module, name: CompiledDiffusionModel(module, backend, name, 0),
+                         "_comfy_tpu_compiled")
 
     def for_module(self, module: torch.nn.Module, model_name: str, graph_break_limit: int) -> CompiledDiffusionModel:
-        # Kept in the module's __dict__ (not a child module, not a registry holding it alive): the
-        # entry and its captures go when the model is unloaded and collected.
-        entry = module.__dict__.get(_ENTRY_ATTR)
-        if entry is None or entry._backend is not self._backend:
-            entry = CompiledDiffusionModel(module, self._backend, model_name, graph_break_limit)
-            module.__dict__[_ENTRY_ATTR] = entry
-            self._entries.add(entry)
+        entry = super().for_module(module, model_name)
         entry._graph_break_limit = graph_break_limit
         return entry
-
-    def fallbacks(self) -> dict[str, str]:
-        """Models that run lazily although compiled mode is on, with why."""
-        return {entry._model_name: entry.fallback_reason for entry in list(self._entries)
-                if entry.fallback_reason}

@@ -23,31 +23,29 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from .backend import ReplayUnsupported
+from .stand_in import STEP_DEPENDENT_OPTIONS, ModelStandIn, StandIns
 
 log = logging.getLogger("comfy_tpu")
 
-#: transformer_options entries the traced call must not see (their shape follows the step count).
-STEP_DEPENDENT_OPTIONS = ("sample_sigmas",)
 #: transformer_options entries that do not reach the model's graph (identifiers ComfyUI renews per run).
 IGNORED_OPTIONS = ("uuids",)
 #: transformer_options entries through which other code changes what the model computes per call.
 PER_CALL_PATCHES = ("patches", "patches_replace")
 #: CPU tensors up to this many elements are part of the key by value (larger ones: not replayed).
 HOST_VALUES_IN_KEY = 4096
-_ENTRY_ATTR = "_comfy_tpu_replayed"
 
 
 class NotReplayable(Exception):
     """This call cannot be replayed (the reason is its message); it runs lazily."""
 
 
-def _leaf_key(leaf: Any, own_wrappers: str) -> Any:
+def _leaf_key(leaf: Any) -> Any:
     if isinstance(leaf, torch.Tensor):
         if leaf.device.type == "cpu":
             if leaf.numel() > HOST_VALUES_IN_KEY:
@@ -81,7 +79,7 @@ def call_key(args: tuple, kwargs: dict, own_wrappers: str) -> tuple[tuple, list[
         kwargs = {**kwargs, "transformer_options": kept}
     leaves, spec = tree_flatten((args, kwargs))
     tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor) and leaf.device.type != "cpu"]
-    return (str(spec), tuple(_leaf_key(leaf, own_wrappers) for leaf in leaves)), tensors
+    return (str(spec), tuple(_leaf_key(leaf) for leaf in leaves)), tensors
 
 
 class _Program:
@@ -111,14 +109,13 @@ def _layout(weights: list[torch.Tensor]) -> tuple:
     return tuple((tuple(w.shape), w.dtype) for w in weights)
 
 
-class ReplayedDiffusionModel(torch.nn.Module):
+class ReplayedDiffusionModel(ModelStandIn):
     """Stands in for a base model's ``diffusion_model`` while it runs replayed (or its fallback)."""
 
+    CANNOT = "be replayed"
+
     def __init__(self, module: torch.nn.Module, backend, model_name: str, own_wrappers: str) -> None:
-        super().__init__()
-        self.inner = module
-        self._backend = backend
-        self._model_name = model_name
+        super().__init__(module, backend, model_name)
         self._own_wrappers = own_wrappers
         self.__dict__["_programs"] = {}
         self.__dict__["_weights"] = None  # [(owner's parameter or buffer dict, name)] of every weight
@@ -127,19 +124,10 @@ class ReplayedDiffusionModel(torch.nn.Module):
         self.model_token: Any = None
         self.__dict__["_slots_token"] = None
         self.__dict__["_full_options"] = None  # this call's transformer_options, before the key's cuts
-        self.fallback_reason: Optional[str] = None
-        self.before_call: Optional[Callable[[], None]] = None
         #: Entered around a trace (the conv kernel twins): a replay reads the weights it was traced with.
         self.trace_context: Callable[[torch.nn.Module], Any] = lambda module: contextlib.nullcontext()
         self.traces = 0  # calls traced (first call of each key): tests and stats read it
         self.replays = 0
-
-    def __getattr__(self, name: str) -> Any:
-        # ComfyUI reads attributes of the diffusion model (``dtype`` in ``get_dtype``, config values).
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self._modules["inner"], name)
 
     def _weight_slots(self) -> list[tuple[dict, str]]:
         """Every parameter and buffer of the model as (its owner's parameter or buffer dict, name): read
@@ -235,37 +223,16 @@ class ReplayedDiffusionModel(torch.nn.Module):
         self.replays += 1
         return tree_unflatten(list(self._backend.run_program(program, tensors + weights)), out_spec)
 
-    def _fall_back(self, reason: str) -> None:
-        self.fallback_reason = reason
-        log.warning("comfy-tpu: %s cannot be replayed (%s); it runs in lazy mode from now on", self._model_name,
-                    reason)
 
 
-class ReplayedModels:
+class ReplayedModels(StandIns):
     """One :class:`ReplayedDiffusionModel` per diffusion module: its programs live as long as it does."""
 
     def __init__(self, backend, own_wrappers: str) -> None:
-        self._backend = backend
-        self._own_wrappers = own_wrappers
-        import weakref
-
-        self._entries: "weakref.WeakSet[ReplayedDiffusionModel]" = weakref.WeakSet()
-
-    def for_module(self, module: torch.nn.Module, model_name: str) -> ReplayedDiffusionModel:
-        # Kept in the module's __dict__ (not a child module, not a registry holding it alive): the
-        # entry and its programs go when the model is unloaded and collected.
-        entry = module.__dict__.get(_ENTRY_ATTR)
-        if entry is None or entry._backend is not self._backend:
-            entry = ReplayedDiffusionModel(module, self._backend, model_name, self._own_wrappers)
-            module.__dict__[_ENTRY_ATTR] = entry
-            self._entries.add(entry)
-        return entry
-
-    def fallbacks(self) -> dict[str, str]:
-        """Models that run lazily although replay is on, with why."""
-        return {entry._model_name: entry.fallback_reason for entry in list(self._entries) if entry.fallback_reason}
+        super().__init__(backend, lambda module, name: ReplayedDiffusionModel(module, backend, name, own_wrappers),
+                         "_comfy_tpu_replayed")
 
     def figures(self) -> dict[str, int]:
-        entries = list(self._entries)
+        entries = self.entries()
         return {"programs": sum(len(e._programs) for e in entries), "traces": sum(e.traces for e in entries),
                 "replays": sum(e.replays for e in entries)}

@@ -1,6 +1,6 @@
 """One diffusion-model call (``APPLY_MODEL``): bf16 autocast around the model (the sampler's own math
 stays fp32), the batch split over the mesh under SPMD, conv layers reading HWIO kernel twins where
-that is on, and in compiled mode the captured model standing in for the diffusion model."""
+that is on, and in compiled and replay mode a stand-in for the diffusion model."""
 from __future__ import annotations
 
 import contextlib
@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .. import batch_shard, compiled, kernel_layout, replay
+from .. import batch_shard, kernel_layout
+from ..stand_in import ModelStandIn
 from ..run_options import RunOptions
 from .run import _RUN
 
@@ -53,69 +54,64 @@ def apply_model_wrapper(state: "PackState", options: RunOptions):
     return apply_model
 
 
-def compiled_apply_model_wrapper(state: "PackState", options: RunOptions):
-    """APPLY_MODEL in compiled mode: the base model's diffusion model is its captured stand-in for
-    the length of the call (as core's torch.compile wrapper does), under the same autocast."""
+def _stand_in_wrapper(state: "PackState", options: RunOptions, prepare):
+    """APPLY_MODEL with the base model's diffusion model swapped for a stand-in for the length of the
+    call (as core's torch.compile wrapper does), under the same autocast. ``prepare(base_model,
+    original)`` gives the stand-in and the context to run the call in; the stand-in takes the step
+    boundary right before the model runs."""
     dtype = torch.bfloat16 if options.autocast_bf16 else torch.float32
-    kernels = _kernel_twins(state, options)
     execute = _executor(state)
     backend = state.backend
 
     def apply_model(executor, *args, **kwargs):
         base_model = executor.class_obj
         original = getattr(base_model, "diffusion_model", None)
-        if not isinstance(original, torch.nn.Module) or isinstance(original, compiled.CompiledDiffusionModel):
-            with backend.autocast(dtype):  # no diffusion model to capture, or already inside one
+        if not isinstance(original, torch.nn.Module) or isinstance(original, ModelStandIn):
+            with backend.autocast(dtype):  # no diffusion model to stand in for, or already inside one
                 return execute(executor, args, kwargs)
-        stand_in = state.compiled_models.for_module(original, _model_label(base_model),
-                                                    options.compiled_graph_break_limit)
+        stand_in, around = prepare(base_model, original)
         run = _RUN.get()
         stand_in.before_call = run.pacer.boundary if run is not None and run.pacer is not None else None
         base_model.diffusion_model = stand_in
         try:
-            with kernels(original), backend.autocast(dtype):
+            with around, backend.autocast(dtype):
                 return execute(executor, args, kwargs)
         finally:
             base_model.diffusion_model = original
             stand_in.before_call = None
 
     return apply_model
+
+
+def compiled_apply_model_wrapper(state: "PackState", options: RunOptions):
+    """APPLY_MODEL in compiled mode: the diffusion model's captured stand-in, conv layers reading their
+    kernel twins in every call (dynamo captures them)."""
+    kernels = _kernel_twins(state, options)
+
+    def prepare(base_model, original):
+        stand_in = state.compiled_models.for_module(original, _model_label(base_model),
+                                                    options.compiled_graph_break_limit)
+        return stand_in, kernels(original)
+
+    return _stand_in_wrapper(state, options, prepare)
 
 
 def replayed_apply_model_wrapper(state: "PackState", options: RunOptions):
-    """APPLY_MODEL in replay mode: the base model's diffusion model is its replayed stand-in for the
-    length of the call; the step boundary is taken right before the model runs, so the model's graph
-    is its own (the sampler's math and the input preparation are another, small one). Conv kernel
-    twins are kept up to date at each call, and read by the layers only while a call is traced."""
-    dtype = torch.bfloat16 if options.autocast_bf16 else torch.float32
+    """APPLY_MODEL in replay mode: the diffusion model's replayed stand-in; the model's graph is its own
+    (the sampler's math and the input preparation are another, small one). Conv kernel twins are kept
+    up to date at each call, and read by the layers only while a call is traced."""
     twins_on = kernel_layout.resolve(options.conv_kernel_layout, state.backend.device_type())
     refresh = state.kernel_twins.kernels_for if twins_on else (lambda model: None)
     trace_context = state.kernel_twins.applied if twins_on else (lambda model: contextlib.nullcontext())
-    backend = state.backend
-    execute = _executor(state)
 
-    def apply_model(executor, *args, **kwargs):
-        base_model = executor.class_obj
-        original = getattr(base_model, "diffusion_model", None)
-        if not isinstance(original, torch.nn.Module) or isinstance(
-                original, (compiled.CompiledDiffusionModel, replay.ReplayedDiffusionModel)):
-            with backend.autocast(dtype):
-                return execute(executor, args, kwargs)
+    def prepare(base_model, original):
         stand_in = state.replayed_models.for_module(original, _model_label(base_model))
-        run = _RUN.get()
-        stand_in.before_call = run.pacer.boundary if run is not None and run.pacer is not None else None
         stand_in.trace_context = trace_context
         stand_in.model_token = _object_patches(base_model)
         refresh(original)
-        base_model.diffusion_model = stand_in
-        try:
-            with backend.autocast(dtype):
-                return execute(executor, args, kwargs)
-        finally:
-            base_model.diffusion_model = original
-            stand_in.before_call = None
+        return stand_in, contextlib.nullcontext()
 
-    return apply_model
+    return _stand_in_wrapper(state, options, prepare)
 
 
 def _object_patches(base_model) -> tuple:
