@@ -36,6 +36,18 @@ def test_a_new_sampler_runs_right_and_then_compiles_nothing(after_euler, sampler
     assert run["diff"] <= PARITY, run
 
 
+def test_the_warm_set_tells_the_model_program_from_the_sampler_graphs(after_euler):
+    """The registry records which part of a run's compile was the model's program: the warm-up's is most
+    of it, a new sampler's is none (the program is shared), so the estimate for a new sampler is its own."""
+    warm = after_euler["warmup"]
+    assert 0.5 * warm["compile_s"] < warm["program_s"] <= warm["compile_s"], warm
+    others = {sampler: run for sampler, run in after_euler["samplers"].items() if not run["warm_signature"]}
+    assert len(others) >= 8  # ddim runs ComfyUI's euler function: the warm-up's own signature
+    for sampler, run in others.items():
+        assert run["recorded_program_s"] == 0.0, (sampler, run)
+        assert run["recorded_s"] == pytest.approx(run["compile_s"], abs=1e-3), (sampler, run)
+
+
 @pytest.mark.parametrize("sampler", [pytest.param(s, marks=pytest.mark.xfail(reason=KNOWN_OVER_BOUND[s], strict=True))
                                      if s in KNOWN_OVER_BOUND else s for s in OTHER_SAMPLERS])
 def test_a_new_sampler_compiles_only_its_own_small_graphs(after_euler, sampler):

@@ -39,6 +39,9 @@ class SignatureStats(BaseModel):
     last_used: str
     graphs_compiled: int = 0
     compile_seconds: float = 0.0
+    #: The part of ``compile_seconds`` that was the diffusion model's own program (replay execution),
+    #: shared with every other sampler of the same model program; the rest is the sampler's graphs.
+    model_program_seconds: float = 0.0
     hits: int = 0
     misses: int = 0
     warm_in_this_process: bool = False
@@ -139,8 +142,10 @@ class SignatureRegistry:
         entry = self._entries.get(signature)
         return bool(entry and entry.warm_in_this_process)
 
-    def record(self, signature: ExecutionSignature, compiles: int, compile_seconds: float) -> RunOutcome:
-        """One sampling run at ``signature`` that made ``compiles`` new XLA compiles."""
+    def record(self, signature: ExecutionSignature, compiles: int, compile_seconds: float,
+               model_program_seconds: float = 0.0) -> RunOutcome:
+        """One sampling run at ``signature`` that made ``compiles`` new XLA compiles, of which
+        ``model_program_seconds`` went to the diffusion model's own program (replay execution)."""
         now = _now()
         entry = self._entries.get(signature)
         new = entry is None
@@ -155,6 +160,7 @@ class SignatureRegistry:
         entry.last_used = now
         entry.graphs_compiled += compiles
         entry.compile_seconds += compile_seconds
+        entry.model_program_seconds += min(model_program_seconds, compile_seconds)
         hit = compiles == 0
         if hit:
             entry.hits += 1
@@ -177,12 +183,48 @@ class SignatureRegistry:
         log.info("comfy-tpu: the warm set keeps the %d most recently used signatures; older ones forgotten", limit)
 
     def estimate_compile_seconds(self, signature: ExecutionSignature) -> Optional[float]:
-        """What compiling this signature took before, or a similar one did."""
-        entry = self._entries.get(signature)
-        if entry and entry.compile_seconds:
-            return entry.compile_seconds
-        closest = nearest(signature, [s for s, e in self._entries.items() if e.compile_seconds])
-        return self._entries[closest].compile_seconds if closest else None
+        """What compiling this signature would take, from what it (or the most similar one) took.
+
+        In replay execution that is the model's program (nothing, when another sampler compiled it in
+        this process) plus the sampler's own small graphs."""
+        if signature.model_program_key() is None:
+            entry = self._entries.get(signature)
+            if entry and entry.compile_seconds:
+                return entry.compile_seconds
+            closest = nearest(signature, [s for s, e in self._entries.items() if e.compile_seconds])
+            return self._entries[closest].compile_seconds if closest else None
+        program = 0.0 if self.model_program_warm(signature) else self._model_program_seconds(signature)
+        graphs = self._sampler_graph_seconds(signature)
+        if graphs is None:  # this sampler never ran: its graphs are unknown (small), the program is known
+            return program or None
+        return (program or 0.0) + graphs
+
+    def model_program_warm(self, signature: ExecutionSignature) -> bool:
+        """Whether the diffusion model's program for this signature is compiled in this process (a run
+        of any sampler with the same model program key compiled it)."""
+        key = signature.model_program_key()
+        return key is not None and any(e.warm_in_this_process and s.model_program_key() == key
+                                       for s, e in self._entries.items())
+
+    def _model_program_seconds(self, signature: ExecutionSignature) -> Optional[float]:
+        key = signature.model_program_key()
+        same = [e.model_program_seconds for s, e in self._entries.items()
+                if s.model_program_key() == key and e.model_program_seconds]
+        if same:
+            return max(same)
+        measured = [s for s, e in self._entries.items() if e.model_program_seconds]
+        closest = nearest(signature, measured)
+        return self._entries[closest].model_program_seconds if closest else None
+
+    def _sampler_graph_seconds(self, signature: ExecutionSignature) -> Optional[float]:
+        """The sampler's own graphs: its entries' compile seconds less their model program's."""
+        mine = [s for s, e in self._entries.items() if s.sampler == signature.sampler and s.model_program_key()
+                and e.compile_seconds]
+        closest = nearest(signature, mine)
+        if closest is None:
+            return None
+        entry = self._entries[closest]
+        return max(entry.compile_seconds - entry.model_program_seconds, 0.0)
 
     def pending_rewarm(self, model_fingerprint: str) -> list[ExecutionSignature]:
         """Recorded signatures of this model that are not compiled in this process yet."""

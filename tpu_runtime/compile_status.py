@@ -55,7 +55,8 @@ class CompileStatus:
         return True
 
     def compiling(self, what: str, estimate_s: Optional[float]) -> bool:
-        eta = f"~{estimate_s:.0f} s (recorded)" if estimate_s else "no earlier compile to estimate from"
+        eta = f"~{estimate_s:.{0 if estimate_s >= 10 else 1}f} s (recorded)" if estimate_s is not None \
+            else "no earlier compile to estimate from"
         return self.show(f"comfy-tpu: compiling (first time)\n{what}\n{eta}")
 
     def compiled(self, what: str, graphs: int, seconds: float) -> bool:

@@ -84,14 +84,18 @@ class TPUManager(RunObserver):
             self._rewarm(patcher, run.options)
         if signature is not None and not self.registry.is_cached(signature):
             estimate = self.registry.estimate_compile_seconds(signature)
-            log.info("comfy-tpu: compiling %s (first time, ~%s)", signature.short(),
-                     f"{estimate:.0f} s" if estimate else "unknown s")
-            self.status.compiling(signature.short(), estimate)
+            what = signature.short()
+            if self.registry.model_program_warm(signature):
+                what += "\n(this sampler's own small graphs: the model's program is compiled)"
+            log.info("comfy-tpu: compiling %s (first time, ~%s)", what.replace("\n", " "),
+                     f"{estimate:.0f} s" if estimate is not None else "unknown s")
+            self.status.compiling(what, estimate)
 
     def after_run(self, run: SamplingRun) -> None:
         if run.signature is None or run.figures is None or not run.options.compilation_cache:
             return
-        outcome = self.registry.record(run.signature, run.figures.compiles, run.figures.compile_s)
+        outcome = self.registry.record(run.signature, run.figures.compiles, run.figures.compile_s,
+                                       run.figures.model_program_compile_s)
         self.last_outcome = outcome
         if run.figures.compiles:
             self.status.compiled(run.signature.short(), run.figures.compiles, run.figures.compile_s)

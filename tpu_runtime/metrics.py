@@ -12,6 +12,9 @@ class RunFigures(BaseModel):
     wall_s: float = 0.0
     compiles: int = 0
     compile_s: float = 0.0
+    #: The part of ``compile_s`` spent on the diffusion model's own programs (replay execution): what
+    #: a run of another sampler with the same model and shapes does not compile again.
+    model_program_compile_s: float = 0.0
     executions: int = 0
     transfers_to_host: int = 0
     fallback_ops: dict[str, int] = {}

@@ -114,9 +114,11 @@ class ReplayedDiffusionModel(ModelStandIn):
 
     CANNOT = "be replayed"
 
-    def __init__(self, module: torch.nn.Module, backend, model_name: str, own_wrappers: str) -> None:
+    def __init__(self, module: torch.nn.Module, backend, model_name: str, own_wrappers: str,
+                 on_compiled: Callable[[float], None] = lambda seconds: None) -> None:
         super().__init__(module, backend, model_name)
         self._own_wrappers = own_wrappers
+        self._on_compiled = on_compiled  # told the compile seconds of each new program
         self.__dict__["_programs"] = {}
         self.__dict__["_weights"] = None  # [(owner's parameter or buffer dict, name)] of every weight
         self.__dict__["_hooked_layers"] = None  # layers that can carry weight or bias functions
@@ -212,11 +214,13 @@ class ReplayedDiffusionModel(ModelStandIn):
         if not all(isinstance(leaf, torch.Tensor) for leaf in out_leaves):
             self._fall_back("it returns values that are not tensors")
             return output
+        compile_start = self._backend.compile_seconds()
         try:
             program = self._backend.capture_program(out_leaves, tensors + weights)
         except ReplayUnsupported as exc:
             self._fall_back(str(exc))
             return output
+        self._on_compiled(self._backend.compile_seconds() - compile_start)
         del output, out_leaves  # the trace is dropped: the program computes the result
         self._programs[key] = _Program(program, out_spec, layout, tuple(map(id, weights)))
         self.traces += 1
@@ -229,8 +233,15 @@ class ReplayedModels(StandIns):
     """One :class:`ReplayedDiffusionModel` per diffusion module: its programs live as long as it does."""
 
     def __init__(self, backend, own_wrappers: str) -> None:
-        super().__init__(backend, lambda module, name: ReplayedDiffusionModel(module, backend, name, own_wrappers),
+        super().__init__(backend, lambda module, name: ReplayedDiffusionModel(module, backend, name, own_wrappers,
+                                                                              self._count_compile),
                          "_comfy_tpu_replayed")
+        #: Compile seconds of every model program so far: a run's share of its compile seconds that
+        #: belongs to the model (shared by every sampler), not to the sampler's own small graphs.
+        self.program_compile_s = 0.0
+
+    def _count_compile(self, seconds: float) -> None:
+        self.program_compile_s += seconds
 
     def figures(self) -> dict[str, int]:
         entries = self.entries()

@@ -6,6 +6,10 @@ one step count serves every step count. What does change the graphs: the model's
 padded latent shape and batch, the conditioning's token length, whether cfg runs an uncond pass,
 the compute dtype, the sampler (its step update and model calls per step), the device mesh and the
 execution mode (lazy and compiled trace different graphs).
+
+In replay execution the sampler decides only its own small graphs: the diffusion model's program
+depends on every graph field but the sampler (:meth:`ExecutionSignature.model_program_key`), so one
+program serves every sampler, and a new sampler's compile is its small graphs alone.
 """
 from __future__ import annotations
 
@@ -17,6 +21,8 @@ from pydantic import BaseModel, ConfigDict
 #: Fields that decide the graphs; the display fields below are for people only.
 GRAPH_FIELDS = ("model_fingerprint", "latent_shape", "batch_size", "context_tokens", "uncond_pass",
                 "compute_dtype", "sampler", "mesh", "execution")
+#: Execution modes that compile the diffusion model as its own program, apart from the sampler's math.
+SAMPLER_FREE_MODEL_PROGRAM = ("replay",)
 
 
 class ExecutionSignature(BaseModel):
@@ -48,6 +54,14 @@ class ExecutionSignature(BaseModel):
 
     def __eq__(self, other: Any) -> bool:
         return isinstance(other, ExecutionSignature) and self.key() == other.key()
+
+    def model_program_key(self) -> Optional[tuple]:
+        """What the diffusion model's own program depends on where it is compiled apart from the
+        sampler's math (replay execution): every graph field but the sampler. None where each
+        sampler's graphs hold their own copy of the model (lazy and compiled execution)."""
+        if self.execution not in SAMPLER_FREE_MODEL_PROGRAM:
+            return None
+        return tuple(getattr(self, name) for name in GRAPH_FIELDS if name != "sampler")
 
     def short(self) -> str:
         shape = "x".join(str(d) for d in self.latent_shape)

@@ -55,6 +55,9 @@ class FakeBackend:
     def counters(self) -> dict[str, int]:
         return dict(self._counters)
 
+    def compile_seconds(self) -> float:
+        return 0.0
+
     def fallback_ops(self) -> dict[str, int]:
         return {}
 

@@ -40,6 +40,7 @@ def outer_sample_wrapper(state: "PackState", options: RunOptions):
             observer.before_run(run, patcher)
         token = _RUN.set(run)
         meter = metrics.RunMeter(backend)
+        program_compile_start = _program_compile_s(state)
         completed = False
         try:
             # Always under inference mode, as ComfyUI's nodes run: a script calling the sampler
@@ -60,13 +61,19 @@ def outer_sample_wrapper(state: "PackState", options: RunOptions):
             run.figures = meter.stop().without(run.load_figures).model_copy(update={
                 "model_calls": sum(p.boundaries for p in run.pacers),
                 "host_trace_s": sum(p.host_trace_s for p in run.pacers),
-                "device_wait_s": sum(p.device_wait_s for p in run.pacers)})
+                "device_wait_s": sum(p.device_wait_s for p in run.pacers),
+                "model_program_compile_s": _program_compile_s(state) - program_compile_start})
             _report(run, sampler_function_name(sampler))
             if completed:
                 for observer in list(state.observers):
                     observer.after_run(run)
 
     return outer_sample
+
+
+def _program_compile_s(state: "PackState") -> float:
+    """Compile seconds of the diffusion models' replay programs so far (0 outside replay execution)."""
+    return state.replayed_models.program_compile_s if state.replayed_models is not None else 0.0
 
 
 def prepare_sampling(executor, model, noise_shape, conds, model_options=None):
