@@ -49,6 +49,7 @@ def switching(nodes, steps: int = 3, size: int = 64, frames: int = 2, lora_famil
         positive, negative, shape, cfg = inputs[name]
         seed = 10 + index
         latent = torch.zeros(shape)
+        uploads = backend.counters().get("weight_uploads", 0)
         start = time.perf_counter()
         run = ksample(nodes, xla_models[name], positive, negative, steps=steps, sampler=sampler, cfg=cfg,
                       seed=seed, latent=latent, backend=backend)
@@ -60,7 +61,8 @@ def switching(nodes, steps: int = 3, size: int = 64, frames: int = 2, lora_famil
             "compiles": run.compiles, "run_compiles": figures.compiles, "executions": run.executions,
             "transfers": run.transfers_to_host, "run_transfers": figures.transfers_to_host, "fallbacks": run.fallbacks, "run_fallbacks": figures.fallback_ops,
             "max_diff": max_abs_diff(run.samples, reference), "finite": bool(torch.isfinite(run.samples).all()),
-            "abs_max": float(run.samples.abs().max()), "wall_s": round(wall, 2)})
+            "abs_max": float(run.samples.abs().max()), "wall_s": round(wall, 2), "model_calls": run.model_calls,
+            "weight_uploads": backend.counters().get("weight_uploads", 0) - uploads})
         seen.add(name)
     # How far apart the LoRA clone's and its base's results are: a parity bound far below this means
     # the parity check would have seen the LoRA missing (or left behind on the base).
