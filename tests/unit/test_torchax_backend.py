@@ -1,0 +1,74 @@
+"""The torchax backend's pure parts (no JAX needed): it implements the Backend protocol, keeps device
+twins of weights in step with the tensors ComfyUI holds, and counts compiles from JAX's events."""
+from __future__ import annotations
+
+import torch
+
+from tpu_runtime import backend_torchax
+from tpu_runtime.backend import Backend
+from tpu_runtime.backend_torchax import (BACKEND_COMPILE_EVENT, CACHE_HIT_EVENT, TRACE_EVENT, JaxCompileFigures,
+                                         TorchaxBackend, WeightTwins, host_array, host_tensor)
+
+
+def test_every_protocol_method_is_implemented():
+    declared = {name for name in vars(Backend) if not name.startswith("_")} | set(Backend.__annotations__)
+    missing = sorted(name for name in declared if not hasattr(TorchaxBackend, name) and name != "spmd")
+    assert not missing, missing
+
+
+def _twins():
+    uploads = []
+    return WeightTwins(lambda tensor: uploads.append(tensor.tolist()) or ("array", len(uploads))), uploads
+
+
+def test_a_weight_is_uploaded_once_while_unchanged():
+    twins, uploads = _twins()
+    weight = torch.ones(3)
+    first = twins.arrays([weight])
+    assert twins.arrays([weight]) == first and len(uploads) == 1
+
+
+def test_a_weight_written_in_place_is_uploaded_again():
+    twins, uploads = _twins()
+    weight = torch.ones(3)
+    twins.arrays([weight])
+    weight.add_(1)
+    twins.arrays([weight])
+    assert len(uploads) == 2
+
+
+def test_a_replaced_weight_is_uploaded_and_the_old_twin_goes_with_its_tensor():
+    twins, uploads = _twins()
+    old = torch.ones(3)
+    twins.arrays([old])
+    new = torch.full((3,), 2.0)  # ComfyUI's set_attr_param: a new tensor in the slot (a LoRA patched in)
+    twins.arrays([new])
+    assert len(uploads) == 2 and len(twins) == 2
+    del old
+    assert len(twins) == 1
+
+
+def test_compiles_exclude_persistent_cache_loads():
+    figures = JaxCompileFigures()
+    for _ in range(3):
+        figures.on_duration(BACKEND_COMPILE_EVENT, 2.0)
+    figures.on_duration(TRACE_EVENT, 0.5)
+    figures.on_event(CACHE_HIT_EVENT)
+    assert figures.compiles() == 2
+    assert figures.compile_seconds() == 6.0 and figures.program_seconds() == 6.5
+
+
+def test_bf16_goes_through_its_bits_both_ways():
+    tensor = torch.tensor([1.5, -2.25, 3.0e3], dtype=torch.bfloat16)
+    array = host_array(tensor)
+    assert str(array.dtype) == "bfloat16"
+    back = host_tensor(array)
+    assert back.dtype == torch.bfloat16 and torch.equal(back, tensor)
+    back.add_(1)  # writable: ComfyUI may write a result in place
+
+
+def test_the_pack_device_is_a_cpu_device_comfyui_tells_from_its_own():
+    assert backend_torchax.PACK_DEVICE.type == "cpu" and backend_torchax.PACK_DEVICE != torch.device("cpu")
+    is_device = TorchaxBackend.is_device
+    assert is_device(None, torch.device("cpu", 0)) and is_device(None, "cpu:0")
+    assert not is_device(None, torch.device("cpu")) and not is_device(None, "cpu")
