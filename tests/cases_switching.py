@@ -11,6 +11,8 @@ FIRST_ORDER = ["sd15", "sdxl", "sd3", "flux", "wan"]
 #: No transition of the first order repeats here (wan -> flux, flux -> sd3, sd3 -> sd15, ...).
 SECOND_ORDER = ["flux", "sd3", "sd15", "wan", "sdxl"]
 LORA = "+lora"
+#: The same LoRA at other strengths: ComfyUI patches the same weights with other values (no compile).
+LORA_STRENGTHS = {"+lora@0.5": 0.5, "+lora@0.8": 0.8}
 
 
 def switching(nodes, steps: int = 3, size: int = 64, frames: int = 2, lora_family: str = "sdxl",
@@ -34,9 +36,14 @@ def switching(nodes, steps: int = 3, size: int = 64, frames: int = 2, lora_famil
     xla_models[lora_family + LORA], lora_keys = tiny_zoo.lora_clone(xla_models[lora_family])
     cpu_models[lora_family + LORA], _ = tiny_zoo.lora_clone(cpu_models[lora_family])
     inputs[lora_family + LORA] = inputs[lora_family]
+    for suffix, strength in LORA_STRENGTHS.items():
+        xla_models[lora_family + suffix], _ = tiny_zoo.lora_clone(xla_models[lora_family], strength=strength)
+        cpu_models[lora_family + suffix], _ = tiny_zoo.lora_clone(cpu_models[lora_family], strength=strength)
+        inputs[lora_family + suffix] = inputs[lora_family]
     built_s = time.perf_counter() - built_s
 
-    visits = FIRST_ORDER + SECOND_ORDER + [lora_family + LORA, lora_family]
+    visits = FIRST_ORDER + SECOND_ORDER + [lora_family + LORA] + [lora_family + suffix for suffix in LORA_STRENGTHS] + [
+        lora_family]
     seen: set[str] = set()
     result = {"visits": [], "lora_keys": lora_keys, "build_s": round(built_s, 2)}
 

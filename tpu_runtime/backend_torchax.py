@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import weakref
 from typing import Any, Callable, ContextManager, Optional
 
@@ -175,6 +176,8 @@ class TorchaxBackend:
         self._devices = jax.devices()
         self._jax_device = self._devices[0]
         self.twins = WeightTwins(self._upload)
+        #: Host seconds spent blocked on the device (the compute of the programs): bench_step_host's meter.
+        self.device_wait_s = 0.0
         self._counts = {"executions": 0, "transfers_to_host": 0, "transfers_to_device": 0}
         self.spmd = self._plan_mesh(*spmd_request)
 
@@ -273,6 +276,9 @@ class TorchaxBackend:
         calls = inputs[:program.input_count]
         arrays = [self._upload(tensor) for tensor in calls] + self.twins.arrays(inputs[program.input_count:])
         outputs = program.jitted(arrays)
+        start = time.perf_counter()
+        self._jax.block_until_ready(outputs)
+        self.device_wait_s += time.perf_counter() - start
         self._counts["executions"] += 1
         self._counts["transfers_to_host"] += len(outputs)
         return [host_tensor(output) for output in outputs]
