@@ -173,27 +173,44 @@ class TorchaxBackend:
                 log.warning("comfy-tpu: JAX persistent cache not set at %s: %s", persistent_cache_dir,
                             self.persistent_cache_error)
         self._env = torchax.default_env()
+        self._mesh = None
         self._devices = jax.devices()
         self._jax_device = self._devices[0]
-        self.twins = WeightTwins(self._upload)
+        self.twins = WeightTwins(self._upload)  # replicated over the mesh when there is one
         #: Host seconds spent blocked on the device (the compute of the programs): bench_step_host's meter.
         self.device_wait_s = 0.0
         self._counts = {"executions": 0, "transfers_to_host": 0, "transfers_to_device": 0}
         self.spmd = self._plan_mesh(*spmd_request)
 
     def _plan_mesh(self, mode: str, mesh_spec: Optional[str]) -> "Any":
-        """The batch over several JAX devices is not built yet under torchax: one device, said once."""
-        from .device import SpmdPlan
-        from .settings import env_var
+        """COMFY_TPU_SPMD / COMFY_TPU_MESH applied to the JAX devices: a ``jax.sharding.Mesh`` whose 'data'
+        axis splits the model call's batch (weights replicated), or one device (problems said)."""
+        from .device import plan_spmd
 
-        count = len(self._devices)
-        problems = []
-        if mode == "on" or (mode == "auto" and count > 1) or mesh_spec:
-            problems = [f"{env_var('spmd')}/{env_var('mesh')}: a JAX mesh is not supported by the torchax "
-                        f"backend yet; running on one of the {count} JAX devices"]
-        for line in problems:
+        plan = plan_spmd(mode, mesh_spec, len(self._devices))
+        for line in plan.problems:
             log.error("comfy-tpu: %s", line)
-        return SpmdPlan(on=False, devices=count, reason="torchax backend: one device", problems=problems)
+        if plan.on:
+            import numpy as np
+            from jax.sharding import Mesh
+
+            grid = np.array(self._devices).reshape(tuple(plan.axes.values()))
+            self._mesh = Mesh(grid, tuple(plan.axes))
+            log.info("comfy-tpu: JAX mesh %s over %d devices; the diffusion model's batch is split over 'data', "
+                     "weights are replicated", plan.mesh, len(self._devices))
+        return plan
+
+    def _placement(self, tensor: Optional[torch.Tensor] = None) -> Any:
+        """Where an array goes: the one device, or on the mesh a call tensor whose rows divide over 'data'
+        split by rows and anything else (weights) replicated."""
+        if self._mesh is None:
+            return self._jax_device
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        ways = self.shard_count()
+        if tensor is not None and tensor.dim() > 0 and tensor.shape[0] % ways == 0:
+            return NamedSharding(self._mesh, PartitionSpec("data"))
+        return NamedSharding(self._mesh, PartitionSpec())
 
     # -- devices -------------------------------------------------------------------------------
     def device(self) -> torch.device:
@@ -247,11 +264,11 @@ class TorchaxBackend:
     def compile_module(self, module: torch.nn.Module) -> Any:
         raise NotImplementedError("compiled (dynamo) execution is not available on the torchax backend")
 
-    def _upload(self, tensor: torch.Tensor) -> Any:
+    def _upload(self, tensor: torch.Tensor, placement: Any = None) -> Any:
         """A host tensor to the device, converted on the host: torchax's own ``t2j`` turns bf16 into
         float32 and back with a JAX op, one small compile per weight shape (measured: 76 compiles)."""
         self._counts["transfers_to_device"] += 1
-        return self._jax.device_put(host_array(tensor), self._jax_device)
+        return self._jax.device_put(host_array(tensor), placement or self._placement())
 
     # -- programs ------------------------------------------------------------------------------
     def capture_function(self, function: Callable[[list[torch.Tensor]], list[torch.Tensor]], inputs: list[torch.Tensor],
@@ -274,7 +291,8 @@ class TorchaxBackend:
     def run_program(self, program: JaxProgram, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         """Run a program: the call's tensors uploaded, the weights' twins, the outputs back to the host."""
         calls = inputs[:program.input_count]
-        arrays = [self._upload(tensor) for tensor in calls] + self.twins.arrays(inputs[program.input_count:])
+        arrays = [self._upload(tensor, self._placement(tensor)) for tensor in calls] + self.twins.arrays(
+            inputs[program.input_count:])
         outputs = program.jitted(arrays)
         start = time.perf_counter()
         self._jax.block_until_ready(outputs)
@@ -338,7 +356,9 @@ class TorchaxBackend:
         return self.spmd.mesh
 
     def shard_count(self) -> int:
-        return 1
+        """How many ways the batch is split (the 'data' axis size; 1 without a mesh)."""
+        return self.spmd.axes.get("data", 1) if self.spmd.on else 1
 
     def shard_batch(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Host tensors carry no placement: ``run_program`` splits a call's rows when it uploads them."""
         return tensor
