@@ -72,3 +72,15 @@ def test_the_pack_device_is_a_cpu_device_comfyui_tells_from_its_own():
     is_device = TorchaxBackend.is_device
     assert is_device(None, torch.device("cpu", 0)) and is_device(None, "cpu:0")
     assert not is_device(None, torch.device("cpu")) and not is_device(None, "cpu")
+
+
+def test_torchax_missing_is_named_with_how_to_install(monkeypatch):
+    import importlib.util
+
+    from tpu_runtime import device
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(device.importlib.util, "find_spec", lambda name, *a: None if name == "torchax" else real(name))
+    report = device.detect("torchax")
+    assert report.backend == "torchax"
+    assert "torchax is not installed" in report.error and "install.py --backend torchax" in report.error
