@@ -146,8 +146,10 @@ class TorchaxBackend:
     name = "torchax"
     #: Programs are made from a function of the inputs (``capture_function``), not from a lazy trace.
     traces_functions = True
-    #: Execution modes this backend runs; the others are refused at start with a message.
+    #: Execution modes this backend runs; the others are said once and run in replay.
     execution_modes = ("replay",)
+    #: Where a model runs when it cannot be traced (the stand-in's fallback line).
+    fallback_runs = "eagerly on the host CPU"
 
     def __init__(self, persistent_cache_dir: Optional[str] = None,
                  spmd_request: tuple[str, Optional[str]] = ("off", None)) -> None:

@@ -9,7 +9,7 @@ from typing import Any, Optional
 from . import backend as backend_mod
 from .device import DeviceReport, decide_path, describe, detect
 from .run_options import RunOptions
-from .settings import TPUSettings, load_settings
+from .settings import TPUSettings, env_var, load_settings
 from .state import PackState, current, set_current
 
 log = logging.getLogger("comfy_tpu")
@@ -75,6 +75,10 @@ def start(force: bool = False) -> PackState:
         if report.error:
             return report
         backend = previous.backend if previous is not None else None
+        if backend is not None and loaded.ok and backend.name != settings.backend:
+            log.error("comfy-tpu: %s=%s asked for, but this process runs the %s backend (one per process, chosen "
+                      "at its first start): restart ComfyUI to change it", env_var("backend"), settings.backend,
+                      backend.name)
         if backend is None:
             try:
                 backend = backend_mod.create_backend(_persistent_cache_dir(cache_dir, settings),
