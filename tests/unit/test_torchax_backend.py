@@ -2,6 +2,10 @@
 twins of weights in step with the tensors ComfyUI holds, and counts compiles from JAX's events."""
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
+import pytest
 import torch
 
 from tpu_runtime import backend_torchax
@@ -59,6 +63,7 @@ def test_compiles_exclude_persistent_cache_loads():
 
 
 def test_bf16_goes_through_its_bits_both_ways():
+    pytest.importorskip("ml_dtypes", reason="JAX's bf16 numpy type (comes with the torchax extra)")
     tensor = torch.tensor([1.5, -2.25, 3.0e3], dtype=torch.bfloat16)
     array = host_array(tensor)
     assert str(array.dtype) == "bfloat16"
@@ -84,3 +89,15 @@ def test_torchax_missing_is_named_with_how_to_install(monkeypatch):
     report = device.detect("torchax")
     assert report.backend == "torchax"
     assert "torchax is not installed" in report.error and "install.py --backend torchax" in report.error
+
+
+def test_only_the_torchax_backend_imports_torchax_and_jax():
+    pack = Path(__file__).resolve().parents[2]
+    importers = set()
+    for path in [*(pack / "tpu_runtime").rglob("*.py"), *(pack / "tpu_nodes").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            if any(name.split(".")[0] in ("torchax", "jax", "jaxlib") for name in names):
+                importers.add(path.relative_to(pack).as_posix())
+    assert importers == {"tpu_runtime/backend_torchax.py"}, importers
