@@ -82,8 +82,9 @@ def main(argv=None) -> int:
 
     print()
     options = state.options
-    print(f"execution mode: {options.execution} (COMFY_TPU_EXECUTION); conv kernels: "
-          f"{options.conv_kernel_layout} (COMFY_TPU_CONV_KERNEL_LAYOUT; auto = hwio on the PJRT CPU device)")
+    kernels = ("native (the torchax backend makes no kernel twins)" if getattr(backend, "traces_functions", False)
+               else f"{options.conv_kernel_layout} (COMFY_TPU_CONV_KERNEL_LAYOUT; auto = hwio on the PJRT CPU device)")
+    print(f"execution mode: {options.execution} (COMFY_TPU_EXECUTION); conv kernels: {kernels}")
     print(f"{'run':>3} {'steps':>5} {'wall s':>8} {'XLA compiles':>12} {'executions':>10} {'to-host':>7} "
           f"{'dynamo captures':>15}  {'CPU fallbacks':<14} image")
     for run, steps, wall, compiles, executions, transfers, captures, fallbacks, name in rows:
