@@ -96,7 +96,7 @@ class TPUSettings(BaseSettings):
         "torch_xla", "`torch_xla`: PyTorch/XLA; `torchax`: PyTorch on JAX (the diffusion model jitted by JAX, "
                      "whose compilation cache survives restarts; replay execution only; needs the `torchax` "
                      "extra); see [docs/torchax.md](docs/torchax.md). One per process, chosen at start",
-        metavar="NAME", default_note="see [docs/torchax.md](docs/torchax.md) for why",
+        metavar="NAME", default_note="why: the Backends section below",
         accepted="torch_xla or torchax (torchax needs the extra: python install.py --backend torchax)")
     execution: Literal["replay", "compiled", "lazy"] = setting(
         "replay", "`replay`: the diffusion model is traced once per call shape and replayed as its own program; "
