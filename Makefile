@@ -33,8 +33,9 @@ $(COMFYUI_STAMP): $(VENV)/.stack $(COMFYUI_PATH)/main.py
 	rm -f "$(COMFYUI_PATH)/.comfy-tpu-ready"
 	touch $@
 
+# The torchax extra too: the suite runs its sampling, family and LoRA tests under both backends.
 $(VENV)/.pack: pyproject.toml requirements.txt
-	$(VPY) -m pip install -q -e ".[test]"
+	$(VPY) -m pip install -q -e ".[test,torchax]"
 	touch $@
 
 # Debian's Chromium for the browser test (the frontend's node search, workflow loading).

@@ -5,7 +5,9 @@ and pip-installs torch_xla only when that plan says so; torch itself is never to
 again (a matching torch_xla means nothing to do). Always exits 0: a non-zero exit makes Manager
 flag the pack as broken, while without torch_xla the pack simply leaves ComfyUI stock.
 
-    python install.py [--dry-run] [--tpu | --no-tpu]
+    python install.py [--dry-run] [--tpu | --no-tpu] [--backend torch_xla|torchax]
+
+``--backend torchax`` installs the torchax backend's extra (torchax and JAX, pinned) instead of torch_xla.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ _PACK_DIR = os.path.dirname(os.path.abspath(__file__))
 if _PACK_DIR not in sys.path:
     sys.path.insert(0, _PACK_DIR)
 
-from tpu_runtime.install_logic import is_tpu_host, pip_command, plan_install  # noqa: E402
+from tpu_runtime.install_logic import is_tpu_host, pip_command, plan_install, plan_torchax_install  # noqa: E402
 from tpu_runtime.versions import installed_version  # noqa: E402
 
 _PREFIX = "comfy-tpu install:"
@@ -45,13 +47,19 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                      help="install the [tpu] extra (libtpu) even if this does not look like a TPU host")
     tpu.add_argument("--no-tpu", dest="tpu", action="store_false",
                      help="install plain torch_xla (CPU PJRT only) even on a TPU host")
+    parser.add_argument("--backend", choices=("torch_xla", "torchax"), default="torch_xla",
+                        help="the backend to install (COMFY_TPU_BACKEND): torch_xla (default) or torchax (JAX)")
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     platform_tpu = args.tpu if args.tpu is not None else is_tpu_host(os.environ, dev_entries())
-    plan = plan_install(installed_version("torch"), installed_version("torch_xla"), platform_tpu)
+    if args.backend == "torchax":
+        plan = plan_torchax_install(installed_version("torch"), installed_version("torchax"),
+                                    installed_version("jax"), platform_tpu)
+    else:
+        plan = plan_install(installed_version("torch"), installed_version("torch_xla"), platform_tpu)
     print(f"{_PREFIX} {plan.message}", flush=True)
     if plan.action != "install" or not plan.requirement:
         return 0

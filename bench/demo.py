@@ -82,13 +82,21 @@ def main(argv=None) -> int:
 
     print()
     options = state.options
-    print(f"execution mode: {options.execution} (COMFY_TPU_EXECUTION); conv kernels: "
-          f"{options.conv_kernel_layout} (COMFY_TPU_CONV_KERNEL_LAYOUT; auto = hwio on the PJRT CPU device)")
+    kernels = ("native (the torchax backend makes no kernel twins)" if getattr(backend, "traces_functions", False)
+               else f"{options.conv_kernel_layout} (COMFY_TPU_CONV_KERNEL_LAYOUT; auto = hwio on the PJRT CPU device)")
+    print(f"execution mode: {options.execution} (COMFY_TPU_EXECUTION); conv kernels: {kernels}")
     print(f"{'run':>3} {'steps':>5} {'wall s':>8} {'XLA compiles':>12} {'executions':>10} {'to-host':>7} "
           f"{'dynamo captures':>15}  {'CPU fallbacks':<14} image")
     for run, steps, wall, compiles, executions, transfers, captures, fallbacks, name in rows:
         print(f"{run:>3} {steps:>5} {wall:>8.2f} {compiles:>12} {executions:>10} {transfers:>7} {captures:>15}  "
               f"{fallbacks:<14} output/{name}")
+    totals = backend.counters()
+    program_s = getattr(backend, "program_seconds", None)
+    print(f"backend: {backend.name} (COMFY_TPU_BACKEND); XLA compile seconds in this process (compiles or "
+          f"persistent-cache loads, warm-ups included): {backend.compile_seconds():.2f}"
+          + (f"; with JAX's tracing and lowering: {program_s():.2f}" if program_s else "")
+          + f"; persistent cache: {totals['persistent_cache_hits']} hit(s), "
+            f"{totals['persistent_cache_misses']} miss(es)")
     print("\nA second run with another seed and step count compiles nothing: the step graph does not "
           "depend on the step index, step count, sigma or cfg value.")
     return 0

@@ -11,6 +11,8 @@ FIRST_ORDER = ["sd15", "sdxl", "sd3", "flux", "wan"]
 #: No transition of the first order repeats here (wan -> flux, flux -> sd3, sd3 -> sd15, ...).
 SECOND_ORDER = ["flux", "sd3", "sd15", "wan", "sdxl"]
 LORA = "+lora"
+#: The same LoRA at other strengths: ComfyUI patches the same weights with other values (no compile).
+LORA_STRENGTHS = {"+lora@0.5": 0.5, "+lora@0.8": 0.8}
 
 
 def switching(nodes, steps: int = 3, size: int = 64, frames: int = 2, lora_family: str = "sdxl",
@@ -34,9 +36,14 @@ def switching(nodes, steps: int = 3, size: int = 64, frames: int = 2, lora_famil
     xla_models[lora_family + LORA], lora_keys = tiny_zoo.lora_clone(xla_models[lora_family])
     cpu_models[lora_family + LORA], _ = tiny_zoo.lora_clone(cpu_models[lora_family])
     inputs[lora_family + LORA] = inputs[lora_family]
+    for suffix, strength in LORA_STRENGTHS.items():
+        xla_models[lora_family + suffix], _ = tiny_zoo.lora_clone(xla_models[lora_family], strength=strength)
+        cpu_models[lora_family + suffix], _ = tiny_zoo.lora_clone(cpu_models[lora_family], strength=strength)
+        inputs[lora_family + suffix] = inputs[lora_family]
     built_s = time.perf_counter() - built_s
 
-    visits = FIRST_ORDER + SECOND_ORDER + [lora_family + LORA, lora_family]
+    visits = FIRST_ORDER + SECOND_ORDER + [lora_family + LORA] + [lora_family + suffix for suffix in LORA_STRENGTHS] + [
+        lora_family]
     seen: set[str] = set()
     result = {"visits": [], "lora_keys": lora_keys, "build_s": round(built_s, 2)}
 
@@ -49,6 +56,7 @@ def switching(nodes, steps: int = 3, size: int = 64, frames: int = 2, lora_famil
         positive, negative, shape, cfg = inputs[name]
         seed = 10 + index
         latent = torch.zeros(shape)
+        uploads = backend.counters().get("weight_uploads", 0)
         start = time.perf_counter()
         run = ksample(nodes, xla_models[name], positive, negative, steps=steps, sampler=sampler, cfg=cfg,
                       seed=seed, latent=latent, backend=backend)
@@ -60,7 +68,8 @@ def switching(nodes, steps: int = 3, size: int = 64, frames: int = 2, lora_famil
             "compiles": run.compiles, "run_compiles": figures.compiles, "executions": run.executions,
             "transfers": run.transfers_to_host, "run_transfers": figures.transfers_to_host, "fallbacks": run.fallbacks, "run_fallbacks": figures.fallback_ops,
             "max_diff": max_abs_diff(run.samples, reference), "finite": bool(torch.isfinite(run.samples).all()),
-            "abs_max": float(run.samples.abs().max()), "wall_s": round(wall, 2)})
+            "abs_max": float(run.samples.abs().max()), "wall_s": round(wall, 2), "model_calls": run.model_calls,
+            "weight_uploads": backend.counters().get("weight_uploads", 0) - uploads})
         seen.add(name)
     # How far apart the LoRA clone's and its base's results are: a parity bound far below this means
     # the parity check would have seen the LoRA missing (or left behind on the base).

@@ -13,12 +13,14 @@ os.environ.setdefault("COMFY_TPU_CACHE_DIR", tempfile.mkdtemp(prefix="comfy-tpu-
 import pytest
 import torch
 
-from tests.fresh_process import MARKER, regroup
+from tests.fresh_process import BOTH_BACKENDS_MARKER, MARKER, regroup
 
 
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", f"{MARKER}: run this module in a fresh pytest process with its own "
                                        "cache dir (it counts compiles)")
+    config.addinivalue_line("markers", f"{BOTH_BACKENDS_MARKER}: a {MARKER} module run once per backend "
+                                       "(torch_xla, torchax), unless COMFY_TPU_BACKEND names one")
     config.addinivalue_line("markers", "slow: a long test (the soak through the server); in `make test`, "
                                        "left out of `make test-fast`")
     config.addinivalue_line("markers", "runs_last: run after every other test of the session, to see what "

@@ -8,16 +8,21 @@ main session shows it as one item that fails with the child's report.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
 IN_CHILD_ENV = "COMFY_TPU_FRESH_PROCESS_CHILD"
 MARKER = "fresh_process"
+#: A fresh-process module also marked so runs once per backend: its child gets COMFY_TPU_BACKEND.
+BOTH_BACKENDS_MARKER = "both_backends"
+BACKENDS = ("torch_xla", "torchax")
 
 
 def in_child() -> bool:
@@ -27,14 +32,19 @@ def in_child() -> bool:
 class FreshProcessModule(pytest.Item):
     """One test module run by a child pytest process."""
 
-    def __init__(self, *, nodeids: list[str], **kwargs) -> None:
+    def __init__(self, *, nodeids: list[str], backend: Optional[str] = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.nodeids = nodeids
+        self.backend = backend  # None: the session's own (COMFY_TPU_BACKEND or the default)
         self.child_output = ""
 
     def runtest(self) -> None:
+        if self.backend == "torchax" and importlib.util.find_spec("torchax") is None:
+            pytest.skip("torchax is not installed (make setup installs the comfy-tpu[torchax] extra)")
         env = {**os.environ, IN_CHILD_ENV: "1",
                "COMFY_TPU_CACHE_DIR": tempfile.mkdtemp(prefix="comfy-tpu-fresh-cache-")}
+        if self.backend is not None:
+            env["COMFY_TPU_BACKEND"] = self.backend
         root = Path(self.config.rootpath)
         out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-ra", "--tb=short", "--show-capture=no",
                               "-p", "no:cacheprovider", *self.nodeids],
@@ -71,6 +81,15 @@ def regroup(session: pytest.Session, items: list[pytest.Item]) -> None:
             kept.append(item)
     for path, module_items in by_module.items():
         parent = module_items[0].getparent(pytest.Module)
-        kept.append(FreshProcessModule.from_parent(parent, name=f"{path.stem}[fresh process]",
-                                                   nodeids=[item.nodeid for item in module_items]))
+        nodeids = [item.nodeid for item in module_items]
+        if module_items[0].get_closest_marker(BOTH_BACKENDS_MARKER) and "COMFY_TPU_BACKEND" not in os.environ:
+            # Another backend may generate other parameters (torchax runs only replay execution): its child
+            # is given the selected test functions, whose parameters it generates itself.
+            functions = list(dict.fromkeys(nodeid.split("[", 1)[0] for nodeid in nodeids))
+            for backend in BACKENDS:
+                kept.append(FreshProcessModule.from_parent(parent, name=f"{path.stem}[fresh process, {backend}]",
+                                                           nodeids=nodeids if backend == BACKENDS[0] else functions,
+                                                           backend=backend))
+        else:
+            kept.append(FreshProcessModule.from_parent(parent, name=f"{path.stem}[fresh process]", nodeids=nodeids))
     items[:] = kept

@@ -2,10 +2,23 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
+
+
+#: The backend this test process runs (COMFY_TPU_BACKEND; tests/fresh_process.py runs the modules marked
+#: ``both_backends`` once per backend).
+BACKEND = os.environ.get("COMFY_TPU_BACKEND", "torch_xla").strip().lower() or "torch_xla"
+#: The execution modes each backend runs (torchax: replay only, its model program made by JAX).
+BACKEND_MODES = {"torch_xla": ("replay", "compiled", "lazy"), "torchax": ("replay",)}
+
+
+def backend_modes(modes: tuple[str, ...]) -> tuple[str, ...]:
+    """``modes`` less those this process's backend does not run."""
+    return tuple(mode for mode in modes if mode in BACKEND_MODES.get(BACKEND, modes))
 
 
 @dataclass

@@ -202,3 +202,27 @@ def test_refusals_print_why_exit_zero_and_run_nothing(tmp_path, versions, words)
     assert proc.returncode == 0, proc.stderr
     assert words in proc.stdout
     assert calls == []
+
+
+# -- the torchax backend's extra -------------------------------------------------------------------
+def test_torchax_plan_adds_the_pinned_stack_and_never_torch():
+    from tpu_runtime.install_logic import TORCHAX_PINS, plan_torchax_install
+
+    plan = plan_torchax_install("2.9.0", None, None, platform_tpu=False)
+    assert plan.action == "install"
+    assert plan.requirement.split() == [f"torchax=={TORCHAX_PINS['torchax']}", f"jax[cpu]=={TORCHAX_PINS['jax']}"]
+    command = pip_command("python", plan.requirement)
+    assert command[-2:] == plan.requirement.split() and not any(arg.startswith("torch==") for arg in command)
+    on_tpu = plan_torchax_install("2.9.0", None, None, platform_tpu=True)
+    assert "jax[tpu]" in on_tpu.requirement and "libtpu" in on_tpu.message
+    assert plan_torchax_install("2.9.0", TORCHAX_PINS["torchax"], TORCHAX_PINS["jax"], False).action == "nothing"
+    assert plan_torchax_install(None, None, None, False).action == "refuse"
+
+
+def test_torchax_extra_matches_the_install_pins():
+    import tomllib
+
+    from tpu_runtime.install_logic import torchax_requirements
+
+    extra = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert extra["project"]["optional-dependencies"]["torchax"] == torchax_requirements(platform_tpu=False)

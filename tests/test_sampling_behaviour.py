@@ -6,9 +6,16 @@ import logging
 import pytest
 import torch
 
-from tests.sampling_harness import ksample, max_abs_diff
+from tests.sampling_harness import BACKEND, ksample, max_abs_diff
 
-pytestmark = pytest.mark.fresh_process  # counts compiles: see tests/fresh_process.py
+# Counts compiles (see tests/fresh_process.py); run once per backend.
+pytestmark = [pytest.mark.fresh_process, pytest.mark.both_backends]
+TORCHAX = BACKEND == "torchax"
+
+
+def result_transfers_ok(run) -> bool:
+    """torch_xla: the result (and at most one more); torchax: each model call's output, nothing else."""
+    return run.transfers_to_host == run.model_calls if TORCHAX else run.transfers_to_host <= 2
 
 
 def test_sync_free_run_logs_no_sync_warning(comfy, backend, tiny, caplog):
@@ -39,9 +46,10 @@ def test_progress_is_reported_after_the_device_ran_the_step(comfy, backend, tiny
     assert [value for value, _, _ in seen] == list(range(1, 9))
     assert all(total == 8 for _, total, _ in seen)
     # Step k's denoised value comes out of the graph dispatched at model call k+1 (1-based: the prep
-    # graph runs first), so by the time step k is shown, at least k+1 graphs have run.
+    # graph runs first), so by the time step k is shown, at least k+1 graphs have run. torchax runs one
+    # program a model call, synchronously: step k is shown after its program ran.
     for value, _, executed in seen:
-        assert executed >= value + 1, seen
+        assert executed >= value + (0 if TORCHAX else 1), seen
 
 
 def test_interrupt_stops_cleanly_and_the_next_prompt_runs(comfy, backend, tiny):
@@ -66,9 +74,11 @@ def test_interrupt_stops_cleanly_and_the_next_prompt_runs(comfy, backend, tiny):
     assert calls == [1, 2]
     assert not mm.processing_interrupted()
     run = ksample(comfy, xla, pos, neg, steps=10, seed=3, backend=backend)
-    assert run.compiles == 0 and run.transfers_to_host <= 2 and torch.isfinite(run.samples).all()
+    assert run.compiles == 0 and result_transfers_ok(run) and torch.isfinite(run.samples).all()
 
 
+@pytest.mark.skipif(TORCHAX, reason="torchax has no CPU fallback: an op it cannot lower fails the model's trace, "
+                                     "and the model then runs on the host (the last test of this module)")
 def test_cpu_fallback_in_the_model_is_named_once(comfy, backend, tiny, caplog, monkeypatch):
     """An op XLA cannot lower, inside the diffusion model, is logged once with the model's name."""
     import comfy.patcher_extension as pe
@@ -118,7 +128,11 @@ def test_sampler_custom_advanced(comfy, backend, tiny):
     out = run(xla, 9)
     after = backend.counters()
     assert after["compiles"] == before["compiles"]
-    assert after["transfers_to_host"] - before["transfers_to_host"] <= 2
+    transfers = after["transfers_to_host"] - before["transfers_to_host"]
+    if TORCHAX:  # dpmpp_2m: one model call a step, each output back to the host
+        assert transfers == after["executions"] - before["executions"] == 9
+    else:
+        assert transfers <= 2
     assert max_abs_diff(out, run(cpu, 9)) <= 1e-3
 
 
@@ -148,4 +162,5 @@ def test_a_model_that_reads_the_schedule_runs_lazily_and_right(comfy, backend, c
     assert len(said) == 1 and "sample_sigmas" in said[0], said
     assert max_abs_diff(first.samples, ksample(comfy, cpu, pos, neg, steps=3).samples) <= 1e-3
     assert max_abs_diff(second.samples, ksample(comfy, cpu, pos, neg, steps=5).samples) <= 1e-3
-    assert second.transfers_to_host == 1
+    # torchax: the model then runs eagerly on the host, so nothing comes from the device at all.
+    assert second.transfers_to_host == (0 if TORCHAX else 1)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.sampling_harness import execution_mode, ksample, max_abs_diff, run_options
+from tests.sampling_harness import BACKEND, backend_modes, execution_mode, ksample, max_abs_diff, run_options
 
-pytestmark = pytest.mark.fresh_process  # counts compiles: see tests/fresh_process.py
+# Counts compiles (see tests/fresh_process.py); run once per backend.
+pytestmark = [pytest.mark.fresh_process, pytest.mark.both_backends]
 
 SAMPLERS = ["euler", "euler_ancestral", "heun", "dpm_2", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_sde", "lcm", "ddim",
             "uni_pc"]
@@ -39,7 +40,7 @@ def eager_reference(comfy, cpu, pos, neg, kind: str = "", **kwargs):
     return _EAGER[key]
 
 
-MODES = ("replay", "compiled", "lazy")
+MODES = backend_modes(("replay", "compiled", "lazy"))
 #: Per test: the (mode, sampler) pairs it runs. The default mode runs every sampler; the others one
 #: sampler of each kind (lazy mode fuses the model into each sampler's graph: each costs a model compile).
 MODE_SAMPLERS = {
@@ -78,12 +79,18 @@ def assert_run_figures(run, steps: int, mode: str, *, first: bool) -> None:
     else:
         assert run.dynamo_graphs <= (1 if first else 0), f"{run.dynamo_graphs} dynamo graphs: graph breaks?"
         assert run.captured_graph_calls == run.model_calls, "a model call ran without its captured graph"
-    assert run.transfers_to_host <= 2, f"{run.transfers_to_host} device-to-host transfers"
     assert steps <= run.model_calls <= 2 * steps
-    # A first run may also make the HWIO twins of the conv kernels (one small graph, once per weight).
-    twins = 1 if first else 0
-    assert run.executions <= EXECUTIONS_PER_CALL[mode] * run.model_calls + 2 + twins, \
-        f"{run.executions} graph executions for {run.model_calls} model calls"
+    if BACKEND == "torchax":
+        # The sampler's math runs on the host in torch; each model call is one JAX program whose output
+        # (one tensor) comes back to the host, and nothing else runs on the device.
+        assert run.executions == run.model_calls, f"{run.executions} programs for {run.model_calls} model calls"
+        assert run.transfers_to_host == run.model_calls, f"{run.transfers_to_host} transfers, {run.model_calls} calls"
+    else:
+        assert run.transfers_to_host <= 2, f"{run.transfers_to_host} device-to-host transfers"
+        # A first run may also make the HWIO twins of the conv kernels (one small graph, once per weight).
+        twins = 1 if first else 0
+        assert run.executions <= EXECUTIONS_PER_CALL[mode] * run.model_calls + 2 + twins, \
+            f"{run.executions} graph executions for {run.model_calls} model calls"
     assert not run.fallbacks, f"CPU-fallback ops during sampling: {run.fallbacks}"
     assert torch.isfinite(run.samples).all()
 
@@ -144,6 +151,8 @@ def test_step_count_independent_of_cfg_and_seed(comfy, backend, tiny, mode):
         assert run.compiles == 0 and run.dynamo_frames == 0
 
 
+@pytest.mark.skipif(BACKEND == "torchax", reason="torchax has no autocast (torchax 0.0.13's fails on torch.cat): "
+                                                "COMFY_TPU_AUTOCAST_BF16 gives it a bf16 UNet through unet_dtype instead")
 def test_bf16_autocast_parity(comfy, backend, tiny, mode):
     xla, cpu, pos, neg = tiny
     with run_options(autocast_bf16=True):

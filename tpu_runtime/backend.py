@@ -22,6 +22,11 @@ class Backend(Protocol):
     """What the sampling code needs from an accelerator runtime."""
 
     name: str
+    #: True where programs are made from a function of the inputs (``capture_function``, torchax) rather
+    #: than from the lazy trace of a call (``capture_program``, torch_xla).
+    traces_functions: bool
+    #: The execution modes (``COMFY_TPU_EXECUTION``) this backend runs.
+    execution_modes: tuple[str, ...]
 
     def device(self) -> torch.device: ...
     def is_device(self, device: Any) -> bool: ...
@@ -31,6 +36,7 @@ class Backend(Protocol):
     def materialize(self, tensors: list[torch.Tensor]) -> None: ...
     def tensor_token(self, tensor: torch.Tensor) -> Any: ...
     def to_host(self, tensor: torch.Tensor) -> torch.Tensor: ...
+    def data_tensor(self, tensor: torch.Tensor) -> bool: ...
     def autocast(self, dtype: torch.dtype) -> ContextManager: ...
     def counters(self) -> dict[str, int]: ...
     def compile_seconds(self) -> float: ...
@@ -38,6 +44,8 @@ class Backend(Protocol):
     def memory_info(self, device: Any) -> Optional[tuple[int, int]]: ...
     def compile_module(self, module: torch.nn.Module) -> "CapturedModule": ...
     def capture_program(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor]) -> Any: ...
+    def capture_function(self, function: Callable[[list[torch.Tensor]], list[torch.Tensor]],
+                         inputs: list[torch.Tensor], weight_count: int) -> Any: ...
     def run_program(self, program: Any, inputs: list[torch.Tensor]) -> list[torch.Tensor]: ...
     def reset_compiler(self) -> None: ...
     def compiler_counters(self) -> dict[str, int]: ...
@@ -71,6 +79,8 @@ class XlaBackend:
     """PyTorch/XLA (PJRT) implementation of :class:`Backend`."""
 
     name = "torch_xla"
+    traces_functions = False
+    execution_modes = ("replay", "compiled", "lazy")
 
     def __init__(self, persistent_cache_dir: Optional[str] = None,
                  spmd_request: tuple[str, Optional[str]] = ("off", None)) -> None:
@@ -183,6 +193,10 @@ class XlaBackend:
             self._xs.mark_sharding(tensor, self._mesh, (None,) * tensor.dim())
         return tensor.to("cpu")
 
+    def data_tensor(self, tensor: torch.Tensor) -> bool:
+        """Device tensors are a program's inputs; host tensors are values the trace reads (a key's part)."""
+        return tensor.device.type != "cpu"
+
     def autocast(self, dtype: torch.dtype) -> ContextManager:
         if dtype == torch.float32:
             return contextlib.nullcontext()
@@ -257,6 +271,11 @@ class XlaBackend:
         constants = [None if slot is not None else value for slot, value in zip(slots, graph_values)]
         seed_slots = [index for index, tensor_id in enumerate(graph_ids) if tensor_id == seed_id]
         return XlaProgram(graph_hash, slots, constants, seed_slots, len(outputs))
+
+    def capture_function(self, function: Callable[[list[torch.Tensor]], list[torch.Tensor]],
+                         inputs: list[torch.Tensor], weight_count: int) -> Any:
+        """torch_xla makes programs from the lazy trace of a call (:meth:`capture_program`) instead."""
+        raise ReplayUnsupported("torch_xla captures programs from lazy traces (capture_program)")
 
     def run_program(self, program: "XlaProgram", inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         """Run a captured program on ``inputs`` (device data: the step boundary materialised them)."""
@@ -386,16 +405,27 @@ def counters_total_frames() -> int:
 
 
 class BackendUnavailable(RuntimeError):
-    """torch_xla cannot be imported or its runtime does not start; the message says which."""
+    """The backend's library cannot be imported or its runtime does not start; the message says which."""
 
 
 def create_backend(persistent_cache_dir: Optional[str] = None,
-                   spmd_request: tuple[str, Optional[str]] = ("off", None)) -> XlaBackend:
-    """Start the XLA runtime: the PJRT client, SPMD (or not) and the persistent cache.
+                   spmd_request: tuple[str, Optional[str]] = ("off", None), name: str = "torch_xla") -> Backend:
+    """Start the runtime of backend ``name`` (``COMFY_TPU_BACKEND``): torch_xla's PJRT client, SPMD
+    (or not) and the persistent cache, or torchax's JAX runtime and JAX's persistent cache.
 
-    Each of those is process-wide in torch_xla and must be settled before the first XLA tensor, so
-    this is called once per process, by ``runtime.start`` (and the doctor), never as a side effect
-    of asking what hardware is here. Raises :class:`BackendUnavailable` naming what failed."""
+    Each of those is process-wide and must be settled before the first device tensor, so this is
+    called once per process, by ``runtime.start`` (and the doctor), never as a side effect of asking
+    what hardware is here. Raises :class:`BackendUnavailable` naming what failed."""
+    if name == "torchax":
+        try:
+            from .backend_torchax import TorchaxBackend
+
+            return TorchaxBackend(persistent_cache_dir, spmd_request)
+        except ImportError as exc:
+            raise BackendUnavailable(f"COMFY_TPU_BACKEND=torchax but torchax/JAX is not usable: {type(exc).__name__}: "
+                                     f"{exc} (install the extra: python install.py --backend torchax)") from exc
+        except Exception as exc:
+            raise BackendUnavailable(f"the JAX runtime did not start: {type(exc).__name__}: {exc}") from exc
     try:
         return XlaBackend(persistent_cache_dir, spmd_request)
     except ImportError as exc:

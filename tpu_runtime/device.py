@@ -27,6 +27,10 @@ class DeviceReport(BaseModel):
     torch_xla_version: Optional[str]
     libtpu_version: Optional[str]
     torch_xla_importable: bool
+    #: ``COMFY_TPU_BACKEND``: torch_xla, or torchax (JAX) with its versions.
+    backend: str = "torch_xla"
+    jax_version: Optional[str] = None
+    torchax_version: Optional[str] = None
     device: Optional[str] = None
     device_type: str = "unknown"
     device_count: int = 0
@@ -39,9 +43,11 @@ class DeviceReport(BaseModel):
 
     def summary(self) -> str:
         hbm = f"{self.hbm_per_chip_bytes / 2**30:.1f} GiB" if self.hbm_per_chip_bytes else "unknown"
-        return (f"device {self.device or 'none'} ({self.device_type} x{self.device_count}, TPU type "
-                f"{self.tpu_type}, HBM/chip {hbm}, SPMD {'on, mesh ' + self.mesh if self.spmd else 'off'}); torch {self.torch_version}, torch_xla "
-                f"{self.torch_xla_version or 'missing'}, libtpu {self.libtpu_version or 'none'}")
+        stack = (f"torchax {self.torchax_version or 'missing'}, jax {self.jax_version or 'missing'}"
+                 if self.backend == "torchax" else f"torch_xla {self.torch_xla_version or 'missing'}")
+        return (f"backend {self.backend}, device {self.device or 'none'} ({self.device_type} x{self.device_count}, "
+                f"TPU type {self.tpu_type}, HBM/chip {hbm}, SPMD {'on, mesh ' + self.mesh if self.spmd else 'off'}); "
+                f"torch {self.torch_version}, {stack}, libtpu {self.libtpu_version or 'none'}")
 
 
 class SpmdPlan(BaseModel):
@@ -102,13 +108,22 @@ def version_mismatch(torch_version: str, xla_version: Optional[str]) -> Optional
     return None
 
 
-def detect() -> DeviceReport:
-    """What is installed: torch, torch_xla, libtpu. Starts nothing (no runtime, no device)."""
+def detect(backend: str = "torch_xla") -> DeviceReport:
+    """What is installed: torch, the backend's library (torch_xla, or torchax and JAX), libtpu. Starts
+    nothing (no runtime, no device)."""
     import torch
 
     report = DeviceReport(torch_version=torch.__version__, torch_xla_version=versions.torch_xla_version(),
                           libtpu_version=versions.libtpu_version(),
-                          torch_xla_importable=importlib.util.find_spec("torch_xla") is not None)
+                          torch_xla_importable=importlib.util.find_spec("torch_xla") is not None, backend=backend,
+                          jax_version=versions.installed_version("jax"),
+                          torchax_version=versions.installed_version("torchax"))
+    if backend == "torchax":
+        missing = [name for name in ("torchax", "jax") if importlib.util.find_spec(name) is None]
+        if missing:
+            report.error = (f"{env_var('backend')}=torchax but {' and '.join(missing)} is not installed "
+                            "(python install.py --backend torchax, or pip install 'comfy-tpu[torchax]')")
+        return report
     if not report.torch_xla_importable:
         report.error = "torch_xla is not installed"
         return report

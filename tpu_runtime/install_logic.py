@@ -97,9 +97,37 @@ def plan_install(torch_version: Optional[str], torch_xla_version: Optional[str],
         f"torch_xla is missing: {requirement} matches torch {torch_version} (torch stays as is)"))
 
 
+#: The torchax backend's stack (COMFY_TPU_BACKEND=torchax), pinned together: what the figures in
+#: bench/RESULTS.md were taken with. torchax itself requires no torch; JAX brings its own XLA.
+TORCHAX_PINS = {"torchax": "0.0.13", "jax": "0.10.2"}
+
+
+def torchax_requirements(platform_tpu: bool) -> list[str]:
+    """The pip requirements of the ``torchax`` extra; ``jax[tpu]`` (with its libtpu) on a TPU host."""
+    return [f"torchax=={TORCHAX_PINS['torchax']}", f"jax[{'tpu' if platform_tpu else 'cpu'}]=={TORCHAX_PINS['jax']}"]
+
+
+def plan_torchax_install(torch_version: Optional[str], torchax_version: Optional[str], jax_version: Optional[str],
+                         platform_tpu: bool) -> InstallPlan:
+    """What ``install.py --backend torchax`` does: add torchax and JAX at their pins, never torch."""
+    if not torch_version:
+        return InstallPlan(action="refuse", message=(
+            "torch is not installed: install ComfyUI and its requirements (which bring its torch) first"))
+    if torchax_version == TORCHAX_PINS["torchax"] and jax_version == TORCHAX_PINS["jax"]:
+        return InstallPlan(action="nothing", message=(
+            f"torchax {torchax_version} and jax {jax_version} are installed; nothing to install"))
+    requirements = torchax_requirements(platform_tpu)
+    note = (" (on a TPU, jax[tpu] pins its own libtpu: one backend per process, see docs/torchax.md)"
+            if platform_tpu else "")
+    return InstallPlan(action="install", requirement=" ".join(requirements), message=(
+        f"torchax backend: installing {', '.join(requirements)} (torch {torch_version} stays as is){note}"))
+
+
 def pip_command(python: str, requirement: str) -> list[str]:
     """The pip call for ``requirement``; refuses anything naming torch itself (ComfyUI owns it)."""
-    name = re.split(r"[\[=<>!~ ;]", requirement.strip(), maxsplit=1)[0].lower().replace("-", "_")
-    if name == "torch":
-        raise ValueError(f"refusing to pip install {requirement!r}: torch belongs to ComfyUI")
-    return [python, "-m", "pip", "install", requirement]
+    requirements = requirement.split()
+    for one in requirements:
+        name = re.split(r"[\[=<>!~ ;]", one.strip(), maxsplit=1)[0].lower().replace("-", "_")
+        if name == "torch":
+            raise ValueError(f"refusing to pip install {requirement!r}: torch belongs to ComfyUI")
+    return [python, "-m", "pip", "install", *requirements]

@@ -162,13 +162,14 @@ def doctor_data() -> dict[str, Any]:
     from .device import decide_path, describe, detect  # imports torch: only here
 
     loaded = load_settings()
-    installed = detect()
+    installed = detect(loaded.settings.backend if loaded.ok else "torch_xla")
 
     def probe():
         if installed.error:
             return installed
         try:
-            backend = backend_mod.create_backend(None, (loaded.settings.spmd, loaded.settings.mesh))
+            backend = backend_mod.create_backend(None, (loaded.settings.spmd, loaded.settings.mesh),
+                                                 installed.backend)
         except backend_mod.BackendUnavailable as exc:
             return installed.model_copy(update={"error": str(exc)})
         return describe(installed, backend)
@@ -182,6 +183,7 @@ def doctor_data() -> dict[str, Any]:
             "non_defaults": {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.non_defaults().items()},
             "cache_dir": str(settings.cache_dir) if settings.cache_dir else None,
             "execution": settings.execution,
+            "backend": settings.backend,
             "conv_kernel_layout": settings.conv_kernel_layout,
             "problems": [problem.message() for problem in loaded.problems],
         },
@@ -196,10 +198,15 @@ def format_doctor(data: dict[str, Any]) -> str:
     if not r["hbm_per_chip_bytes"] and r.get("spmd"):
         hbm += " (torch_xla answers no memory query under SPMD)"
     changed = ", ".join(f"{env_var(k)}={v}" for k, v in s["non_defaults"].items()) or "none"
+    backend = r.get("backend", "torch_xla")
     lines = [
         "comfy-tpu doctor",
+        f"  backend      {backend} (COMFY_TPU_BACKEND)",
         f"  torch        {r['torch_version']}",
         f"  torch_xla    {r['torch_xla_version'] or 'missing (python install.py in the pack folder)'}",
+        *([f"  torchax      {r.get('torchax_version') or 'missing (python install.py --backend torchax)'}",
+           f"  jax          {r.get('jax_version') or 'missing (python install.py --backend torchax)'}"]
+          if backend == "torchax" else []),
         f"  libtpu       {r['libtpu_version'] or 'none'}",
         f"  device       {r['device'] or 'none'}",
         f"  device type  {r['device_type']} x{r['device_count']}",

@@ -252,10 +252,12 @@ class TPUManager(RunObserver):
         stats["xla"] = {k: counters[k] for k in ("compiles", "uncached_compiles", "cached_compiles", "executions",
                                                  "transfers_to_host", "xla_tensors_live")}
         stats["execution"] = self.options.execution
+        stats["backend"] = self.backend.name  # COMFY_TPU_BACKEND: torch_xla or torchax
         stats["dynamo"] = {k.removeprefix("dynamo_"): counters[k] for k in counters if k.startswith("dynamo_")}
         stats["dynamo"]["lazy_fallbacks"] = self.state.compiled_models.fallbacks()
         stats["replay"] = {**self.state.replayed_models.figures(), "lazy_fallbacks": self.state.replayed_models.fallbacks()}
-        hwio = kernel_layout.resolve(self.options.conv_kernel_layout, self.backend.device_type())
+        hwio = kernel_layout.resolve(self.options.conv_kernel_layout, self.backend.device_type()) and not getattr(
+            self.backend, "traces_functions", False)  # torchax makes no kernel twins
         stats["conv_kernels"] = {"layout": "hwio" if hwio else "native", "setting": self.options.conv_kernel_layout,
                                  "twins_made": self.state.kernel_twins.made}
         stats["persistent_cache"] = {

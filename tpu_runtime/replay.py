@@ -45,9 +45,14 @@ class NotReplayable(Exception):
     """This call cannot be replayed (the reason is its message); it runs lazily."""
 
 
-def _leaf_key(leaf: Any) -> Any:
+def _device_data(tensor: torch.Tensor) -> bool:
+    """torch_xla's rule (the default): device tensors are program inputs, host tensors are values."""
+    return tensor.device.type != "cpu"
+
+
+def _leaf_key(leaf: Any, data_tensor: Callable[[torch.Tensor], bool] = _device_data) -> Any:
     if isinstance(leaf, torch.Tensor):
-        if leaf.device.type == "cpu":
+        if not data_tensor(leaf):
             if leaf.numel() > HOST_VALUES_IN_KEY:
                 raise NotReplayable(f"a host tensor of {leaf.numel()} elements among the model's inputs")
             plain = leaf.detach().as_subclass(torch.Tensor).contiguous()
@@ -60,12 +65,14 @@ def _leaf_key(leaf: Any) -> Any:
     return ("object", type(leaf).__qualname__, id(leaf))
 
 
-def call_key(args: tuple, kwargs: dict, own_wrappers: str) -> tuple[tuple, list[torch.Tensor]]:
+def call_key(args: tuple, kwargs: dict, own_wrappers: str,
+             data_tensor: Callable[[torch.Tensor], bool] = _device_data) -> tuple[tuple, list[torch.Tensor]]:
     """(key, device tensors of the call in order): what decides the traced graph, and its inputs.
 
     The key holds every tensor's shape and dtype, Python values by value, small host tensors by value,
     and other objects (patches, callables) by identity; the pack's own per-run wrappers and ComfyUI's
-    per-run cond ids are left out, so a new run reuses the program."""
+    per-run cond ids are left out, so a new run reuses the program. ``data_tensor`` says which tensors
+    are program inputs (the backend's rule: on torchax every tensor is)."""
     options = kwargs.get("transformer_options")
     if isinstance(options, dict):
         for name in PER_CALL_PATCHES:
@@ -78,8 +85,8 @@ def call_key(args: tuple, kwargs: dict, own_wrappers: str) -> tuple[tuple, list[
             kept[name] = {kind: by_key for kind, by_key in others.items() if by_key}
         kwargs = {**kwargs, "transformer_options": kept}
     leaves, spec = tree_flatten((args, kwargs))
-    tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor) and leaf.device.type != "cpu"]
-    return (str(spec), tuple(_leaf_key(leaf) for leaf in leaves)), tensors
+    tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor) and data_tensor(leaf)]
+    return (str(spec), tuple(_leaf_key(leaf, data_tensor) for leaf in leaves)), tensors
 
 
 class _Program:
@@ -91,20 +98,20 @@ class _Program:
         self.weight_layout = weight_layout
         self.weight_ids = weight_ids  # the weight objects last seen: unchanged, no layout check needed
 
-    def fits(self, weights: list[torch.Tensor]) -> bool:
+    def fits(self, weights: list[torch.Tensor], data_tensor: Callable[[torch.Tensor], bool]) -> bool:
         """Whether ``weights`` have the shapes, dtypes and device the program was traced with."""
         ids = tuple(map(id, weights))
         if ids == self.weight_ids:
             return True
-        if _layout(weights) != self.weight_layout:
+        if _layout(weights, data_tensor) != self.weight_layout:
             return False
         self.weight_ids = ids
         return True
 
 
-def _layout(weights: list[torch.Tensor]) -> tuple:
+def _layout(weights: list[torch.Tensor], data_tensor: Callable[[torch.Tensor], bool] = _device_data) -> tuple:
     """Shapes and dtypes of the weights; raises NotReplayable when one is off the device."""
-    if any(tensor is None or tensor.device.type == "cpu" for tensor in weights):
+    if any(tensor is None or not data_tensor(tensor) for tensor in weights):
         raise NotReplayable("some of its weights are on the CPU (a partly loaded model)")
     return tuple((tuple(w.shape), w.dtype) for w in weights)
 
@@ -175,15 +182,17 @@ class ReplayedDiffusionModel(ModelStandIn):
         self.__dict__["_full_options"] = options
         if isinstance(options, dict):
             kwargs["transformer_options"] = {k: v for k, v in options.items() if k not in STEP_DEPENDENT_OPTIONS}
+        data_tensor = self._backend.data_tensor
         try:
-            key, tensors = call_key(args, kwargs, self._own_wrappers)
+            key, tensors = call_key(args, kwargs, self._own_wrappers, data_tensor)
             key = (key, self.model_token, self._layer_functions())
             weights = self._current_weights()
             entry = self._programs.get(key)
-            if entry is None or not entry.fits(weights):
+            if entry is None or not entry.fits(weights, data_tensor):
                 self.__dict__["_weights"] = None  # buffers may have come since (kernel twins): look again
                 weights = self._current_weights()
-                return self._trace(key, args, kwargs, tensors, weights, _layout(weights))
+                trace = self._trace_function if self._backend.traces_functions else self._trace
+                return trace(key, args, kwargs, tensors, weights, _layout(weights, data_tensor))
         except NotReplayable as exc:
             self._fall_back(str(exc))
             kwargs["transformer_options"] = options
@@ -226,6 +235,49 @@ class ReplayedDiffusionModel(ModelStandIn):
         self.traces += 1
         self.replays += 1
         return tree_unflatten(list(self._backend.run_program(program, tensors + weights)), out_spec)
+
+    def _trace_function(self, key, args, kwargs, tensors, weights, layout) -> Any:
+        """First call of a key on a backend that makes programs from functions (torchax): the model's
+        functional call (its call tensors and weights as the program's arguments, the weights bound
+        into their slots while the backend traces it), compiled and run. A model the backend cannot
+        trace (its Python reads a value, an op it lacks) runs on the host from then on."""
+        leaves, spec = tree_flatten((args, kwargs))
+        positions = [index for index, leaf in enumerate(leaves) if any(leaf is tensor for tensor in tensors)]
+        template = [None if index in positions else leaf for index, leaf in enumerate(leaves)]
+        slots, inner, out_specs = self._weight_slots(), self.inner, []
+
+        def function(views: list[torch.Tensor]) -> list[torch.Tensor]:
+            bound = list(template)
+            for index, view in zip(positions, views):
+                bound[index] = view
+            call_args, call_kwargs = tree_unflatten(bound, spec)
+            saved = [table[name] for table, name in slots]
+            for (table, name), view in zip(slots, views[len(positions):]):
+                table[name] = view
+            try:
+                output = inner(*call_args, **call_kwargs)
+            finally:
+                for (table, name), tensor in zip(slots, saved):
+                    table[name] = tensor
+            out_leaves, out_spec = tree_flatten(output)
+            if not all(isinstance(leaf, torch.Tensor) for leaf in out_leaves):
+                raise NotReplayable("it returns values that are not tensors")
+            out_specs.append(out_spec)
+            return out_leaves
+
+        program = self._backend.capture_function(function, tensors + weights, len(weights))
+        try:
+            outputs = self._backend.run_program(program, tensors + weights)  # traced and compiled here
+        except Exception as exc:  # the model runs on the host from now on (or fails there with its own error)
+            log.debug("comfy-tpu: tracing %s failed", self._model_name, exc_info=True)
+            self._fall_back(f"the backend cannot trace it ({type(exc).__name__}: {str(exc)[:300]})")
+            full = self._full_options
+            call_kwargs = kwargs if full is None else {**kwargs, "transformer_options": full}
+            return self.inner(*args, **call_kwargs)
+        self._programs[key] = _Program(program, out_specs[-1], layout, tuple(map(id, weights)))
+        self.traces += 1
+        self.replays += 1
+        return tree_unflatten(list(outputs), out_specs[-1])
 
 
 

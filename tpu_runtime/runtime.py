@@ -9,7 +9,7 @@ from typing import Any, Optional
 from . import backend as backend_mod
 from .device import DeviceReport, decide_path, describe, detect
 from .run_options import RunOptions
-from .settings import TPUSettings, load_settings
+from .settings import TPUSettings, env_var, load_settings
 from .state import PackState, current, set_current
 
 log = logging.getLogger("comfy_tpu")
@@ -26,17 +26,25 @@ def default_cache_dir() -> Path:
     return Path(folder_paths.get_user_directory()) / "comfy-tpu"
 
 
-def xla_cache_subdir(cache_dir: Path) -> Path:
-    """XLA executables only load into the runtime that built them: one folder per version triple."""
-    from .versions import libtpu_version, torch_xla_version
+def xla_cache_subdir(cache_dir: Path, backend: str = "torch_xla") -> Path:
+    """XLA executables only load into the runtime that built them: one folder per version triple
+    (torchax: JAX's cache under ``jax/``, per jax, jaxlib, torchax and libtpu version)."""
+    from .versions import installed_version, libtpu_version, torch_xla_version
     import torch
 
+    if backend == "torchax":
+        key = (f"jax-{installed_version('jax')}_jaxlib-{installed_version('jaxlib')}_torchax-"
+               f"{installed_version('torchax')}_libtpu-{libtpu_version() or 'none'}")
+        return cache_dir / "jax" / key.replace("+", "-")
     key = f"torch-{torch.__version__}_xla-{torch_xla_version()}_libtpu-{libtpu_version() or 'none'}"
     return cache_dir / "xla" / key.replace("+", "-")
 
 
 def persistent_cache_note(report: Optional[DeviceReport]) -> str:
     device_type = report.device_type if report else "unknown"
+    if report is not None and report.backend == "torchax":
+        return ("JAX persistent compilation cache in use (loads on CPU and TPU); hits and misses are JAX's own "
+                "monitoring events")
     if device_type == "CPU":
         return ("PJRT CPU cannot load serialized executables (torch_xla 2.9): compiled graphs do not survive a "
                 "restart; the pack re-warms recorded signatures before their first use instead")
@@ -63,14 +71,18 @@ def start(force: bool = False) -> PackState:
 
     def start_backend() -> DeviceReport:
         """The probe of ``decide_path``: starts the XLA runtime (only when the decision needs it)."""
-        report = detect()
+        report = detect(settings.backend if loaded.ok else "torch_xla")
         if report.error:
             return report
         backend = previous.backend if previous is not None else None
+        if backend is not None and loaded.ok and backend.name != settings.backend:
+            log.error("comfy-tpu: %s=%s asked for, but this process runs the %s backend (one per process, chosen "
+                      "at its first start): restart ComfyUI to change it", env_var("backend"), settings.backend,
+                      backend.name)
         if backend is None:
             try:
                 backend = backend_mod.create_backend(_persistent_cache_dir(cache_dir, settings),
-                                                     (settings.spmd, settings.mesh))
+                                                     (settings.spmd, settings.mesh), settings.backend)
             except backend_mod.BackendUnavailable as exc:
                 return report.model_copy(update={"error": str(exc)})
         started["backend"] = backend
@@ -92,7 +104,7 @@ def _persistent_cache_dir(cache_dir: Path, settings: TPUSettings) -> Optional[st
     """XLA's persistent cache folder, made (None when the cache is off or the folder cannot be made)."""
     if not settings.compilation_cache:
         return None
-    xla_dir = xla_cache_subdir(cache_dir)
+    xla_dir = xla_cache_subdir(cache_dir, settings.backend)
     try:
         xla_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -122,7 +134,9 @@ def _assemble(state: PackState, backend: Any, cache_dir: Path) -> None:
     state.compiled_models = CompiledModels(backend)
     state.replayed_models = ReplayedModels(backend, WRAPPER_KEY)
     registry = SignatureRegistry(cache_dir, {"torch": torch.__version__, "torch_xla": torch_xla_version(),
-                                             "libtpu": libtpu_version()})
+                                             "libtpu": libtpu_version(),
+                                             # torchax programs are not torch_xla's: their warm set is its own
+                                             **({"backend": backend.name} if backend.name != "torch_xla" else {})})
     state.manager = manager_mod.TPUManager(
         state, registry, warmup=settings.warmup, manual_warmup=settings.manual_warmup,
         warmup_steps=settings.warmup_steps, xla_cache_dir=Path(backend.persistent_cache_dir)

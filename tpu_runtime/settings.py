@@ -92,6 +92,12 @@ class TPUSettings(BaseSettings):
         default_note="auto", accepted="an integer >= 0 (0 = auto: wait one step behind the device)")
     cache_dir: Optional[Path] = setting(None, "where the pack keeps its files", accepted="a directory path",
                                         default_note="`<ComfyUI user dir>/comfy-tpu`")
+    backend: Literal["torch_xla", "torchax"] = setting(
+        "torch_xla", "`torch_xla`: PyTorch/XLA; `torchax`: PyTorch on JAX (the diffusion model jitted by JAX, "
+                     "whose compilation cache survives restarts; replay execution only; needs the `torchax` "
+                     "extra); see [docs/torchax.md](docs/torchax.md). One per process, chosen at start",
+        metavar="NAME", default_note="why: the Backends section below",
+        accepted="torch_xla or torchax (torchax needs the extra: python install.py --backend torchax)")
     execution: Literal["replay", "compiled", "lazy"] = setting(
         "replay", "`replay`: the diffusion model is traced once per call shape and replayed as its own program; "
                 "`compiled`: captured once by dynamo (openxla backend); `lazy`: re-traced every step, fused with "
@@ -115,7 +121,7 @@ class TPUSettings(BaseSettings):
         accepted="axis=size pairs separated by commas with a 'data' axis, e.g. data=8 or data=4,model=2 "
                  "(unset: every device on one 'data' axis)")
 
-    @field_validator("spmd", mode="before")
+    @field_validator("spmd", "backend", mode="before")
     @classmethod
     def _spmd_word(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value

@@ -15,6 +15,8 @@ from tpu_runtime.backend import Backend, CapturedModule, ReplayUnsupported
 
 class FakeBackend:
     name = "fake"
+    traces_functions = False
+    execution_modes = ("replay", "compiled", "lazy")
 
     def __init__(self, shards: int = 1, device: str = "cpu") -> None:
         self.shards = shards
@@ -49,6 +51,9 @@ class FakeBackend:
         self._counters["transfers_to_host"] += 1
         return tensor.to("cpu")
 
+    def data_tensor(self, tensor: torch.Tensor) -> bool:
+        return tensor.device.type != "cpu"
+
     def autocast(self, dtype: torch.dtype) -> ContextManager:
         return contextlib.nullcontext()
 
@@ -75,6 +80,9 @@ class FakeBackend:
         return captured
 
     def capture_program(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor]) -> Any:
+        raise ReplayUnsupported("the fake backend compiles no programs")
+
+    def capture_function(self, function, inputs: list[torch.Tensor], weight_count: int) -> Any:
         raise ReplayUnsupported("the fake backend compiles no programs")
 
     def run_program(self, program: Any, inputs: list[torch.Tensor]) -> list[torch.Tensor]:

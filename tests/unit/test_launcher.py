@@ -60,6 +60,7 @@ def _child_env(**extra: str) -> dict[str, str]:
     (["--tpu-cache-dir", "/var/cache/tpu"], {"COMFY_TPU_CACHE_DIR": "/var/cache/tpu"}),
     (["--tpu-spmd", "off"], {"COMFY_TPU_SPMD": "off"}),
     (["--tpu-mesh", "data=8"], {"COMFY_TPU_MESH": "data=8"}),
+    (["--tpu-backend", "torchax"], {"COMFY_TPU_BACKEND": "torchax"}),
     ([], {}),
 ])
 def test_each_flag_sets_its_env_var(argv, expected):
@@ -82,7 +83,7 @@ def test_env_from_all_flags_is_what_settings_read(monkeypatch, tmp_path):
                            "--tpu-warmup-steps", "3", "--no-tpu-autocast-bf16", "--no-tpu-compilation-cache",
                            "--no-tpu-shape-padding", "--tpu-shape-padding-multiple", "32", "--tpu-debug-metrics",
                            "--tpu-sync-steps", "2", "--tpu-cache-dir", str(tmp_path), "--tpu-execution", "compiled",
-                           "--tpu-compiled-graph-break-limit", "2", "--tpu-conv-kernel-layout", "hwio", "--tpu-spmd",
+                           "--tpu-backend", "torchax", "--tpu-compiled-graph-break-limit", "2", "--tpu-conv-kernel-layout", "hwio", "--tpu-spmd",
                            "on", "--tpu-mesh", "data=4,model=2"])
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -92,7 +93,7 @@ def test_env_from_all_flags_is_what_settings_read(monkeypatch, tmp_path):
         "enable": True, "disable": False, "warmup": False, "rewarm": False, "warmup_steps": 3, "manual_warmup": True,
         "autocast_bf16": False, "compilation_cache": False, "shape_padding": False, "shape_padding_multiple": 32,
         "debug_metrics": True, "sync_steps": 2, "cache_dir": tmp_path, "execution": "compiled",
-        "compiled_graph_break_limit": 2, "conv_kernel_layout": "hwio", "spmd": "on", "mesh": "data=4,model=2"}
+        "backend": "torchax", "compiled_graph_break_limit": 2, "conv_kernel_layout": "hwio", "spmd": "on", "mesh": "data=4,model=2"}
 
 
 def test_last_of_an_on_off_pair_wins():

@@ -112,3 +112,36 @@ def test_a_backend_that_cannot_start_keeps_the_path_off_with_the_reason(monkeypa
     with no_pack_started():
         state = runtime.start()
     assert not state.on and "boom" in state.decision.reason
+
+
+def test_the_backend_is_chosen_once_a_process_and_a_change_is_said(started, monkeypatch, caplog):
+    """COMFY_TPU_BACKEND changed before a forced start: the running backend stays (one per process), and
+    the log says to restart."""
+    runtime.stop()
+    monkeypatch.setenv("COMFY_TPU_BACKEND", "torchax")
+    with caplog.at_level("ERROR", logger="comfy_tpu"):
+        again = runtime.start(force=True)
+    assert again.backend is started.backend and started.create.call_count == 1
+    assert any("restart ComfyUI" in r.getMessage() and "torchax" in r.getMessage() for r in caplog.records)
+
+
+def test_create_backend_passes_the_setting(monkeypatch, mocker, tmp_path):
+    for field in fields_where():
+        monkeypatch.delenv(env_var(field), raising=False)
+    monkeypatch.setenv("COMFY_TPU_ENABLE", "1")
+    monkeypatch.setenv("COMFY_TPU_BACKEND", "torchax")
+    monkeypatch.setenv("COMFY_TPU_CACHE_DIR", str(tmp_path))
+    mocker.patch.object(runtime, "detect", side_effect=lambda backend="torch_xla": _detected(backend))
+    create = mocker.patch.object(backend_mod, "create_backend", return_value=StartedFakeBackend())
+    mocker.patch.object(patches, "install", side_effect=lambda s: setattr(s, "patches", mocker.Mock()))
+    with no_pack_started():
+        runtime.start()
+    cache_dir, _, name = create.call_args.args
+    assert name == "torchax" and "/jax/" in cache_dir
+
+
+def _detected(backend: str):
+    from tpu_runtime.device import DeviceReport
+
+    return DeviceReport(torch_version="2.9.0", torch_xla_version=None, libtpu_version=None,
+                        torch_xla_importable=False, backend=backend)

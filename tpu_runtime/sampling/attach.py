@@ -2,6 +2,7 @@
 sampling call of a model that loads on the XLA device)."""
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from ..run_options import for_model
@@ -9,6 +10,8 @@ from . import model_call, outer, steps
 
 if TYPE_CHECKING:
     from ..state import PackState
+
+log = logging.getLogger("comfy_tpu")
 
 WRAPPER_KEY = "comfy_tpu"
 
@@ -21,6 +24,12 @@ def attach(model_options: dict, state: "PackState") -> None:
     if pe.get_wrappers_with_key(pe.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, model_options, is_model_options=True):
         return
     options = for_model(state.options, model_options)
+    modes = getattr(state.backend, "execution_modes", (options.execution,))
+    if options.execution not in modes:  # e.g. compiled (dynamo) on torchax: said once, runs in replay
+        if state.notices.first_time("execution mode", options.execution, state.backend.name):
+            log.error("comfy-tpu: COMFY_TPU_EXECUTION=%s is not available on the %s backend (it runs %s); "
+                      "sampling runs in replay execution", options.execution, state.backend.name, ", ".join(modes))
+        options = options.model_copy(update={"execution": "replay"})
     # Lazy mode cuts the graph before each model evaluation; the other modes cut it later, right
     # before the model runs (its inputs are then device data for the captured or replayed program).
     boundary_in_model = options.execution in ("compiled", "replay")

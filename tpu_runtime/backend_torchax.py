@@ -1,0 +1,366 @@
+"""The torchax backend (PyTorch on JAX): the one place that talks to torchax and JAX.
+
+Why a second backend: torch_xla 2.9 cannot load its persistent compilation cache on a TPU
+(pytorch/xla#9094), so each restart recompiles every graph; JAX's persistent cache loads everywhere.
+
+Design (see docs/torchax.md): ComfyUI keeps the diffusion model where it keeps CPU models (torch
+tensors in host memory); the pack's device is ``torch.device("cpu", 0)``, a CPU device that compares
+unequal to ComfyUI's plain ``cpu``, so the pack knows which models are its own. The sampler's math runs
+on the host in torch (it is a few small element-wise ops a step: the host is the cheapest place for
+it); only the diffusion model runs on the JAX device, as one ``jax.jit`` program per call signature
+whose arguments are the call's tensors and the model's weights. Weights live on the device as twins
+of ComfyUI's torch tensors, looked up by identity and version at each call, so a LoRA patched in or out
+(ComfyUI replaces or rewrites the tensors) uploads the changed weights and compiles nothing.
+
+One backend per process: on a TPU torch_xla and ``jax[tpu]`` each pin a libtpu and claim the chip.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import weakref
+from typing import Any, Callable, ContextManager, Optional
+
+import torch
+
+log = logging.getLogger("comfy_tpu")
+
+#: JAX's monitoring events the counters are made of (jax/_src/dispatch.py, compiler.py).
+BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
+LOWER_EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"
+CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
+CACHE_MISS_EVENT = "/jax/compilation_cache/cache_misses"
+CACHE_READ_EVENT = "/jax/compilation_cache/cache_retrieval_time_sec"
+
+#: The pack's device for the torchax backend: host memory, but not ComfyUI's ``cpu`` (see module doc).
+PACK_DEVICE = torch.device("cpu", 0)
+
+
+class JaxCompileFigures:
+    """Compiles and compile seconds, counted from JAX's own monitoring events.
+
+    A backend compile event fires for a compile and for a persistent-cache load alike (JAX times
+    ``compile_or_get_cached``); a cache hit is subtracted to count the compiles XLA really ran."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, int] = {}
+        self.seconds: dict[str, float] = {}
+
+    def on_event(self, event: str, *args: Any, **kwargs: Any) -> None:
+        self.events[event] = self.events.get(event, 0) + 1
+
+    def on_duration(self, event: str, duration: float, *args: Any, **kwargs: Any) -> None:
+        self.events[event] = self.events.get(event, 0) + 1
+        self.seconds[event] = self.seconds.get(event, 0.0) + float(duration)
+
+    def compiles(self) -> int:
+        return self.events.get(BACKEND_COMPILE_EVENT, 0) - self.events.get(CACHE_HIT_EVENT, 0)
+
+    def compile_seconds(self) -> float:
+        """Seconds XLA spent compiling, or loading a compiled program from the persistent cache (what
+        torch_xla's CompileTime measures)."""
+        return self.seconds.get(BACKEND_COMPILE_EVENT, 0.0)
+
+    def program_seconds(self) -> float:
+        """Seconds spent making programs in all: JAX's trace of the model's Python, lowering, compiling."""
+        return sum(self.seconds.get(event, 0.0) for event in (TRACE_EVENT, LOWER_EVENT, BACKEND_COMPILE_EVENT))
+
+
+class WeightTwins:
+    """Device copies of ComfyUI's torch weights, found by the tensor's identity and version.
+
+    A weight ComfyUI replaced (``set_attr_param``: a LoRA patched in or out) is a new tensor: uploaded
+    once, the old twin dropped when the old tensor goes. A weight written in place bumps its version
+    (outside inference mode; an inference tensor keeps no version, and ComfyUI replaces rather than
+    rewrites weights there)."""
+
+    def __init__(self, upload: Callable[[torch.Tensor], Any]) -> None:
+        self._upload = upload
+        self._twins: dict[int, tuple[Any, Optional[int], Any]] = {}  # id -> (weakref, version, array)
+        self.uploads = 0
+
+    def arrays(self, weights: list[torch.Tensor]) -> list[Any]:
+        found = []
+        twins = self._twins
+        for weight in weights:
+            version = None if weight.is_inference() else weight._version
+            entry = twins.get(id(weight))
+            if entry is None or entry[0]() is not weight or entry[1] != version:
+                entry = (weakref.ref(weight, self._forget(id(weight))), version, self._upload(weight))
+                twins[id(weight)] = entry
+                self.uploads += 1
+            found.append(entry[2])
+        return found
+
+    def _forget(self, key: int) -> Callable[[Any], None]:
+        twins = self._twins
+
+        def forget(ref: Any) -> None:
+            entry = twins.get(key)
+            if entry is not None and entry[0] is ref:
+                del twins[key]
+
+        return forget
+
+    def __len__(self) -> int:
+        return len(self._twins)
+
+
+def host_array(tensor: torch.Tensor) -> Any:
+    """A numpy array of a CPU tensor's values; bf16 through its bits (numpy has no bf16 of its own,
+    JAX reads ml_dtypes' one)."""
+    import ml_dtypes
+
+    tensor = tensor.detach().contiguous()
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
+
+
+def host_tensor(array: Any) -> torch.Tensor:
+    """A writable CPU tensor of a JAX array's values (one device-to-host copy; bf16 through its bits)."""
+    import numpy as np
+
+    values = np.array(array)  # a copy: the buffer JAX hands back is read-only, ComfyUI may write its result
+    if str(values.dtype) == "bfloat16":
+        return torch.from_numpy(values.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(values)
+
+
+class JaxProgram:
+    """One jitted diffusion-model call: ``jax.jit`` of the model's functional call over its inputs."""
+
+    __slots__ = ("jitted", "input_count", "weight_count")
+
+    def __init__(self, jitted: Callable, input_count: int, weight_count: int) -> None:
+        self.jitted = jitted
+        self.input_count = input_count
+        self.weight_count = weight_count
+
+
+class TorchaxBackend:
+    """torchax implementation of :class:`~tpu_runtime.backend.Backend` (replay execution only)."""
+
+    name = "torchax"
+    #: Programs are made from a function of the inputs (``capture_function``), not from a lazy trace.
+    traces_functions = True
+    #: Execution modes this backend runs; the others are said once and run in replay.
+    execution_modes = ("replay",)
+    #: Where a model runs when it cannot be traced (the stand-in's fallback line).
+    fallback_runs = "eagerly on the host CPU"
+
+    def __init__(self, persistent_cache_dir: Optional[str] = None,
+                 spmd_request: tuple[str, Optional[str]] = ("off", None)) -> None:
+        import jax
+        import jax.monitoring
+        import torchax
+
+        self._jax = jax
+        self._torchax = torchax
+        self.figures = JaxCompileFigures()
+        jax.monitoring.register_event_listener(self.figures.on_event)
+        jax.monitoring.register_event_duration_secs_listener(self.figures.on_duration)
+        self.persistent_cache_error: Optional[str] = None
+        self.persistent_cache_dir: Optional[str] = None
+        if persistent_cache_dir:
+            try:
+                jax.config.update("jax_compilation_cache_dir", persistent_cache_dir)
+                jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+                jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+                self.persistent_cache_dir = persistent_cache_dir
+            except Exception as exc:  # logged, and the runtime works without it: no cache, said in stats
+                self.persistent_cache_error = f"{type(exc).__name__}: {exc}"
+                log.warning("comfy-tpu: JAX persistent cache not set at %s: %s", persistent_cache_dir,
+                            self.persistent_cache_error)
+        self._env = torchax.default_env()
+        self._mesh = None
+        self._devices = jax.devices()
+        self._jax_device = self._devices[0]
+        self.twins = WeightTwins(self._upload)  # replicated over the mesh when there is one
+        #: Host seconds spent blocked on the device (the compute of the programs): bench_step_host's meter.
+        self.device_wait_s = 0.0
+        self._counts = {"executions": 0, "transfers_to_host": 0, "transfers_to_device": 0}
+        self.spmd = self._plan_mesh(*spmd_request)
+
+    def _plan_mesh(self, mode: str, mesh_spec: Optional[str]) -> "Any":
+        """COMFY_TPU_SPMD / COMFY_TPU_MESH applied to the JAX devices: a ``jax.sharding.Mesh`` whose 'data'
+        axis splits the model call's batch (weights replicated), or one device (problems said)."""
+        from .device import plan_spmd
+
+        plan = plan_spmd(mode, mesh_spec, len(self._devices))
+        for line in plan.problems:
+            log.error("comfy-tpu: %s", line)
+        if plan.on:
+            import numpy as np
+            from jax.sharding import Mesh
+
+            grid = np.array(self._devices).reshape(tuple(plan.axes.values()))
+            self._mesh = Mesh(grid, tuple(plan.axes))
+            log.info("comfy-tpu: JAX mesh %s over %d devices; the diffusion model's batch is split over 'data', "
+                     "weights are replicated", plan.mesh, len(self._devices))
+        return plan
+
+    def _placement(self, tensor: Optional[torch.Tensor] = None) -> Any:
+        """Where an array goes: the one device, or on the mesh a call tensor whose rows divide over 'data'
+        split by rows and anything else (weights) replicated."""
+        if self._mesh is None:
+            return self._jax_device
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        ways = self.shard_count()
+        if tensor is not None and tensor.dim() > 0 and tensor.shape[0] % ways == 0:
+            return NamedSharding(self._mesh, PartitionSpec("data"))
+        return NamedSharding(self._mesh, PartitionSpec())
+
+    # -- devices -------------------------------------------------------------------------------
+    def device(self) -> torch.device:
+        return PACK_DEVICE
+
+    def is_device(self, device: Any) -> bool:
+        if isinstance(device, str):
+            device = torch.device(device) if device.startswith("cpu:") else None
+        return isinstance(device, torch.device) and device.type == "cpu" and device.index == 0
+
+    def device_type(self) -> str:
+        return str(self._jax_device.platform).upper()
+
+    def device_count(self) -> int:
+        return len(self._devices)
+
+    def device_attributes(self) -> dict[str, Any]:
+        kind = getattr(self._jax_device, "device_kind", None)
+        return {"device_kind": kind} if kind and self.device_type() == "TPU" else {}
+
+    def jax_device(self) -> Any:
+        return self._jax_device
+
+    # -- execution -----------------------------------------------------------------------------
+    def step_boundary(self) -> None:
+        """Nothing to cut: the sampler's math runs eagerly on the host, the model call is one program."""
+
+    def wait_device(self) -> None:
+        """Each model call returns its output to the host, so nothing is pending between calls."""
+
+    def materialize(self, tensors: list[torch.Tensor]) -> None:
+        """Host tensors are always materialised."""
+
+    def tensor_token(self, tensor: torch.Tensor) -> Any:
+        version = None if tensor.is_inference() else tensor._version
+        return id(tensor), version
+
+    def to_host(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def data_tensor(self, tensor: torch.Tensor) -> bool:
+        """Every tensor of a model call is program input (none is read on the host while tracing)."""
+        return True
+
+    def autocast(self, dtype: torch.dtype) -> ContextManager:
+        """No autocast: with COMFY_TPU_AUTOCAST_BF16 the pack's ``unet_dtype`` patch makes the UNet's
+        weights bf16, and ComfyUI casts the model's inputs to them (torchax 0.0.13's own autocast fails
+        on ``torch.cat`` of a list, in ComfyUI's timestep embedding)."""
+        return contextlib.nullcontext()
+
+    def compile_module(self, module: torch.nn.Module) -> Any:
+        raise NotImplementedError("compiled (dynamo) execution is not available on the torchax backend")
+
+    def _upload(self, tensor: torch.Tensor, placement: Any = None) -> Any:
+        """A host tensor to the device, converted on the host: torchax's own ``t2j`` turns bf16 into
+        float32 and back with a JAX op, one small compile per weight shape (measured: 76 compiles)."""
+        self._counts["transfers_to_device"] += 1
+        return self._jax.device_put(host_array(tensor), placement or self._placement())
+
+    # -- programs ------------------------------------------------------------------------------
+    def capture_function(self, function: Callable[[list[torch.Tensor]], list[torch.Tensor]], inputs: list[torch.Tensor],
+                         weight_count: int) -> JaxProgram:
+        """A program computing ``function(inputs)``: ``jax.jit`` of it, its tensors seen as torchax
+        tensors (the model's Python runs once per signature, while JAX traces it). The last
+        ``weight_count`` inputs are weights (uploaded once, as twins). Compiles on its first run."""
+        env = self._env
+        tensor_type = self._torchax.tensor.Tensor
+
+        def traced(arrays: list[Any]) -> list[Any]:
+            # Outside inference mode (ComfyUI samples inside it): there aten.conv2d reaches torchax
+            # undecomposed, with its default arguments dropped, which torchax 0.0.13 cannot take.
+            with torch.inference_mode(False), torch.no_grad(), env:
+                outputs = function([tensor_type(array, env) for array in arrays])
+            return [output.jax() for output in outputs]
+
+        return JaxProgram(self._jax.jit(traced), len(inputs) - weight_count, weight_count)
+
+    def run_program(self, program: JaxProgram, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Run a program: the call's tensors uploaded, the weights' twins, the outputs back to the host."""
+        calls = inputs[:program.input_count]
+        arrays = [self._upload(tensor, self._placement(tensor)) for tensor in calls] + self.twins.arrays(
+            inputs[program.input_count:])
+        outputs = program.jitted(arrays)
+        start = time.perf_counter()
+        self._jax.block_until_ready(outputs)
+        self.device_wait_s += time.perf_counter() - start
+        self._counts["executions"] += 1
+        self._counts["transfers_to_host"] += len(outputs)
+        return [host_tensor(output) for output in outputs]
+
+    def capture_program(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor]) -> Any:
+        raise NotImplementedError("the torchax backend makes programs from functions (capture_function)")
+
+    def reset_compiler(self) -> None:
+        """Nothing to reset: no dynamo."""
+
+    def compiler_counters(self) -> dict[str, int]:
+        return {"dynamo_frames": 0, "dynamo_graphs": 0, "dynamo_graph_breaks": 0, "captured_graph_calls": 0}
+
+    # -- metrics -------------------------------------------------------------------------------
+    def counters(self) -> dict[str, int]:
+        """Compiles and cache figures from JAX's monitoring events; executions and transfers counted here."""
+        events = self.figures.events
+        hits, misses = events.get(CACHE_HIT_EVENT, 0), events.get(CACHE_MISS_EVENT, 0)
+        return {
+            **self.compiler_counters(),
+            "compiles": self.figures.compiles(),
+            **self._counts,
+            "xla_tensors_live": len(self.twins),
+            "uncached_compiles": self.figures.compiles(),
+            "cached_compiles": hits,
+            "persistent_cache_hits": hits,
+            "persistent_cache_misses": misses,
+            "persistent_cache_deserialize_failures": 0,
+            "jax_traces": events.get(TRACE_EVENT, 0),
+            "weight_uploads": self.twins.uploads,  # weights sent to the device (first use, or changed)
+        }
+
+    def compile_seconds(self) -> float:
+        return self.figures.compile_seconds()
+
+    def program_seconds(self) -> float:
+        return self.figures.program_seconds()
+
+    def fallback_ops(self) -> dict[str, int]:
+        """torchax has no CPU fallback: an op it cannot lower fails the trace (the model then runs on the host)."""
+        return {}
+
+    def memory_info(self, device: Any) -> Optional[tuple[int, int]]:
+        """(free, total) bytes of the JAX device, or None where it keeps no statistics (the CPU)."""
+        try:
+            stats = self._jax_device.memory_stats()
+        except Exception as exc:  # the caller then uses host RAM figures
+            log.debug("comfy-tpu: JAX answered no memory query: %s", exc)
+            return None
+        if not stats or not stats.get("bytes_limit"):
+            return None
+        total = int(stats["bytes_limit"])
+        return total - int(stats.get("bytes_in_use", 0)), total
+
+    # -- mesh ----------------------------------------------------------------------------------
+    def mesh_description(self) -> str:
+        return self.spmd.mesh
+
+    def shard_count(self) -> int:
+        """How many ways the batch is split (the 'data' axis size; 1 without a mesh)."""
+        return self.spmd.axes.get("data", 1) if self.spmd.on else 1
+
+    def shard_batch(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Host tensors carry no placement: ``run_program`` splits a call's rows when it uploads them."""
+        return tensor
