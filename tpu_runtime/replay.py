@@ -265,6 +265,7 @@ class ReplayedDiffusionModel(ModelStandIn):
             out_specs.append(out_spec)
             return out_leaves
 
+        compile_start = self._backend.compile_seconds()
         program = self._backend.capture_function(function, tensors + weights, len(weights))
         try:
             outputs = self._backend.run_program(program, tensors + weights)  # traced and compiled here
@@ -274,6 +275,7 @@ class ReplayedDiffusionModel(ModelStandIn):
             full = self._full_options
             call_kwargs = kwargs if full is None else {**kwargs, "transformer_options": full}
             return self.inner(*args, **call_kwargs)
+        self._on_compiled(self._backend.compile_seconds() - compile_start)
         self._programs[key] = _Program(program, out_specs[-1], layout, tuple(map(id, weights)))
         self.traces += 1
         self.replays += 1
