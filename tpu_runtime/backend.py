@@ -43,6 +43,11 @@ class Backend(Protocol):
     def mesh_description(self) -> str: ...
     def shard_count(self) -> int: ...
     def shard_batch(self, tensor: torch.Tensor) -> torch.Tensor: ...
+    def model_axis(self) -> int: ...
+    def device_total(self) -> int: ...
+    def shard_tensor(self, tensor: torch.Tensor, spec: tuple[Optional[str], ...]) -> None: ...
+    def tensor_sharding(self, tensor: torch.Tensor) -> str: ...
+    def device_bytes(self, tensor: torch.Tensor) -> list[int]: ...
 
 
 class ReplayUnsupported(Exception):
@@ -116,7 +121,8 @@ class XlaBackend:
         self._mesh = xs.Mesh(np.arange(count), tuple(plan.axes.values()), names)
         self._xs = xs
         log.info("comfy-tpu: SPMD on: %d devices, mesh %s; the diffusion model's batch is sharded over 'data', "
-                 "weights are replicated", count, plan.mesh)
+                 "%s", count, plan.mesh, f"its weights split over 'model' ({plan.axes['model']} ways)"
+                 if plan.axes.get("model", 1) > 1 else "weights are replicated")
         return plan
 
     # -- devices -------------------------------------------------------------------------------
@@ -360,6 +366,42 @@ class XlaBackend:
             return tensor
         self._xs.mark_sharding(tensor, self._mesh, ("data",) + (None,) * (tensor.dim() - 1))
         return tensor
+
+    def model_axis(self) -> int:
+        """How many ways weights are split (the 'model' axis size; 1 without one)."""
+        return self.spmd.axes.get("model", 1) if self.spmd.on else 1
+
+    def device_total(self) -> int:
+        """Devices the mesh spans (1 without SPMD)."""
+        return self.spmd.devices if self.spmd.on else 1
+
+    def shard_tensor(self, tensor: torch.Tensor, spec: tuple[Optional[str], ...]) -> None:
+        """Split ``tensor`` over the mesh: per dim an axis name or None. A tensor moved here from the host
+        and not used yet still holds its host data: marking it uploads each device's part only."""
+        self._xs.mark_sharding(tensor, self._mesh, spec)
+
+    def tensor_sharding(self, tensor: torch.Tensor) -> str:
+        """XLA's sharding of a device tensor ("" when it has none: whole on every device)."""
+        if not self.spmd.on:
+            return ""
+        return self._torch_xla._XLAC._get_xla_sharding_spec(tensor)
+
+    def device_bytes(self, tensor: torch.Tensor) -> list[int]:
+        """Bytes of ``tensor`` each device holds, from its sharding (no data is read)."""
+        size = tensor.numel() * tensor.element_size()
+        if not self.tensor_sharding(tensor):
+            return [size] * self.device_total()
+        held = []
+        for _, slices in self._torch_xla._XLAC._get_local_shard_replica_and_indices([tensor])[0]:
+            if slices is Ellipsis:  # a replicated sharding: the whole tensor
+                held.append(size)
+                continue
+            count = 1
+            for part, length in zip(slices, tensor.shape):
+                start, stop, _ = part.indices(length)
+                count *= max(stop - start, 0)
+            held.append(count * tensor.element_size())
+        return held
 
 
 class XlaProgram:

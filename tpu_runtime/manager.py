@@ -266,12 +266,16 @@ class TPUManager(RunObserver):
 
 
     def spmd_stats(self) -> dict[str, Any]:
-        """Mesh, devices and per-chip memory as the runtime reports them ("unknown" where it does not)."""
+        """Mesh, devices and per-chip memory as the runtime reports them ("unknown" where it does not);
+        under a 'model' axis, per diffusion model loaded, the bytes of its weights each chip holds."""
         plan = getattr(self.backend, "spmd", None)
         memory = self.backend.memory_info(self.backend.device())
+        placement = self.state.placement
         return {"on": bool(plan and plan.on), "mesh": self.mesh, "devices": plan.devices if plan else 1,
                 "data_axis": self.backend.shard_count(), "reason": plan.reason if plan else "",
-                "memory_per_chip": {"free": memory[0], "total": memory[1]} if memory else "unknown"}
+                "memory_per_chip": {"free": memory[0], "total": memory[1]} if memory else "unknown",
+                **({"model_axis": self.backend.model_axis(), "weights_per_chip": placement.figures()}
+                   if placement is not None and placement.on else {})}
 
 
 def _sampler_function_name(sampler_name: str) -> str:

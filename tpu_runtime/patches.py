@@ -13,6 +13,12 @@ Only what ComfyUI offers no hook for is patched here:
   (the CPU) and loads it back: every weight to the host and back. In lazy execution (the default)
   the pack keeps the unpatched model on the device; only the patched weights' backups live on the
   host, as ComfyUI keeps them.
+* ``comfy.model_patcher.ModelPatcher.load`` and ``patch_weight_to_device``: under a mesh with a
+  ``model`` axis, the diffusion model's weights are split over it as they land on the device
+  (``weight_shard.Placement``): a weight moved there holds its host data until first used, so
+  marking it right after ComfyUI's load uploads each chip's part only, and a weight with a LoRA
+  patch is placed split before ComfyUI computes the patch on the device (the patch's result is
+  split as its weight: nothing is gathered). ComfyUI has no hook before a weight is patched.
 * ``comfy.extra_samplers.uni_pc``'s ``torch``: UniPC builds its small solver matrices with
   ``torch.tensor(host_values, device=x.device)`` and solves them with ``torch.linalg.solve``, which XLA
   runs on the CPU (a fallback and two syncs per step). Those matrices are kept on the host instead.
@@ -180,6 +186,9 @@ def install(state: "PackState") -> Patches:
     patches.set("comfy.samplers", "calculate_sigmas", calculate_sigmas)
     patches.set("comfy.sampler_helpers", "prepare_model_patcher", prepare_model_patcher)
     patches.set("comfy.model_patcher.ModelPatcher", "partially_load", _repatch_on_device(is_xla, state))
+    if state.placement is not None and state.placement.on:
+        patches.set("comfy.model_patcher.ModelPatcher", "load", _split_on_load(is_xla, state))
+        patches.set("comfy.model_patcher.ModelPatcher", "patch_weight_to_device", _split_before_patch(is_xla, state))
     log.debug("comfy-tpu: patches installed")
     return patches
 
@@ -212,6 +221,56 @@ def _repatch_on_device(is_xla: Callable[[Any], bool], state: "PackState") -> Cal
             del self.unpatch_model
 
     return partially_load
+
+
+def _split_on_load(is_xla: Callable[[Any], bool], state: "PackState") -> Callable:
+    """``ModelPatcher.load`` that, for the XLA device, splits the model's weights over the 'model' axis
+    right after ComfyUI moved them (before anything reads them: each chip receives its part only)."""
+    import comfy.model_patcher
+
+    load = comfy.model_patcher.ModelPatcher.load
+
+    def split_load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
+        result = load(self, device_to, lowvram_model_memory, force_patch_weights, full_load)
+        if is_xla(device_to):
+            config = type(getattr(self.model, "model_config", None)).__name__
+            state.placement.shard_model(self.model, f"{config} ({type(self.model).__name__})")
+        return result
+
+    return split_load
+
+
+def _split_before_patch(is_xla: Callable[[Any], bool], state: "PackState") -> Callable:
+    """``ModelPatcher.patch_weight_to_device`` that places the weight split on the device before ComfyUI
+    computes its patch there, and splits the result the same way: the whole weight never exists on a
+    chip. ComfyUI's backup of the weight is taken first, from the host copy, as ComfyUI itself takes it."""
+    import collections
+
+    import comfy.model_patcher
+    import comfy.utils
+
+    patch = comfy.model_patcher.ModelPatcher.patch_weight_to_device
+    Backup = collections.namedtuple("Dimension", ["weight", "inplace_update"])  # ComfyUI's own backup record
+
+    def split_patch(self, key, device_to=None, inplace_update=False):
+        placement = state.placement
+        if key not in self.patches or not is_xla(device_to):
+            return patch(self, key, device_to, inplace_update)
+        weight, set_func, convert_func = comfy.model_patcher.get_key_weight(self.model, key)
+        plain = set_func is None and convert_func is None and placement.placement(self.model).plan.spec(key)
+        if plain and weight.device.type == "cpu":
+            if key not in self.backup:
+                inplace = self.weight_inplace_update or inplace_update
+                self.backup[key] = Backup(weight.to(device=self.offload_device, copy=inplace), inplace)
+            weight = weight.to(device_to)
+            comfy.utils.set_attr_param(self.model, key, weight)
+            weight = comfy.utils.get_attr(self.model, key)
+        placement.shard(self.model, key, weight)
+        result = patch(self, key, device_to, inplace_update)
+        placement.shard(self.model, key, comfy.utils.get_attr(self.model, key))
+        return result
+
+    return split_patch
 
 
 class HostAwareTorch:

@@ -91,22 +91,23 @@ class _Program:
         self.weight_layout = weight_layout
         self.weight_ids = weight_ids  # the weight objects last seen: unchanged, no layout check needed
 
-    def fits(self, weights: list[torch.Tensor]) -> bool:
-        """Whether ``weights`` have the shapes, dtypes and device the program was traced with."""
+    def fits(self, weights: list[torch.Tensor], backend) -> bool:
+        """Whether ``weights`` have the shapes, dtypes, device and shardings the program was traced with."""
         ids = tuple(map(id, weights))
         if ids == self.weight_ids:
             return True
-        if _layout(weights) != self.weight_layout:
+        if _layout(weights, backend) != self.weight_layout:
             return False
         self.weight_ids = ids
         return True
 
 
-def _layout(weights: list[torch.Tensor]) -> tuple:
-    """Shapes and dtypes of the weights; raises NotReplayable when one is off the device."""
+def _layout(weights: list[torch.Tensor], backend) -> tuple:
+    """Shapes, dtypes and shardings of the weights (a program is compiled for its parameters' shardings);
+    raises NotReplayable when one is off the device."""
     if any(tensor is None or tensor.device.type == "cpu" for tensor in weights):
         raise NotReplayable("some of its weights are on the CPU (a partly loaded model)")
-    return tuple((tuple(w.shape), w.dtype) for w in weights)
+    return tuple((tuple(w.shape), w.dtype, backend.tensor_sharding(w)) for w in weights)
 
 
 class ReplayedDiffusionModel(ModelStandIn):
@@ -178,10 +179,10 @@ class ReplayedDiffusionModel(ModelStandIn):
             key = (key, self.model_token, self._layer_functions())
             weights = self._current_weights()
             entry = self._programs.get(key)
-            if entry is None or not entry.fits(weights):
+            if entry is None or not entry.fits(weights, self._backend):
                 self.__dict__["_weights"] = None  # buffers may have come since (kernel twins): look again
                 weights = self._current_weights()
-                return self._trace(key, args, kwargs, tensors, weights, _layout(weights))
+                return self._trace(key, args, kwargs, tensors, weights, _layout(weights, self._backend))
         except NotReplayable as exc:
             self._fall_back(str(exc))
             kwargs["transformer_options"] = options

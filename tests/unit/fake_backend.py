@@ -1,7 +1,8 @@
 """A CPU stand-in for :class:`tpu_runtime.backend.Backend`: every method, simple behaviour, counters.
 
 ``events`` records the calls that order matters for (``step_boundary``, ``wait_device``,
-``materialize``), so a test can read the sequence; ``shards`` sets ``shard_count``.
+``materialize``), so a test can read the sequence; ``shards`` sets ``shard_count``, ``model_ways`` the
+``model`` axis (weights marked with ``shard_tensor`` are recorded by id in ``weight_specs``).
 """
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from tpu_runtime.backend import Backend, CapturedModule, ReplayUnsupported
 class FakeBackend:
     name = "fake"
 
-    def __init__(self, shards: int = 1, device: str = "cpu") -> None:
+    def __init__(self, shards: int = 1, device: str = "cpu", model_ways: int = 1) -> None:
         self.shards = shards
+        self.model_ways = model_ways
+        self.weight_specs: dict[int, tuple] = {}
         self._device = torch.device(device)
         self.events: list[str] = []
         self.sharded: list[torch.Tensor] = []
@@ -92,6 +95,26 @@ class FakeBackend:
     def shard_batch(self, tensor: torch.Tensor) -> torch.Tensor:
         self.sharded.append(tensor)
         return tensor
+
+    def model_axis(self) -> int:
+        return self.model_ways
+
+    def device_total(self) -> int:
+        return self.shards * self.model_ways
+
+    def shard_tensor(self, tensor: torch.Tensor, spec: tuple[Optional[str], ...]) -> None:
+        self.weight_specs[id(tensor)] = spec
+
+    def tensor_sharding(self, tensor: torch.Tensor) -> str:
+        spec = self.weight_specs.get(id(tensor))
+        return "" if spec is None else str(spec)
+
+    def device_bytes(self, tensor: torch.Tensor) -> list[int]:
+        """Each device's part, as XLA would hold it: the split dim divided by the model axis."""
+        size = tensor.numel() * tensor.element_size()
+        spec = self.weight_specs.get(id(tensor))
+        share = size // self.model_ways if spec is not None and "model" in spec else size
+        return [share] * self.device_total()
 
 
 def _conforms(backend: Backend) -> Backend:

@@ -1,0 +1,119 @@
+"""Weights split over the mesh's 'model' axis (issue 14): SD1.5, SDXL, Flux and Wan 2.1 tiny models.
+
+Each mesh runs in its own child process (tests/run_weight_shard_child.py; SPMD is process-wide) with
+its own cache dir, driving ComfyUI's ``nodes.common_ksampler`` with fp32 weights: 4 CPU devices as
+``data=1,model=4`` and ``data=2,model=2``, 8 as ``data=2,model=4``. Per family: a run, a second run
+with other steps, scheduler, cfg and seed (0 compiles), a LoRA clone (LoraLoader's path, patched on
+the split weights), the base again (0 compiles); each against the same model eager on the CPU.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.comfy_env import PACK_DIR
+
+FAMILIES = ["sd15", "sdxl", "flux", "wan"]
+MESHES = {"data=1,model=4": 4, "data=2,model=2": 4, "data=2,model=4": 8}
+#: The issue's parity bound for fp32 against eager CPU (these latents reach ~300: measured at most 1.7e-4).
+PARITY = 1e-3
+CHILD_ENV = {"PJRT_DEVICE": "CPU", "COMFY_TPU_ENABLE": "1", "COMFY_TPU_AUTOCAST_BF16": "0", "COMFY_TPU_SPMD": "on"}
+
+
+def _run_child(tmp_path, mesh: str, devices: int) -> dict:
+    name = mesh.replace(",", "_").replace("=", "")
+    cache_dir, out = tmp_path / f"cache-{name}", tmp_path / f"{name}.pt"
+    cache_dir.mkdir()
+    env = {**os.environ, **CHILD_ENV, "CPU_NUM_DEVICES": str(devices), "COMFY_TPU_MESH": mesh,
+           "COMFY_TPU_CACHE_DIR": str(cache_dir)}
+    done = subprocess.run([sys.executable, str(PACK_DIR / "tests" / "run_weight_shard_child.py"), json.dumps(FAMILIES),
+                           str(out)], env=env, capture_output=True, text=True, timeout=3600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(text for text in done.stdout.splitlines() if text.startswith("RESULT "))
+    return {**json.loads(line[len("RESULT "):]), "log": done.stderr}
+
+
+@pytest.fixture(scope="module")
+def children(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("weight_shard")
+    results = {mesh: _run_child(tmp_path, mesh, devices) for mesh, devices in MESHES.items()}
+    (tmp_path / "figures.json").write_text(json.dumps(
+        {mesh: {k: v for k, v in child.items() if k != "log"} for mesh, child in results.items()}, indent=1))
+    return results
+
+
+def _axes(mesh: str) -> dict[str, int]:
+    return {name: int(size) for name, size in (part.split("=") for part in mesh.split(","))}
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+def test_the_mesh_has_a_model_axis_and_every_call_is_replayed(children, mesh):
+    child = children[mesh]
+    axes = _axes(mesh)
+    assert child["spmd"]["on"] and child["spmd"]["mesh"] == mesh and child["devices"] == MESHES[mesh]
+    assert child["model_axis"] == axes["model"] == child["spmd"]["model_axis"]
+    assert child["spmd"]["data_axis"] == axes["data"]
+    assert child["execution"] == "replay" and child["replay_fallbacks"] == {}, child["replay_fallbacks"]
+    assert f"its weights split over 'model' ({axes['model']} ways)" in child["log"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mesh", MESHES)
+def test_parity_with_eager_cpu_and_no_compile_after_the_first_run(children, mesh, family):
+    runs = children[mesh]["families"][family]["runs"]
+    first, second, lora, again = runs
+    assert first["compiles"] > 0
+    # Other steps, scheduler, cfg and seed; and the base model again after its LoRA clone ran.
+    assert second["compiles"] == 0 and again["compiles"] == 0, (second, again)
+    for run in runs:
+        assert run["finite"] and not run["fallbacks"], run
+        assert run["max_diff"] <= PARITY, (run["model"], run["max_diff"])
+        assert run["transfers_to_host"] <= (5 if run["model"] == "lora" else 1), run  # + the 4 LoRA backups
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mesh", MESHES)
+def test_each_device_holds_its_share_of_the_weights(children, mesh, family):
+    """From the tensors' XLA shardings: at most 1/M of the bytes, plus the small tensors left whole."""
+    ways = _axes(mesh)["model"]
+    for run in children[mesh]["families"][family]["runs"]:
+        held = run["held"]
+        assert len(held["per_device"]) == MESHES[mesh]
+        assert held["whole"] <= 0.05 * held["total"], held  # norms, row layers' biases, the sigma table (Flux: 3.4%)
+        assert held["largest_whole"][0] <= 64 * 1024, held  # no weight matrix is whole on a chip
+        assert max(held["per_device"]) <= held["total"] / ways + held["whole"], held
+        assert max(held["per_device"]) < 1.5 * held["total"] / ways, held
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+def test_the_stats_report_bytes_per_chip_as_the_shardings_say(children, mesh):
+    child = children[mesh]
+    reported = {entry["model"]: entry for entry in child["spmd"]["weights_per_chip"]}
+    assert len(reported) >= len(FAMILIES)  # every family's base model (LoRA clones share its model)
+    for entry in reported.values():
+        assert entry["model_axis"] == _axes(mesh)["model"] and len(entry["bytes_per_chip"]) == MESHES[mesh]
+        assert max(entry["bytes_per_chip"]) <= entry["weight_bytes"] / entry["model_axis"] + entry["whole_bytes"]
+    measured = children[mesh]["families"]["wan"]["runs"][-1]["held"]  # the last model run, measured here
+    assert reported["WAN21_T2V (WAN21)"]["bytes_per_chip"] == measured["per_device"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mesh", MESHES)
+def test_lora_patches_stay_split(children, mesh, family):
+    result = children[mesh]["families"][family]
+    assert result["lora_keys"] and all(result["lora_specs"].values()), result["lora_specs"]
+    # The LoRA changes the result far beyond the parity bound: a missing patch would fail parity.
+    assert result["lora_effect"] > 20 * PARITY
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+def test_conv_kernel_twins_are_split_like_their_weights(children, mesh):
+    child = children[mesh]
+    assert child["twins_made"] > 0  # SD1.5, SDXL (and Wan's patch embedding) read HWIO twins on PJRT CPU
+    # The shares above include the twins (buffers of their layers): none is whole on a chip.
+    assert "comfy_tpu_hwio_kernel" not in json.dumps([run["held"]["largest_whole"] for family in child["families"].values()
+                                                       for run in family["runs"]])
