@@ -66,6 +66,7 @@ def held_per_device(model: torch.nn.Module) -> dict:
 
 
 result, latents = {"families": {}}, {}
+loaded = []  # every family's patchers stay alive, as ComfyUI keeps loaded models: the stats list each
 for name in families:
     fam = tiny_zoo.family(name)
     xla_model = tiny_zoo.build_patcher(name, seed=0, dtype=torch.float32)
@@ -76,6 +77,7 @@ for name in families:
     settings = [dict(steps=3, scheduler="normal", cfg=fam.cfg, seed=10),
                 dict(steps=4, scheduler="karras", cfg=fam.cfg * 1.5 if fam.cfg > 1 else fam.cfg, seed=11)]
     lora_xla, lora_keys = tiny_zoo.lora_clone(xla_model)
+    loaded += [xla_model, lora_xla]
     lora_cpu, _ = tiny_zoo.lora_clone(cpu_model)
     visits = [("base", xla_model, cpu_model, settings[0]), ("base", xla_model, cpu_model, settings[1]),
               ("lora", lora_xla, lora_cpu, settings[0]), ("base", xla_model, cpu_model, settings[0])]

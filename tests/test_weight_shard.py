@@ -24,13 +24,11 @@ PARITY = 1e-3
 CHILD_ENV = {"PJRT_DEVICE": "CPU", "COMFY_TPU_ENABLE": "1", "COMFY_TPU_AUTOCAST_BF16": "0", "COMFY_TPU_SPMD": "on"}
 
 
-def _run_child(tmp_path, mesh: str, devices: int) -> dict:
-    name = mesh.replace(",", "_").replace("=", "")
+def _run_child(tmp_path, name: str, devices: int, families: list[str] = FAMILIES, **env: str) -> dict:
     cache_dir, out = tmp_path / f"cache-{name}", tmp_path / f"{name}.pt"
     cache_dir.mkdir()
-    env = {**os.environ, **CHILD_ENV, "CPU_NUM_DEVICES": str(devices), "COMFY_TPU_MESH": mesh,
-           "COMFY_TPU_CACHE_DIR": str(cache_dir)}
-    done = subprocess.run([sys.executable, str(PACK_DIR / "tests" / "run_weight_shard_child.py"), json.dumps(FAMILIES),
+    env = {**os.environ, **CHILD_ENV, "CPU_NUM_DEVICES": str(devices), "COMFY_TPU_CACHE_DIR": str(cache_dir), **env}
+    done = subprocess.run([sys.executable, str(PACK_DIR / "tests" / "run_weight_shard_child.py"), json.dumps(families),
                            str(out)], env=env, capture_output=True, text=True, timeout=3600)
     assert done.returncode == 0, done.stderr[-3000:]
     line = next(text for text in done.stdout.splitlines() if text.startswith("RESULT "))
@@ -40,7 +38,8 @@ def _run_child(tmp_path, mesh: str, devices: int) -> dict:
 @pytest.fixture(scope="module")
 def children(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("weight_shard")
-    results = {mesh: _run_child(tmp_path, mesh, devices) for mesh, devices in MESHES.items()}
+    results = {mesh: _run_child(tmp_path, mesh.replace(",", "_").replace("=", ""), devices, COMFY_TPU_MESH=mesh)
+               for mesh, devices in MESHES.items()}
     (tmp_path / "figures.json").write_text(json.dumps(
         {mesh: {k: v for k, v in child.items() if k != "log"} for mesh, child in results.items()}, indent=1))
     return results
@@ -117,3 +116,41 @@ def test_conv_kernel_twins_are_split_like_their_weights(children, mesh):
     # The shares above include the twins (buffers of their layers): none is whole on a chip.
     assert "comfy_tpu_hwio_kernel" not in json.dumps([run["held"]["largest_whole"] for family in child["families"].values()
                                                        for run in family["runs"]])
+
+
+def test_auto_mode_adds_a_model_axis_for_a_model_bigger_than_a_chip(tmp_path):
+    """SD1.5's tiny UNet is 6.3 MB in fp32; told a chip has 4.3 MB (0.004 GiB), auto mode splits it 4 ways
+    (half of it, 3.2 MB, is over 70% of a chip) and says its plan."""
+    child = _run_child(tmp_path, "auto", 4, ["sd15"], COMFY_TPU_SPMD="auto", COMFY_TPU_HBM_PER_CHIP_GIB="0.004")
+    assert "auto SPMD: BaseModel doesn't fit one chip" in child["log"] and "mesh data=1,model=4" in child["log"]
+    assert child["model_axis"] == 4 and child["spmd"]["mesh"] == "data=1,model=4"
+    runs = child["families"]["sd15"]["runs"]
+    assert runs[1]["compiles"] == 0 and all(run["max_diff"] <= PARITY for run in runs), runs
+    held = runs[0]["held"]
+    assert max(held["per_device"]) <= held["total"] / 4 + held["whole"], held
+    free, total = child["spmd"]["memory_per_chip"]["free"], child["spmd"]["memory_per_chip"]["total"]
+    assert total == int(0.004 * 2**30) and free == total - max(child["spmd"]["weights_per_chip"][0]["bytes_per_chip"])
+
+
+def test_auto_mode_keeps_weights_whole_when_they_fit(tmp_path):
+    child = _run_child(tmp_path, "auto-fits", 4, ["wan"], COMFY_TPU_SPMD="auto", COMFY_TPU_HBM_PER_CHIP_GIB="16")
+    assert child["model_axis"] == 1 and child["spmd"]["mesh"] == "data=4" and "auto SPMD" not in child["log"]
+    assert all(run["max_diff"] <= PARITY for run in child["families"]["wan"]["runs"])
+
+
+def _doctor(**env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tpu_runtime", "doctor"], cwd=PACK_DIR, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, **CHILD_ENV, "CPU_NUM_DEVICES": "4", **env})
+
+
+def test_doctor_shows_the_model_axis():
+    out = _doctor(COMFY_TPU_MESH="data=2,model=2")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "SPMD         on, mesh data=2,model=2" in out.stdout
+    assert "weights      split over 'model' (2 ways): each chip holds ~1/2 of a diffusion model's weights" in out.stdout
+
+
+def test_a_model_axis_that_does_not_fit_is_named():
+    out = _doctor(COMFY_TPU_MESH="data=1,model=3")
+    assert out.returncode == 0 and "SPMD         off" in out.stdout
+    assert "COMFY_TPU_MESH='data=1,model=3' is not valid" in out.stderr

@@ -44,6 +44,7 @@ class Backend(Protocol):
     def shard_count(self) -> int: ...
     def shard_batch(self, tensor: torch.Tensor) -> torch.Tensor: ...
     def model_axis(self) -> int: ...
+    def set_model_axis(self, size: int) -> None: ...
     def device_total(self) -> int: ...
     def shard_tensor(self, tensor: torch.Tensor, spec: tuple[Optional[str], ...]) -> None: ...
     def tensor_sharding(self, tensor: torch.Tensor) -> str: ...
@@ -370,6 +371,18 @@ class XlaBackend:
     def model_axis(self) -> int:
         """How many ways weights are split (the 'model' axis size; 1 without one)."""
         return self.spmd.axes.get("model", 1) if self.spmd.on else 1
+
+    def set_model_axis(self, size: int) -> None:
+        """Re-plan the mesh as ``data=devices/size,model=size`` (auto mode, for a model too big for one chip).
+        Tensors already placed keep their shardings (XLA accepts them); new ones use this mesh."""
+        import numpy as np
+
+        devices = self.spmd.devices
+        if not self.spmd.on or size < 1 or devices % size:
+            raise ValueError(f"a model axis of {size} does not divide the {devices} devices of the mesh")
+        axes = {"data": devices // size, "model": size}
+        self._mesh = self._xs.Mesh(np.arange(devices), tuple(axes.values()), tuple(axes))
+        self.spmd = self.spmd.model_copy(update={"axes": axes, "mesh": ",".join(f"{k}={v}" for k, v in axes.items())})
 
     def device_total(self) -> int:
         """Devices the mesh spans (1 without SPMD)."""

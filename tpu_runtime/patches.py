@@ -32,7 +32,9 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from . import sampling
+from .chip_memory import chip_memory
 from .host_values import as_host
+from .weight_shard import auto_model_axis
 
 if TYPE_CHECKING:
     from .state import PackState
@@ -102,10 +104,14 @@ def install(state: "PackState") -> Patches:
         return xla_device
 
     def memory(device: Any) -> tuple[int, int]:
-        """(free, total) for an XLA device: the runtime's figures, else host RAM (PJRT CPU, SPMD)."""
-        reported = backend.memory_info(device)
+        """(free, total) for an XLA device: one chip's (the runtime's figures, else the HBM setting or the
+        TPU type's, see chip_memory), else host RAM (PJRT CPU under SPMD). Under a 'model' axis a chip
+        holds 1/M of a model ComfyUI loads, so ComfyUI, which compares a whole model's bytes with
+        this, is told M chips' worth."""
+        reported = chip_memory(state)
         if reported is not None:
-            return reported
+            ways = backend.model_axis()
+            return reported[0] * ways, reported[1] * ways
         import psutil
         vm = psutil.virtual_memory()
         return vm.available, vm.total
@@ -176,6 +182,7 @@ def install(state: "PackState") -> Patches:
     def prepare_model_patcher(model, conds, model_options):
         result = orig_prepare(model, conds, model_options)
         if is_xla(getattr(model, "load_device", None)):
+            _choose_model_axis(state, model)  # before ComfyUI sizes the load against the free memory
             host_schedules.remember(model.get_model_object("model_sampling"))
             sampling.attach(model_options, state)
         return result
@@ -186,7 +193,7 @@ def install(state: "PackState") -> Patches:
     patches.set("comfy.samplers", "calculate_sigmas", calculate_sigmas)
     patches.set("comfy.sampler_helpers", "prepare_model_patcher", prepare_model_patcher)
     patches.set("comfy.model_patcher.ModelPatcher", "partially_load", _repatch_on_device(is_xla, state))
-    if state.placement is not None and state.placement.on:
+    if backend.device_total() > 1:  # under SPMD (auto mode may add a 'model' axis later)
         patches.set("comfy.model_patcher.ModelPatcher", "load", _split_on_load(is_xla, state))
         patches.set("comfy.model_patcher.ModelPatcher", "patch_weight_to_device", _split_before_patch(is_xla, state))
     log.debug("comfy-tpu: patches installed")
@@ -223,6 +230,24 @@ def _repatch_on_device(is_xla: Callable[[Any], bool], state: "PackState") -> Cal
     return partially_load
 
 
+def _choose_model_axis(state: "PackState", patcher: Any) -> None:
+    """Auto mode (``COMFY_TPU_SPMD=auto``, no mesh given): the first model whose weights do not fit one
+    chip gets the mesh a 'model' axis, logged with the plan. Models loaded before keep their placement."""
+    backend, settings = state.backend, state.settings
+    if settings.spmd != "auto" or settings.mesh or backend.model_axis() > 1 or backend.device_total() <= 1:
+        return
+    if getattr(patcher.model, "device", None) is not None and backend.is_device(patcher.model.device):
+        return  # already loaded as it is
+    memory = chip_memory(state)
+    size, plan = auto_model_axis(patcher.model_size(), memory[0] if memory else None, backend.device_total())
+    if size > 1:
+        backend.set_model_axis(size)
+        log.info("comfy-tpu: auto SPMD: %s doesn't fit one chip (%s); its weights are split over 'model'",
+                 type(patcher.model).__name__, plan)
+    elif state.notices.first_time("auto model axis", plan):
+        log.debug("comfy-tpu: auto SPMD: %s", plan)
+
+
 def _split_on_load(is_xla: Callable[[Any], bool], state: "PackState") -> Callable:
     """``ModelPatcher.load`` that, for the XLA device, splits the model's weights over the 'model' axis
     right after ComfyUI moved them (before anything reads them: each chip receives its part only)."""
@@ -254,7 +279,7 @@ def _split_before_patch(is_xla: Callable[[Any], bool], state: "PackState") -> Ca
 
     def split_patch(self, key, device_to=None, inplace_update=False):
         placement = state.placement
-        if key not in self.patches or not is_xla(device_to):
+        if not placement.on or key not in self.patches or not is_xla(device_to):
             return patch(self, key, device_to, inplace_update)
         weight, set_func, convert_func = comfy.model_patcher.get_key_weight(self.model, key)
         plain = set_func is None and convert_func is None and placement.placement(self.model).plan.spec(key)

@@ -176,7 +176,8 @@ class ReplayedDiffusionModel(ModelStandIn):
             kwargs["transformer_options"] = {k: v for k, v in options.items() if k not in STEP_DEPENDENT_OPTIONS}
         try:
             key, tensors = call_key(args, kwargs, self._own_wrappers)
-            key = (key, self.model_token, self._layer_functions())
+            # The mesh: the inputs' shardings follow it (auto mode may re-plan it while the process runs).
+            key = (key, self.model_token, self._layer_functions(), self._backend.mesh_description())
             weights = self._current_weights()
             entry = self._programs.get(key)
             if entry is None or not entry.fits(weights, self._backend):

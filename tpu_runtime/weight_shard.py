@@ -250,16 +250,37 @@ class Placement:
         placement.bytes_total, placement.bytes_per_device, placement.bytes_whole = total, per_device, whole
         return placement
 
+    def held_per_chip(self) -> int:
+        """Bytes of placed models' weights on the busiest chip, as last measured (no new measure: cheap)."""
+        totals = [0] * self.backend.device_total()
+        for placement in list(self._models.values()):
+            for index, count in enumerate(placement.bytes_per_device[:len(totals)]):
+                totals[index] += count
+        return max(totals, default=0)
+
     def figures(self) -> list[dict[str, Any]]:
         """Per placed model still alive: its weight bytes and the bytes each chip holds now (kernel twins
         and patched weights included), measured from the tensors' shardings (stats)."""
         out = []
         for model, placement in list(self._models.items()):
             self.measure(model, placement)
+            if not placement.bytes_total:
+                continue  # offloaded: nothing of it is on the chips now
             out.append({"model": self._names.get(model) or type(model).__name__, "model_axis": placement.plan.model_axis,
                         "weight_bytes": placement.bytes_total, "bytes_per_chip": placement.bytes_per_device,
                         "whole_bytes": placement.bytes_whole, **placement.plan.counts()})
         return out
+
+
+def auto_model_axis(weight_bytes: int, free_per_chip: Optional[int], devices: int) -> tuple[int, str]:
+    """(model axis, the plan in words) for auto mode."""
+    size = choose_model_axis(weight_bytes, free_per_chip, devices)
+    gib = 2**30
+    if free_per_chip is None:
+        return 1, "a chip's free memory is unknown (set COMFY_TPU_HBM_PER_CHIP_GIB, or COMFY_TPU_MESH=data=D,model=M)"
+    words = (f"weights {weight_bytes / gib:.2f} GiB, a chip's free memory {free_per_chip / gib:.2f} GiB: "
+             f"mesh data={devices // size},model={size}, {weight_bytes / size / gib:.2f} GiB of weights a chip")
+    return size, words
 
 
 def choose_model_axis(weight_bytes: int, free_per_chip: Optional[int], devices: int, headroom: float = 0.7) -> int:

@@ -87,6 +87,8 @@ class FakeBackend:
         return {"dynamo_frames": 0, "dynamo_graphs": 0, "dynamo_graph_breaks": 0, "captured_graph_calls": 0}
 
     def mesh_description(self) -> str:
+        if self.model_ways > 1:
+            return f"data={self.shards},model={self.model_ways}"
         return "single" if self.shards == 1 else f"data={self.shards}"
 
     def shard_count(self) -> int:
@@ -98,6 +100,10 @@ class FakeBackend:
 
     def model_axis(self) -> int:
         return self.model_ways
+
+    def set_model_axis(self, size: int) -> None:
+        devices = self.device_total()
+        self.shards, self.model_ways = devices // size, size
 
     def device_total(self) -> int:
         return self.shards * self.model_ways

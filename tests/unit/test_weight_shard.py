@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from tests.unit.fake_backend import FakeBackend
-from tpu_runtime.weight_shard import (MIN_SPLIT_ELEMENTS, Placement, choose_model_axis, plan_weights,
+from tpu_runtime.weight_shard import (MIN_SPLIT_ELEMENTS, Placement, auto_model_axis, choose_model_axis, plan_weights,
                                       twin_spec)
 
 
@@ -125,3 +125,30 @@ def test_auto_mode_picks_the_smallest_axis_that_fits():
     assert choose_model_axis(200 * gib, 15 * gib, 8) == 8  # too big for any: every chip
     assert choose_model_axis(24 * gib, None, 8) == 1       # free memory unknown: nothing decided
     assert choose_model_axis(24 * gib, 15 * gib, 6) == 3   # a divisor of the device count
+
+
+def test_auto_mode_says_its_plan_and_when_it_cannot_decide():
+    gib = 2**30
+    size, words = auto_model_axis(24 * gib, 15 * gib, 8)
+    assert size == 4 and "mesh data=2,model=4" in words and "6.00 GiB of weights a chip" in words
+    size, words = auto_model_axis(24 * gib, None, 8)
+    assert size == 1 and "COMFY_TPU_HBM_PER_CHIP_GIB" in words
+
+
+def test_a_re_planned_mesh_turns_placement_on():
+    backend = FakeBackend(shards=4)
+    placement = Placement(backend)
+    assert not placement.on
+    backend.set_model_axis(2)
+    assert placement.on and backend.mesh_description() == "data=2,model=2"
+    model = Block()  # placements are held weakly: the model must live
+    placement.shard_model(model)
+    assert placement.figures()[0]["model_axis"] == 2 and placement.held_per_chip() > 0
+
+
+def test_hbm_of_a_tpu_type():
+    from tpu_runtime.chip_memory import GIB, hbm_of_tpu_type
+
+    assert hbm_of_tpu_type("TPU v5 lite") == 16 * GIB and hbm_of_tpu_type("TPU v6 lite") == 32 * GIB
+    assert hbm_of_tpu_type("TPU v5p") == 95 * GIB and hbm_of_tpu_type("TPU v4") == 32 * GIB
+    assert hbm_of_tpu_type("n/a (not a TPU)") is None
