@@ -68,10 +68,14 @@ def test_parity_with_eager_cpu_and_no_compile_after_the_first_run(children, mesh
     assert first["compiles"] > 0
     # Other steps, scheduler, cfg and seed; and the base model again after its LoRA clone ran.
     assert second["compiles"] == 0 and again["compiles"] == 0, (second, again)
+    lora_keys = children[mesh]["families"][family]["lora_keys"]
     for run in runs:
         assert run["finite"] and not run["fallbacks"], run
         assert run["max_diff"] <= PARITY, (run["model"], run["max_diff"])
-        assert run["transfers_to_host"] <= (5 if run["model"] == "lora" else 1), run  # + the 4 LoRA backups
+        # One transfer to the host, the result (+ ComfyUI's host backups of the LoRA's weights). A weight
+        # that had landed whole on the chips before being split would add one: torch_xla re-splits a
+        # tensor with device data through the host (measured), so the first run shows none did.
+        assert run["transfers_to_host"] == 1 + (len(lora_keys) if run["model"] == "lora" else 0), run
 
 
 @pytest.mark.parametrize("family", FAMILIES)
