@@ -40,12 +40,16 @@ def held_per_device(model: torch.nn.Module) -> dict:
     left whole on every device."""
     devices = backend.device_total()
     per_device, total, whole, largest_whole = [0] * devices, 0, 0, (0, "")
+    twins, whole_twins = 0, 0  # HWIO kernel twins (buffers of conv layers), and those whole on every device
     tensors = list(model.named_parameters()) + [(n, b) for n, b in model.named_buffers() if b is not None]
     for name, tensor in tensors:
         if tensor.device.type != "xla":
             continue
         nbytes = tensor.numel() * tensor.element_size()
         total += nbytes
+        twin = name.endswith("comfy_tpu_hwio_kernel")
+        twins += twin
+        whole_twins += twin and not torch_xla._XLAC._get_xla_sharding_spec(tensor)
         if not torch_xla._XLAC._get_xla_sharding_spec(tensor):
             per_device = [held + nbytes for held in per_device]
             whole += nbytes
@@ -62,7 +66,8 @@ def held_per_device(model: torch.nn.Module) -> dict:
                 start, stop, _ = part.indices(length)
                 count *= stop - start
             per_device[index] += count * tensor.element_size()
-    return {"total": total, "per_device": per_device, "whole": whole, "largest_whole": list(largest_whole)}
+    return {"total": total, "per_device": per_device, "whole": whole, "largest_whole": list(largest_whole),
+            "twins": int(twins), "whole_twins": int(whole_twins)}
 
 
 result, latents = {"families": {}}, {}
