@@ -21,6 +21,7 @@ from tests.sampling_harness import ksample, max_abs_diff  # noqa: E402  (before 
 from bench.comfy_host import import_comfy  # noqa: E402
 
 nodes = import_comfy(load_pack=True)
+import comfy.model_management  # noqa: E402
 import torch  # noqa: E402
 import torch_xla  # noqa: E402
 
@@ -82,8 +83,8 @@ for name in families:
     settings = [dict(steps=3, scheduler="normal", cfg=fam.cfg, seed=10),
                 dict(steps=4, scheduler="karras", cfg=fam.cfg * 1.5 if fam.cfg > 1 else fam.cfg, seed=11)]
     lora_xla, lora_keys = tiny_zoo.lora_clone(xla_model)
-    loaded += [xla_model, lora_xla]
     lora_cpu, _ = tiny_zoo.lora_clone(cpu_model)
+    loaded += [(xla_model, cpu_model), (lora_xla, lora_cpu)]
     visits = [("base", xla_model, cpu_model, settings[0]), ("base", xla_model, cpu_model, settings[1]),
               ("lora", lora_xla, lora_cpu, settings[0]), ("base", xla_model, cpu_model, settings[0])]
     runs = []
@@ -108,8 +109,18 @@ for name in families:
                                                                     latent=torch.zeros(shape), **settings[0]).samples,
                                                             ksample(nodes, cpu_model, positive, negative, sampler="euler",
                                                                     latent=torch.zeros(shape), **settings[0]).samples)}
-torch.save(latents, out_path)
 stats = tpu_runtime.get_tpu_stats()
+# ComfyUI unloads every model (to its offload device, the host): split weights come back part by part.
+before = backend.counters()
+comfy.model_management.unload_all_models()
+after = backend.counters()
+left_on_device = sum(tensor.device.type == "xla" for on_xla, _ in loaded
+                     for tensor in list(on_xla.model.parameters()) + list(on_xla.model.buffers()))
+unloaded_equal = all(torch.equal(on_xla.model.state_dict()[key].cpu(), value)
+                     for on_xla, on_cpu in loaded[::2] for key, value in on_cpu.model.state_dict().items())
+result["unload"] = {"compiles": after["compiles"] - before["compiles"], "left_on_device": int(left_on_device),
+                    "equal_to_the_host_models": unloaded_equal}
+torch.save(latents, out_path)
 result.update(spmd=stats["spmd"], execution=state.options.execution, twins_made=state.kernel_twins.made,
               replay=state.replayed_models.figures(), replay_fallbacks=state.replayed_models.fallbacks(),
               model_axis=backend.model_axis(), devices=backend.device_total())

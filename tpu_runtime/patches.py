@@ -196,6 +196,7 @@ def install(state: "PackState") -> Patches:
     if backend.device_total() > 1:  # under SPMD (auto mode may add a 'model' axis later)
         patches.set("comfy.model_patcher.ModelPatcher", "load", _split_on_load(is_xla, state))
         patches.set("comfy.model_patcher.ModelPatcher", "patch_weight_to_device", _split_before_patch(is_xla, state))
+        patches.set("comfy.model_patcher.ModelPatcher", "unpatch_model", _parts_to_host_on_unload(is_xla, state))
     log.debug("comfy-tpu: patches installed")
     return patches
 
@@ -290,12 +291,36 @@ def _split_before_patch(is_xla: Callable[[Any], bool], state: "PackState") -> Ca
             weight = weight.to(device_to)
             comfy.utils.set_attr_param(self.model, key, weight)
             weight = comfy.utils.get_attr(self.model, key)
+        elif plain and key not in self.backup and backend_of(placement).tensor_sharding(weight):
+            # ComfyUI's backup (weight.to(host)) of a split weight would gather it whole on the device first.
+            inplace = self.weight_inplace_update or inplace_update
+            self.backup[key] = Backup(backend_of(placement).gather_on_host(weight.detach()), inplace)
         placement.shard(self.model, key, weight)
         result = patch(self, key, device_to, inplace_update)
         placement.shard(self.model, key, comfy.utils.get_attr(self.model, key))
         return result
 
     return split_patch
+
+
+def backend_of(placement: Any) -> Any:
+    return placement.backend
+
+
+def _parts_to_host_on_unload(is_xla: Callable[[Any], bool], state: "PackState") -> Callable:
+    """``ModelPatcher.unpatch_model`` that, when ComfyUI moves a model off the XLA device (offload, unload,
+    a full reload), first brings its split weights to the host part by part: torch_xla would gather each
+    whole on the device and compile a program per weight shape to do it."""
+    import comfy.model_patcher
+
+    unpatch = comfy.model_patcher.ModelPatcher.unpatch_model
+
+    def unpatch_to_host(self, device_to=None, unpatch_weights=True):
+        if unpatch_weights and device_to is not None and not is_xla(device_to):
+            state.placement.bring_to_host(self.model)
+        return unpatch(self, device_to, unpatch_weights)
+
+    return unpatch_to_host
 
 
 class HostAwareTorch:

@@ -222,6 +222,23 @@ class Placement:
             self._names[model] = label
         self.measure(model, placement)
 
+    def bring_to_host(self, model: torch.nn.Module) -> int:
+        """Replace every split device tensor of ``model`` by a host copy read from its parts, before ComfyUI
+        moves the model off the device (its ``.to(cpu)`` then has nothing left to gather). Returns how many."""
+        if not self.on:
+            return 0
+        moved = 0
+        for module in model.modules():
+            for table in (module._parameters, module._buffers):
+                for name, tensor in list(table.items()):
+                    if tensor is None or not self.backend.is_device(tensor.device) or not self.backend.tensor_sharding(tensor):
+                        continue
+                    host = self.backend.gather_on_host(tensor.detach())
+                    table[name] = (torch.nn.Parameter(host, requires_grad=tensor.requires_grad)
+                                   if isinstance(tensor, torch.nn.Parameter) else host)
+                    moved += 1
+        return moved
+
     def twin_spec(self, layer: torch.nn.Module, permutation: tuple[int, ...]) -> Optional[Spec]:
         """The split of a conv layer's kernel twin, ``weight.permute(*permutation)``, when the layer's
         model was placed (None: whole)."""

@@ -115,6 +115,10 @@ class FakeBackend:
         spec = self.weight_specs.get(id(tensor))
         return "" if spec is None else str(spec)
 
+    def gather_on_host(self, tensor: torch.Tensor) -> torch.Tensor:
+        self._counters["transfers_to_host"] += 1
+        return tensor.to("cpu")
+
     def device_bytes(self, tensor: torch.Tensor) -> list[int]:
         """Each device's part, as XLA would hold it: the split dim divided by the model axis."""
         size = tensor.numel() * tensor.element_size()
