@@ -19,6 +19,9 @@ Only what ComfyUI offers no hook for is patched here:
   marking it right after ComfyUI's load uploads each chip's part only, and a weight with a LoRA
   patch is placed split before ComfyUI computes the patch on the device (the patch's result is
   split as its weight: nothing is gathered). ComfyUI has no hook before a weight is patched.
+* ``comfy.model_patcher.ModelPatcher.unpatch_model``: when ComfyUI moves a model off the device, its
+  split weights are read to the host part by part first (torch_xla's ``.to("cpu")`` would gather each
+  whole on the device, with a program compiled per weight shape).
 * ``comfy.extra_samplers.uni_pc``'s ``torch``: UniPC builds its small solver matrices with
   ``torch.tensor(host_values, device=x.device)`` and solves them with ``torch.linalg.solve``, which XLA
   runs on the CPU (a fallback and two syncs per step). Those matrices are kept on the host instead.
@@ -282,29 +285,25 @@ def _split_before_patch(is_xla: Callable[[Any], bool], state: "PackState") -> Ca
         placement = state.placement
         if not placement.on or key not in self.patches or not is_xla(device_to):
             return patch(self, key, device_to, inplace_update)
+        backend = state.backend
         weight, set_func, convert_func = comfy.model_patcher.get_key_weight(self.model, key)
         plain = set_func is None and convert_func is None and placement.placement(self.model).plan.spec(key)
-        if plain and weight.device.type == "cpu":
-            if key not in self.backup:
-                inplace = self.weight_inplace_update or inplace_update
-                self.backup[key] = Backup(weight.to(device=self.offload_device, copy=inplace), inplace)
-            weight = weight.to(device_to)
-            comfy.utils.set_attr_param(self.model, key, weight)
-            weight = comfy.utils.get_attr(self.model, key)
-        elif plain and key not in self.backup and backend_of(placement).tensor_sharding(weight):
-            # ComfyUI's backup (weight.to(host)) of a split weight would gather it whole on the device first.
+        on_host = weight.device.type == "cpu"
+        if plain and key not in self.backup and (on_host or backend.tensor_sharding(weight)):
+            # ComfyUI's own backup, taken here: of a host weight before it moves, of a split one part by
+            # part (ComfyUI's weight.to(host) would gather it whole on the device first).
             inplace = self.weight_inplace_update or inplace_update
-            self.backup[key] = Backup(backend_of(placement).gather_on_host(weight.detach()), inplace)
+            host = weight.to(device=self.offload_device, copy=inplace) if on_host else backend.gather_on_host(weight.detach())
+            self.backup[key] = Backup(host, inplace)
+        if plain and on_host:
+            comfy.utils.set_attr_param(self.model, key, weight.to(device_to))
+            weight = comfy.utils.get_attr(self.model, key)
         placement.shard(self.model, key, weight)
         result = patch(self, key, device_to, inplace_update)
         placement.shard(self.model, key, comfy.utils.get_attr(self.model, key))
         return result
 
     return split_patch
-
-
-def backend_of(placement: Any) -> Any:
-    return placement.backend
 
 
 def _parts_to_host_on_unload(is_xla: Callable[[Any], bool], state: "PackState") -> Callable:
