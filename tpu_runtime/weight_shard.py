@@ -186,6 +186,7 @@ class Placement:
         return self.model_axis > 1
 
     def placement(self, model: torch.nn.Module) -> ModelPlacement:
+        """``model``'s plan, made on first use (and again if the mesh's 'model' axis changed), logged once."""
         found = self._models.get(model)
         if found is None or found.plan.model_axis != self.model_axis:
             plan = plan_weights(model, self.model_axis)
