@@ -200,6 +200,10 @@ class TorchaxBackend:
             self._mesh = Mesh(grid, tuple(plan.axes))
             log.info("comfy-tpu: JAX mesh %s over %d devices; the diffusion model's batch is split over 'data', "
                      "weights are replicated", plan.mesh, len(self._devices))
+            if plan.axes.get("model", 1) > 1:
+                log.error("comfy-tpu: the torchax backend does not split weights over a 'model' axis yet "
+                          "(COMFY_TPU_MESH=%s): every device holds the whole model; use the torch_xla backend "
+                          "for a model bigger than one chip", plan.mesh)
         return plan
 
     def _placement(self, tensor: Optional[torch.Tensor] = None) -> Any:
@@ -364,3 +368,26 @@ class TorchaxBackend:
     def shard_batch(self, tensor: torch.Tensor) -> torch.Tensor:
         """Host tensors carry no placement: ``run_program`` splits a call's rows when it uploads them."""
         return tensor
+
+    # Weights split over a 'model' axis: not under torchax (yet). Weights are whole on every device.
+    def model_axis(self) -> int:
+        return 1
+
+    def set_model_axis(self, size: int) -> None:
+        """Auto mode's 'model' axis: refused (the caller keeps the weights whole), said once."""
+        raise ValueError("the torchax backend does not split weights over a 'model' axis (use torch_xla)")
+
+    def device_total(self) -> int:
+        return len(self._devices) if self.spmd.on else 1
+
+    def shard_tensor(self, tensor: torch.Tensor, spec: tuple[Optional[str], ...]) -> None:
+        raise ValueError("the torchax backend does not split weights over a 'model' axis (use torch_xla)")
+
+    def tensor_sharding(self, tensor: torch.Tensor) -> str:
+        return ""
+
+    def device_bytes(self, tensor: torch.Tensor) -> list[int]:
+        return [tensor.numel() * tensor.element_size()] * self.device_total()
+
+    def gather_on_host(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to("cpu")

@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional
 from pydantic import BaseModel
 
 from . import versions
+from .chip_memory import hbm_of_tpu_type
 from .settings import LoadedSettings, env_var, format_mesh, parse_mesh
 
 log = logging.getLogger("comfy_tpu")
@@ -146,7 +147,8 @@ def describe(report: DeviceReport, backend: Any) -> DeviceReport:
     report.tpu_type = str(attrs.get("name") or attrs.get("device_kind") or os.environ.get(
         "TPU_ACCELERATOR_TYPE") or ("n/a (not a TPU)" if report.device_type != "TPU" else "unknown"))
     memory = backend.memory_info(backend.device())
-    report.hbm_per_chip_bytes = memory[1] if memory else None
+    # Under SPMD the runtime answers no memory query: a TPU type's own HBM is still known.
+    report.hbm_per_chip_bytes = memory[1] if memory else hbm_of_tpu_type(report.tpu_type)
     return report
 
 

@@ -20,12 +20,16 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from typing import Iterator, Literal, Optional
+from typing import TYPE_CHECKING, Iterator, Literal, Optional
 
 import torch
 
+if TYPE_CHECKING:
+    from .weight_shard import Placement
+
 KernelLayout = Literal["auto", "hwio", "native"]
 BUFFER = "comfy_tpu_hwio_kernel"
+TWIN_PERMUTATION = (2, 3, 1, 0)  # OIHW -> HWIO
 _STATE = "_comfy_tpu_hwio_state"  # the layer's (weight ref, weight token, HwioKernel), in its __dict__
 
 
@@ -52,8 +56,10 @@ class HwioKernel:
 class KernelTwins:
     """Makes and refreshes the HWIO twins of conv layers on the device."""
 
-    def __init__(self, backend) -> None:
+    def __init__(self, backend, placement: Optional["Placement"] = None) -> None:
         self.backend = backend
+        #: Under a 'model' axis, a twin is split as its weight is (permuted), never whole on a chip.
+        self.placement = placement
         self.made = 0  # twins made or refilled so far (tests and stats read it)
         # Each model's conv layers, found once (walking a UNet's modules every call costs milliseconds).
         self._convs: "weakref.WeakKeyDictionary[torch.nn.Module, list]" = weakref.WeakKeyDictionary()
@@ -90,10 +96,17 @@ class KernelTwins:
             self.made += len(fresh)
         return pairs
 
+    def _refill(self, layer: torch.nn.Module, weight: torch.Tensor) -> torch.Tensor:
+        twin = self._fill(layer, weight)
+        spec = self.placement.twin_spec(layer, TWIN_PERMUTATION) if self.placement is not None else None
+        if spec is not None and not self.backend.tensor_sharding(twin):
+            self.backend.shard_tensor(twin, spec)
+        return twin
+
     @staticmethod
-    def _refill(layer: torch.nn.Module, weight: torch.Tensor) -> torch.Tensor:
+    def _fill(layer: torch.nn.Module, weight: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            values = weight.detach().permute(2, 3, 1, 0).contiguous()
+            values = weight.detach().permute(*TWIN_PERMUTATION).contiguous()
             twin = layer._buffers.get(BUFFER)
             # A twin made under inference mode (ComfyUI's nodes, a warm-up) cannot be written in
             # place outside it (a script sampling with grad mode on): it is replaced instead.

@@ -191,6 +191,15 @@ def doctor_data() -> dict[str, Any]:
     }
 
 
+def _model_axis(mesh: str) -> int:
+    """The 'model' axis size of a mesh string such as ``data=2,model=4`` (1 without one)."""
+    for part in mesh.split(","):
+        name, _, size = part.partition("=")
+        if name.strip() == "model" and size.strip().isdigit():
+            return int(size)
+    return 1
+
+
 def format_doctor(data: dict[str, Any]) -> str:
     """The doctor report as text lines."""
     r, s, d = data["report"], data["settings"], data["decision"]
@@ -215,6 +224,12 @@ def format_doctor(data: dict[str, Any]) -> str:
         f"  SPMD         {'on, mesh ' + r['mesh'] if r.get('spmd') else 'off'}"
         f"{' (' + r['spmd_reason'] + ')' if r.get('spmd_reason') else ''}",
     ]
+    ways = _model_axis(r.get("mesh") or "")
+    if r.get("spmd") and ways > 1:
+        share = (f", at most {r['hbm_per_chip_bytes'] * ways / 2**30:.1f} GiB of weights over the {ways} chips"
+                 if r["hbm_per_chip_bytes"] else "")
+        lines.append(f"  weights      split over 'model' ({ways} ways): each chip holds ~1/{ways} of a diffusion "
+                     f"model's weights{share}")
     if r["error"]:
         lines.append(f"  problem      {r['error']}")
     lines += [f"  settings     changed from defaults: {changed}",

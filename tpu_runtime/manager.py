@@ -66,9 +66,13 @@ class TPUManager(RunObserver):
         self.warmup_steps = warmup_steps
         self.xla_cache_dir = xla_cache_dir
         self.persistent_cache_note = persistent_cache_note
-        self.mesh = self.backend.mesh_description()
         self._warming = False
         self.last_outcome = None
+
+    @property
+    def mesh(self) -> str:
+        """The mesh signatures are recorded on: the backend's now (auto mode may add a 'model' axis)."""
+        return self.backend.mesh_description()
 
     @property
     def options(self) -> RunOptions:
@@ -272,12 +276,18 @@ class TPUManager(RunObserver):
 
 
     def spmd_stats(self) -> dict[str, Any]:
-        """Mesh, devices and per-chip memory as the runtime reports them ("unknown" where it does not)."""
+        """Mesh, devices and per-chip memory as the runtime reports them ("unknown" where it does not);
+        under a 'model' axis, per diffusion model loaded, the bytes of its weights each chip holds."""
+        from .chip_memory import chip_memory
+
         plan = getattr(self.backend, "spmd", None)
-        memory = self.backend.memory_info(self.backend.device())
+        placement = self.state.placement
+        weights = ({"model_axis": self.backend.model_axis(), "weights_per_chip": placement.figures()}
+                   if placement is not None and placement.on else {})  # measured now: before the free memory
+        memory = chip_memory(self.state)
         return {"on": bool(plan and plan.on), "mesh": self.mesh, "devices": plan.devices if plan else 1,
                 "data_axis": self.backend.shard_count(), "reason": plan.reason if plan else "",
-                "memory_per_chip": {"free": memory[0], "total": memory[1]} if memory else "unknown"}
+                "memory_per_chip": {"free": memory[0], "total": memory[1]} if memory else "unknown", **weights}
 
 
 def _sampler_function_name(sampler_name: str) -> str:

@@ -13,6 +13,15 @@ Only what ComfyUI offers no hook for is patched here:
   (the CPU) and loads it back: every weight to the host and back. In lazy execution (the default)
   the pack keeps the unpatched model on the device; only the patched weights' backups live on the
   host, as ComfyUI keeps them.
+* ``comfy.model_patcher.ModelPatcher.load`` and ``patch_weight_to_device``: under a mesh with a
+  ``model`` axis, the diffusion model's weights are split over it as they land on the device
+  (``weight_shard.Placement``): a weight moved there holds its host data until first used, so
+  marking it right after ComfyUI's load uploads each chip's part only, and a weight with a LoRA
+  patch is placed split before ComfyUI computes the patch on the device (the patch's result is
+  split as its weight: nothing is gathered). ComfyUI has no hook before a weight is patched.
+* ``comfy.model_patcher.ModelPatcher.unpatch_model``: when ComfyUI moves a model off the device, its
+  split weights are read to the host part by part first (torch_xla's ``.to("cpu")`` would gather each
+  whole on the device, with a program compiled per weight shape).
 * ``comfy.extra_samplers.uni_pc``'s ``torch``: UniPC builds its small solver matrices with
   ``torch.tensor(host_values, device=x.device)`` and solves them with ``torch.linalg.solve``, which XLA
   runs on the CPU (a fallback and two syncs per step). Those matrices are kept on the host instead.
@@ -26,7 +35,9 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from . import sampling
+from .chip_memory import chip_memory
 from .host_values import as_host
+from .weight_shard import auto_model_axis
 
 if TYPE_CHECKING:
     from .state import PackState
@@ -96,10 +107,14 @@ def install(state: "PackState") -> Patches:
         return xla_device
 
     def memory(device: Any) -> tuple[int, int]:
-        """(free, total) for an XLA device: the runtime's figures, else host RAM (PJRT CPU, SPMD)."""
-        reported = backend.memory_info(device)
+        """(free, total) for an XLA device: one chip's (the runtime's figures, else the HBM setting or the
+        TPU type's, see chip_memory), else host RAM (PJRT CPU under SPMD). Under a 'model' axis a chip
+        holds 1/M of a model ComfyUI loads, so ComfyUI, which compares a whole model's bytes with
+        this, is told M chips' worth."""
+        reported = chip_memory(state)
         if reported is not None:
-            return reported
+            ways = backend.model_axis()
+            return reported[0] * ways, reported[1] * ways
         import psutil
         vm = psutil.virtual_memory()
         return vm.available, vm.total
@@ -170,6 +185,7 @@ def install(state: "PackState") -> Patches:
     def prepare_model_patcher(model, conds, model_options):
         result = orig_prepare(model, conds, model_options)
         if is_xla(getattr(model, "load_device", None)):
+            _choose_model_axis(state, model)  # before ComfyUI sizes the load against the free memory
             host_schedules.remember(model.get_model_object("model_sampling"))
             sampling.attach(model_options, state)
         return result
@@ -180,6 +196,10 @@ def install(state: "PackState") -> Patches:
     patches.set("comfy.samplers", "calculate_sigmas", calculate_sigmas)
     patches.set("comfy.sampler_helpers", "prepare_model_patcher", prepare_model_patcher)
     patches.set("comfy.model_patcher.ModelPatcher", "partially_load", _repatch_on_device(is_xla, state))
+    if backend.device_total() > 1:  # under SPMD (auto mode may add a 'model' axis later)
+        patches.set("comfy.model_patcher.ModelPatcher", "load", _split_on_load(is_xla, state))
+        patches.set("comfy.model_patcher.ModelPatcher", "patch_weight_to_device", _split_before_patch(is_xla, state))
+        patches.set("comfy.model_patcher.ModelPatcher", "unpatch_model", _parts_to_host_on_unload(is_xla, state))
     log.debug("comfy-tpu: patches installed")
     return patches
 
@@ -212,6 +232,100 @@ def _repatch_on_device(is_xla: Callable[[Any], bool], state: "PackState") -> Cal
             del self.unpatch_model
 
     return partially_load
+
+
+def _choose_model_axis(state: "PackState", patcher: Any) -> None:
+    """Auto mode (``COMFY_TPU_SPMD=auto``, no mesh given): the first model whose weights do not fit one
+    chip gets the mesh a 'model' axis, logged with the plan. Models loaded before keep their placement."""
+    backend, settings = state.backend, state.settings
+    if settings.spmd != "auto" or settings.mesh or backend.model_axis() > 1 or backend.device_total() <= 1:
+        return
+    if getattr(patcher.model, "device", None) is not None and backend.is_device(patcher.model.device):
+        return  # already loaded as it is
+    memory = chip_memory(state)
+    size, plan = auto_model_axis(patcher.model_size(), memory[0] if memory else None, backend.device_total())
+    if size > 1:
+        try:
+            backend.set_model_axis(size)
+        except ValueError as exc:  # this backend keeps weights whole: the model loads as it would, said once
+            if state.notices.first_time("auto model axis refused", str(exc)):
+                log.error("comfy-tpu: auto SPMD: %s doesn't fit one chip (%s), but %s", type(patcher.model).__name__,
+                          plan, exc)
+            return
+        log.info("comfy-tpu: auto SPMD: %s doesn't fit one chip (%s); its weights are split over 'model'",
+                 type(patcher.model).__name__, plan)
+    elif state.notices.first_time("auto model axis", plan):
+        log.debug("comfy-tpu: auto SPMD: %s", plan)
+
+
+def _split_on_load(is_xla: Callable[[Any], bool], state: "PackState") -> Callable:
+    """``ModelPatcher.load`` that, for the XLA device, splits the model's weights over the 'model' axis
+    right after ComfyUI moved them (before anything reads them: each chip receives its part only)."""
+    import comfy.model_patcher
+
+    load = comfy.model_patcher.ModelPatcher.load
+
+    def split_load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
+        result = load(self, device_to, lowvram_model_memory, force_patch_weights, full_load)
+        if is_xla(device_to):
+            config = type(getattr(self.model, "model_config", None)).__name__
+            state.placement.shard_model(self.model, f"{config} ({type(self.model).__name__})")
+        return result
+
+    return split_load
+
+
+def _split_before_patch(is_xla: Callable[[Any], bool], state: "PackState") -> Callable:
+    """``ModelPatcher.patch_weight_to_device`` that places the weight split on the device before ComfyUI
+    computes its patch there, and splits the result the same way: the whole weight never exists on a
+    chip. ComfyUI's backup of the weight is taken first, from the host copy, as ComfyUI itself takes it."""
+    import collections
+
+    import comfy.model_patcher
+    import comfy.utils
+
+    patch = comfy.model_patcher.ModelPatcher.patch_weight_to_device
+    Backup = collections.namedtuple("Dimension", ["weight", "inplace_update"])  # ComfyUI's own backup record
+
+    def split_patch(self, key, device_to=None, inplace_update=False):
+        placement = state.placement
+        if not placement.on or key not in self.patches or not is_xla(device_to):
+            return patch(self, key, device_to, inplace_update)
+        backend = state.backend
+        weight, set_func, convert_func = comfy.model_patcher.get_key_weight(self.model, key)
+        plain = set_func is None and convert_func is None and placement.placement(self.model).plan.spec(key)
+        on_host = weight.device.type == "cpu"
+        if plain and key not in self.backup and (on_host or backend.tensor_sharding(weight)):
+            # ComfyUI's own backup, taken here: of a host weight before it moves, of a split one part by
+            # part (ComfyUI's weight.to(host) would gather it whole on the device first).
+            inplace = self.weight_inplace_update or inplace_update
+            host = weight.to(device=self.offload_device, copy=inplace) if on_host else backend.gather_on_host(weight.detach())
+            self.backup[key] = Backup(host, inplace)
+        if plain and on_host:
+            comfy.utils.set_attr_param(self.model, key, weight.to(device_to))
+            weight = comfy.utils.get_attr(self.model, key)
+        placement.shard(self.model, key, weight)
+        result = patch(self, key, device_to, inplace_update)
+        placement.shard(self.model, key, comfy.utils.get_attr(self.model, key))
+        return result
+
+    return split_patch
+
+
+def _parts_to_host_on_unload(is_xla: Callable[[Any], bool], state: "PackState") -> Callable:
+    """``ModelPatcher.unpatch_model`` that, when ComfyUI moves a model off the XLA device (offload, unload,
+    a full reload), first brings its split weights to the host part by part: torch_xla would gather each
+    whole on the device and compile a program per weight shape to do it."""
+    import comfy.model_patcher
+
+    unpatch = comfy.model_patcher.ModelPatcher.unpatch_model
+
+    def unpatch_to_host(self, device_to=None, unpatch_weights=True):
+        if unpatch_weights and device_to is not None and not is_xla(device_to):
+            state.placement.bring_to_host(self.model)
+        return unpatch(self, device_to, unpatch_weights)
+
+    return unpatch_to_host
 
 
 class HostAwareTorch:

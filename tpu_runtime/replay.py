@@ -98,22 +98,23 @@ class _Program:
         self.weight_layout = weight_layout
         self.weight_ids = weight_ids  # the weight objects last seen: unchanged, no layout check needed
 
-    def fits(self, weights: list[torch.Tensor], data_tensor: Callable[[torch.Tensor], bool]) -> bool:
-        """Whether ``weights`` have the shapes, dtypes and device the program was traced with."""
+    def fits(self, weights: list[torch.Tensor], backend) -> bool:
+        """Whether ``weights`` have the shapes, dtypes, device and shardings the program was traced with."""
         ids = tuple(map(id, weights))
         if ids == self.weight_ids:
             return True
-        if _layout(weights, data_tensor) != self.weight_layout:
+        if _layout(weights, backend) != self.weight_layout:
             return False
         self.weight_ids = ids
         return True
 
 
-def _layout(weights: list[torch.Tensor], data_tensor: Callable[[torch.Tensor], bool] = _device_data) -> tuple:
-    """Shapes and dtypes of the weights; raises NotReplayable when one is off the device."""
-    if any(tensor is None or not data_tensor(tensor) for tensor in weights):
+def _layout(weights: list[torch.Tensor], backend) -> tuple:
+    """Shapes, dtypes and shardings of the weights (a program is compiled for its parameters' shardings);
+    raises NotReplayable when one is off the device."""
+    if any(tensor is None or not backend.data_tensor(tensor) for tensor in weights):
         raise NotReplayable("some of its weights are on the CPU (a partly loaded model)")
-    return tuple((tuple(w.shape), w.dtype) for w in weights)
+    return tuple((tuple(w.shape), w.dtype, backend.tensor_sharding(w)) for w in weights)
 
 
 class ReplayedDiffusionModel(ModelStandIn):
@@ -185,14 +186,15 @@ class ReplayedDiffusionModel(ModelStandIn):
         data_tensor = self._backend.data_tensor
         try:
             key, tensors = call_key(args, kwargs, self._own_wrappers, data_tensor)
-            key = (key, self.model_token, self._layer_functions())
+            # The mesh: the inputs' shardings follow it (auto mode may re-plan it while the process runs).
+            key = (key, self.model_token, self._layer_functions(), self._backend.mesh_description())
             weights = self._current_weights()
             entry = self._programs.get(key)
-            if entry is None or not entry.fits(weights, data_tensor):
+            if entry is None or not entry.fits(weights, self._backend):
                 self.__dict__["_weights"] = None  # buffers may have come since (kernel twins): look again
                 weights = self._current_weights()
                 trace = self._trace_function if self._backend.traces_functions else self._trace
-                return trace(key, args, kwargs, tensors, weights, _layout(weights, data_tensor))
+                return trace(key, args, kwargs, tensors, weights, _layout(weights, self._backend))
         except NotReplayable as exc:
             self._fall_back(str(exc))
             kwargs["transformer_options"] = options

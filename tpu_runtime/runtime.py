@@ -125,12 +125,14 @@ def _assemble(state: PackState, backend: Any, cache_dir: Path) -> None:
     from .sampling import WRAPPER_KEY
     from .schedule import HostSchedules
     from .versions import libtpu_version, torch_xla_version
+    from .weight_shard import Placement
 
     settings = state.settings
     state.backend = backend
     state.options = RunOptions.from_settings(settings)
     state.host_schedules = HostSchedules()
-    state.kernel_twins = KernelTwins(backend)
+    state.placement = Placement(backend)
+    state.kernel_twins = KernelTwins(backend, state.placement)
     state.compiled_models = CompiledModels(backend)
     state.replayed_models = ReplayedModels(backend, WRAPPER_KEY)
     registry = SignatureRegistry(cache_dir, {"torch": torch.__version__, "torch_xla": torch_xla_version(),

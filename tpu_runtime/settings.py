@@ -112,14 +112,22 @@ class TPUSettings(BaseSettings):
         scope="run", default_note="`hwio` on the PJRT CPU device, `native` on a TPU",
         accepted="auto, hwio or native (auto: hwio on the PJRT CPU device, native elsewhere)")
     spmd: Literal["auto", "on", "off"] = setting(
-        "auto", "split the diffusion model's batch over every chip (torch_xla SPMD); see "
-                "[docs/scaling.md](docs/scaling.md)", default_note="on with more than one XLA device",
+        "auto", "split the diffusion model's batch over every chip (torch_xla SPMD), and in `auto` its weights "
+                "over a `model` axis when they do not fit one chip; see [docs/scaling.md](docs/scaling.md)",
+        default_note="on with more than one XLA device",
         accepted="auto, on or off (auto: on when more than one XLA device is present)")
     mesh: Optional[str] = setting(
-        None, "the SPMD mesh, `axis=size` pairs with a `data` axis (their product = the device count)",
+        None, "the SPMD mesh, `axis=size` pairs with a `data` axis (their product = the device count); a `model` "
+              "axis splits the diffusion model's weights over its chips",
         metavar="data=N", default_note="every device on one `data` axis",
         accepted="axis=size pairs separated by commas with a 'data' axis, e.g. data=8 or data=4,model=2 "
                  "(unset: every device on one 'data' axis)")
+
+    hbm_per_chip_gib: Optional[float] = setting(
+        None, "one chip's memory in GiB, where the runtime does not report it (torch_xla answers no memory "
+              "query under SPMD): ComfyUI's load decisions and the auto `model` axis use it",
+        gt=0, metavar="GIB", default_note="the runtime's figure, else the TPU type's (v5e 16, v6e 32...)",
+        accepted="a positive number of GiB, e.g. 16 or 31.25")
 
     @field_validator("spmd", "backend", mode="before")
     @classmethod

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .compiled import CompiledModels
     from .replay import ReplayedModels
     from .kernel_layout import KernelTwins
+    from .weight_shard import Placement
     from .manager import TPUManager
     from .metrics import RunFigures
     from .patches import Patches
@@ -70,6 +71,8 @@ class PackState:
     # Per-model registries: each keeps its entries on (or weakly keyed by) the model, so they go with it.
     host_schedules: Optional["HostSchedules"] = None
     kernel_twins: Optional["KernelTwins"] = None
+    #: Splits the diffusion model's weights over the mesh's 'model' axis as they load (weight_shard).
+    placement: Optional["Placement"] = None
     compiled_models: Optional["CompiledModels"] = None
     replayed_models: Optional["ReplayedModels"] = None
 

@@ -1,7 +1,8 @@
 """A CPU stand-in for :class:`tpu_runtime.backend.Backend`: every method, simple behaviour, counters.
 
 ``events`` records the calls that order matters for (``step_boundary``, ``wait_device``,
-``materialize``), so a test can read the sequence; ``shards`` sets ``shard_count``.
+``materialize``), so a test can read the sequence; ``shards`` sets ``shard_count``, ``model_ways`` the
+``model`` axis (weights marked with ``shard_tensor`` are recorded by id in ``weight_specs``).
 """
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ class FakeBackend:
     traces_functions = False
     execution_modes = ("replay", "compiled", "lazy")
 
-    def __init__(self, shards: int = 1, device: str = "cpu") -> None:
+    def __init__(self, shards: int = 1, device: str = "cpu", model_ways: int = 1) -> None:
         self.shards = shards
+        self.model_ways = model_ways
+        self.weight_specs: dict[int, tuple] = {}
         self._device = torch.device(device)
         self.events: list[str] = []
         self.sharded: list[torch.Tensor] = []
@@ -95,6 +98,8 @@ class FakeBackend:
         return {"dynamo_frames": 0, "dynamo_graphs": 0, "dynamo_graph_breaks": 0, "captured_graph_calls": 0}
 
     def mesh_description(self) -> str:
+        if self.model_ways > 1:
+            return f"data={self.shards},model={self.model_ways}"
         return "single" if self.shards == 1 else f"data={self.shards}"
 
     def shard_count(self) -> int:
@@ -103,6 +108,34 @@ class FakeBackend:
     def shard_batch(self, tensor: torch.Tensor) -> torch.Tensor:
         self.sharded.append(tensor)
         return tensor
+
+    def model_axis(self) -> int:
+        return self.model_ways
+
+    def set_model_axis(self, size: int) -> None:
+        devices = self.device_total()
+        self.shards, self.model_ways = devices // size, size
+
+    def device_total(self) -> int:
+        return self.shards * self.model_ways
+
+    def shard_tensor(self, tensor: torch.Tensor, spec: tuple[Optional[str], ...]) -> None:
+        self.weight_specs[id(tensor)] = spec
+
+    def tensor_sharding(self, tensor: torch.Tensor) -> str:
+        spec = self.weight_specs.get(id(tensor))
+        return "" if spec is None else str(spec)
+
+    def gather_on_host(self, tensor: torch.Tensor) -> torch.Tensor:
+        self._counters["transfers_to_host"] += 1
+        return tensor.to("cpu")
+
+    def device_bytes(self, tensor: torch.Tensor) -> list[int]:
+        """Each device's part, as XLA would hold it: the split dim divided by the model axis."""
+        size = tensor.numel() * tensor.element_size()
+        spec = self.weight_specs.get(id(tensor))
+        share = size // self.model_ways if spec is not None and "model" in spec else size
+        return [share] * self.device_total()
 
 
 def _conforms(backend: Backend) -> Backend:
