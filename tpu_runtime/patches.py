@@ -13,6 +13,8 @@ Only what ComfyUI offers no hook for is patched here:
   (the CPU) and loads it back: every weight to the host and back. In lazy execution (the default)
   the pack keeps the unpatched model on the device; only the patched weights' backups live on the
   host, as ComfyUI keeps them.
+* ``comfy.samplers.pre_run_control``: a ControlNet's start/end percents are converted with the host
+  copy of the schedule (ComfyUI's ``percent_to_sigma`` reads a device value with ``.item()``).
 * ``comfy.extra_samplers.uni_pc``'s ``torch``: UniPC builds its small solver matrices with
   ``torch.tensor(host_values, device=x.device)`` and solves them with ``torch.linalg.solve``, which XLA
   runs on the CPU (a fallback and two syncs per step). Those matrices are kept on the host instead.
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from . import sampling
+from . import control, sampling
 from .host_values import as_host
 
 if TYPE_CHECKING:
@@ -178,6 +180,8 @@ def install(state: "PackState") -> Patches:
 
     patches.set("comfy.extra_samplers.uni_pc", "torch", HostAwareTorch(uni_pc.torch, backend))
     patches.set("comfy.samplers", "calculate_sigmas", calculate_sigmas)
+    patches.set("comfy.samplers", "pre_run_control",
+                control.pre_run_control(comfy.samplers.pre_run_control, host_schedules.host_model_sampling, is_xla))
     patches.set("comfy.sampler_helpers", "prepare_model_patcher", prepare_model_patcher)
     patches.set("comfy.model_patcher.ModelPatcher", "partially_load", _repatch_on_device(is_xla, state))
     log.debug("comfy-tpu: patches installed")

@@ -41,6 +41,7 @@ class SamplingRun:
     figures: Optional[metrics.RunFigures] = None
     load_figures: metrics.RunFigures = field(default_factory=metrics.RunFigures)  # the model load's share
     notes: list[str] = field(default_factory=list)
+    controlled: bool = False  # the conditioning holds a ControlNet or T2I-Adapter (see ..control)
 
     @property
     def backend(self) -> Any:
