@@ -131,3 +131,36 @@ def has_controls(guider: Optional[Any]) -> bool:
     """Whether a guider's conds (as processed for this run) hold a control."""
     conds = getattr(guider, "conds", None) or getattr(guider, "original_conds", None)
     return bool(controls_in(conds or {}))
+
+
+def _control_model(control: Any) -> Any:
+    return getattr(control, "control_model", None) or getattr(control, "t2i_model", None)
+
+
+def _describe(control: Any) -> str:
+    """One control in a signature: its class, its model's fingerprint, whether a range switches it off."""
+    from .signature import cached_fingerprint
+
+    model = _control_model(control)
+    fingerprint = cached_fingerprint(model) if isinstance(model, torch.nn.Module) else "none"
+    ranged = tuple(getattr(control, "timestep_percent_range", (0.0, 1.0))) != (0.0, 1.0)
+    return f"{type(control).__name__}/{fingerprint}{'/ranged' if ranged else ''}"
+
+
+def control_layout(groups: dict) -> tuple[str, ...]:
+    """What the controls in the conditioning change in the graphs, as a signature field: for each cond
+    (``{"positive": [cond dict or [tensor, dict]], ...}``) its chain of controls and whether it also
+    reaches the uncond pass. Strength and range values are left out (data, or host decisions)."""
+    layout = []
+    for name in sorted(groups):
+        for cond in groups[name] or ():
+            options = cond[1] if isinstance(cond, (list, tuple)) and len(cond) > 1 else cond
+            control = options.get("control") if isinstance(options, dict) else None
+            chain = []
+            while control is not None and len(chain) < 64:
+                chain.append(_describe(control))
+                control = getattr(control, "previous_controlnet", None)
+            if chain:
+                to_uncond = ":to_uncond" if options.get("control_apply_to_uncond") else ""
+                layout.append(f"{name}:{'+'.join(chain)}{to_uncond}")
+    return tuple(layout)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 
 from .. import metrics
+from ..control import control_layout
 from ..host_values import HostTensor
 from ..pacing import StepPacer
 from ..run_options import RunOptions
@@ -88,4 +89,5 @@ def run_signature(guider: Any, sampler: Any, user_shape: tuple[int, ...], padded
     dtype = "bfloat16" if options.autocast_bf16 else str(model_dtype).removeprefix("torch.")
     return build_signature(guider.model_patcher, user_shape, padded, tuple(tokens) or (0,), uncond, dtype,
                            sampler_function_name(sampler), cfg_scale=float(cfg), steps=steps, mesh=mesh,
-                           execution=options.execution)
+                           execution=options.execution,
+                           controls=control_layout(getattr(guider, "original_conds", {}) or {}))
