@@ -108,3 +108,44 @@ def warmed_control(nodes, warm_percent: list, run_percents: list, size: int = 12
                                "fallbacks": measured.fallbacks, "diff": max_abs_diff(measured.samples,
                                                                                      reference.samples)})
     return result
+
+
+def family_runs(nodes, family: str, strengths: list, size: int = 64, steps: int = 6) -> dict:
+    """A control of another kind or model family, applied by ``ControlNetApplyAdvanced`` at each of
+    ``strengths`` in turn: each run's counters and its parity with eager CPU (``t2i``: a T2I-Adapter on
+    the tiny SD1.5-architecture UNet; ``sdxl``, ``flux``: the zoo's model with a ControlNet of its shape)."""
+    import torch
+
+    from bench import tiny_control, tiny_model, tiny_zoo
+    from tpu_runtime import runtime
+
+    state = runtime.current()
+    backend = state.backend
+    cpu_device = torch.device("cpu")
+    if family == "t2i":
+        xla = tiny_model.build_patcher("tiny", seed=0, overrides=tiny_control.T2I_UNET)
+        cpu = tiny_model.build_patcher("tiny", seed=0, load_device=cpu_device, overrides=tiny_control.T2I_UNET)
+        control, control_cpu = tiny_control.t2i_adapter(), tiny_control.t2i_adapter(device=cpu_device)
+        pos, neg = tiny_model.sd15_conditioning(1), tiny_model.sd15_conditioning(2)
+        latent, cfg = torch.zeros(1, 4, size // 8, size // 8), 7.0
+    else:
+        xla, cpu = tiny_zoo.build_patcher(family, seed=0), tiny_zoo.build_patcher(family, seed=0, load_device=cpu_device)
+        control = tiny_control.family_controlnet(family)
+        control_cpu = tiny_control.family_controlnet(family, load_device=cpu_device)
+        pos, neg = tiny_zoo.conditioning(family, 1, size=size), tiny_zoo.conditioning(family, 2, size=size)
+        latent, cfg = torch.zeros(tiny_zoo.latent_shape(family, size=size)), tiny_zoo.family(family).cfg
+    image = tiny_control.hint_image(size=size)
+    result: dict = {"runs": []}
+    for strength in strengths:
+        xpos, xneg = nodes.ControlNetApplyAdvanced().apply_controlnet(pos, neg, control, image, strength, 0.0, 1.0)
+        measured = ksample(nodes, xla, xpos, xneg, steps=steps, cfg=cfg, latent=latent.clone(), backend=backend)
+        cpos, cneg = nodes.ControlNetApplyAdvanced().apply_controlnet(pos, neg, control_cpu, image, strength, 0.0, 1.0)
+        reference = ksample(nodes, cpu, cpos, cneg, steps=steps, cfg=cfg, latent=latent.clone())
+        plain = ksample(nodes, cpu, pos, neg, steps=steps, cfg=cfg, latent=latent.clone())
+        result["runs"].append({"strength": strength, "compiles": measured.compiles, "executions": measured.executions,
+                               "transfers": measured.transfers_to_host, "fallbacks": measured.fallbacks,
+                               "model_calls": measured.model_calls,
+                               "diff": max_abs_diff(measured.samples, reference.samples),
+                               "control_effect": max_abs_diff(plain.samples, reference.samples)})
+    result["replay_fallbacks"] = state.replayed_models.fallbacks()
+    return result

@@ -60,6 +60,51 @@ def strengths_as_data(conds: Any) -> Iterator[None]:
             control.strength = strength
 
 
+class _StaysOnDevice:
+    """A T2I-Adapter's model as ``T2IAdapter.get_control`` sees it during a model call: ``.cpu()``, which
+    ComfyUI calls after computing the adapter's features once a run, leaves it on the device (moving it
+    back would read every weight back to the host: a transfer each; it is moved there again next run)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self._module = module
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._module(*args, **kwargs)
+
+    def to(self, *args: Any, **kwargs: Any) -> "_StaysOnDevice":
+        self._module.to(*args, **kwargs)
+        return self
+
+    def cpu(self) -> "_StaysOnDevice":
+        return self
+
+
+@contextlib.contextmanager
+def adapters_stay_on_device(conds: Any) -> Iterator[None]:
+    """For the length of one model call, T2I-Adapters' models are not moved back to the CPU."""
+    saved: list[tuple[Any, Any]] = []
+    try:
+        for control in controls_in(conds):
+            module = vars(control).get("t2i_model")
+            if isinstance(module, torch.nn.Module):
+                saved.append((control, module))
+                control.t2i_model = _StaysOnDevice(module)
+        yield
+    finally:
+        for control, module in saved:
+            control.t2i_model = module
+
+
+@contextlib.contextmanager
+def during_model_call(conds: Any) -> Iterator[None]:
+    """What one model call (``calc_cond_batch``) of a run with controls runs inside."""
+    with strengths_as_data(conds), adapters_stay_on_device(conds):
+        yield
+
+
 class HostOnesLatent(torch.Tensor):
     """The latent as a k-diffusion sampler function receives it: ``x.new_ones([batch])`` (the samplers'
     ``s_in``) is a host tensor, so ``sigma * s_in`` stays on the host; every other op gives ordinary

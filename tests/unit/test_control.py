@@ -143,3 +143,15 @@ def test_the_warmup_applies_a_control_like_the_node_and_warms_its_off_steps_when
 def test_the_warmup_says_what_is_wrong_with_a_control_argument(bad, percent):
     with pytest.raises(ValueError, match="control"):
         with_control(None, [[torch.zeros(1), {}]], [[torch.zeros(1), {}]], bad, 64, 64, percent)
+
+
+def test_an_adapter_model_stays_on_the_device_during_a_call_only():
+    adapter = FakeControl()
+    module = torch.nn.Linear(2, 2)
+    adapter.t2i_model = module
+    with control.during_model_call([[{"control": adapter}]]):
+        proxy = adapter.t2i_model
+        assert proxy is not module and proxy.cpu() is proxy and proxy.to(torch.float32) is proxy
+        assert proxy.in_features == 2 and proxy(torch.ones(1, 2)).shape == (1, 2)
+        assert isinstance(adapter.strength, HostTensor)
+    assert adapter.t2i_model is module and adapter.strength == 1.0

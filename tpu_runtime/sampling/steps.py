@@ -110,14 +110,14 @@ def _zero_memory_required(*args, **kwargs) -> int:
 
 def calc_cond_batch(executor, model, conds, x_in, timestep, model_options):
     """Batch every compatible cond together, always: the graph must not follow free memory. Controls'
-    strengths are data (:func:`..control.strengths_as_data`)."""
+    strengths are data, T2I-Adapters stay on the device (:func:`..control.during_model_call`)."""
     had_own = "memory_required" in vars(model)
     saved = vars(model).get("memory_required")
     model.memory_required = _zero_memory_required
     run = _RUN.get()
-    strengths = control.strengths_as_data(conds) if run is not None and run.controlled else contextlib.nullcontext()
+    controls = control.during_model_call(conds) if run is not None and run.controlled else contextlib.nullcontext()
     try:
-        with strengths:
+        with controls:
             return executor(model, conds, x_in, timestep, model_options)
     finally:
         if had_own:
