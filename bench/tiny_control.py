@@ -66,7 +66,19 @@ def t2i_adapter(seed: int = 6, device=None):
     adapter = comfy.t2i_adapter.adapter.Adapter(cin=3 * 64, channels=[32, 64, 128, 128], nums_rb=2, ksize=1, sk=True,
                                                 use_conv=False, xl=False)
     fill_seeded(adapter, seed)
-    return comfy.controlnet.T2IAdapter(adapter, adapter.input_channels, 8, "nearest-exact", device=device)
+    if device is None:
+        return comfy.controlnet.T2IAdapter(adapter, adapter.input_channels, 8, "nearest-exact")
+
+    class PinnedT2IAdapter(comfy.controlnet.T2IAdapter):
+        """ComfyUI's ``T2IAdapter.copy`` forgets the device (a copy computes on ``get_torch_device()``):
+        an eager-CPU reference's copies must stay on ``device``."""
+
+        def copy(self):
+            copied = super().copy()
+            copied.device = self.device
+            return copied
+
+    return PinnedT2IAdapter(adapter, adapter.input_channels, 8, "nearest-exact", device=device)
 
 
 def family_controlnet(family: str, seed: int = 5, load_device=None):
