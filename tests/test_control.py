@@ -28,7 +28,9 @@ CASES = {
                        {"start": 0.5, "end": 1.0, "steps": 10}]},
     "apply_to_uncond": {"apply": "apply_to_uncond", "runs": [{"strength": 0.9}, {"strength": 0.5}]},
     "chained": {"chained": 2, "runs": [{"strength": 0.9}, {"strength": 0.5, "start": 0.2, "end": 0.8}]},
-    "batch2": {"runs": [{"batch": 2}, {"batch": 2, "strength": 0.5}, {"batch": 2, "hint_batch": 2}]},
+    "batch2": {"runs": [{"batch": 2}, {"batch": 2, "strength": 0.5, "seed": 3}]},
+    # A hint of one image per latent: ComfyUI repeats it over cond and uncond (another hint shape).
+    "batch2_hint2": {"runs": [{"batch": 2, "hint_batch": 2}, {"batch": 2, "hint_batch": 2, "strength": 0.5}]},
 }
 
 
@@ -87,3 +89,24 @@ def test_a_warmup_with_a_range_covers_the_steps_the_control_is_off():
     for run in warmed["runs"]:
         assert run["compiles"] == 0 and run["transfers"] == 1 and not run["fallbacks"], run
         assert run["diff"] <= PARITY, run
+
+
+#: Other kinds of control: a T2I-Adapter (``comfy.t2i_adapter``) on the tiny SD1.5-architecture UNet; a cldm
+#: ControlNet of SDXL's shape (its label embedding reads ``y``); an XLabs-style Flux ControlNet
+#: (``comfy.ldm.flux.controlnet.ControlNetFlux``: ``y`` and ``guidance``). ComfyUI's SD3 ControlNets need a VAE
+#: to encode the hint; Flux stands for the DiT families here.
+FAMILIES = ["t2i", "sdxl", "flux"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_other_controls_one_transfer_no_recompile_parity(family):
+    measured = run_child("cases_control:family_runs", family=family, strengths=[0.9, 0.5, 1.0],
+                         env={"COMFY_TPU_EXECUTION": "replay"})
+    assert measured["replay_fallbacks"] == {}
+    runs = measured["runs"]
+    for run in runs:
+        assert run["transfers"] == 1 and run["fallbacks"] == {}, run
+        assert run["diff"] <= PARITY and run["control_effect"] > 10 * PARITY, run
+    for run in runs[1:]:
+        assert run["compiles"] == 0, run
+        assert run["executions"] == EXECUTIONS_PER_CALL * run["model_calls"] + EXECUTIONS_PER_RUN, run

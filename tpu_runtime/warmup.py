@@ -75,18 +75,39 @@ def with_control(model: Any, positive: Optional[list], negative: Optional[list],
 
 
 def control_states(positive: Optional[list], negative: Optional[list]) -> list[tuple[Optional[list], Optional[list]]]:
-    """The conditionings a warm-up samples: as given, and, when a control's start/end range switches it
-    off for some steps, also with no control (the graphs of the steps it is off)."""
+    """The conditionings a warm-up samples: as given; when a control's start/end range switches it off for
+    some steps, instead once with every control on for every step (copies at the full range: each kind
+    of step with the control on) and once with no control (each kind of step with it off)."""
     from .control import controls_in
 
     groups = [[options for _, options in conditioning] for conditioning in (positive or [], negative or [])]
     ranged = any(tuple(getattr(c, "timestep_percent_range", (0.0, 1.0))) != (0.0, 1.0) for c in controls_in(groups))
     if not ranged:
         return [(positive, negative)]
-    stripped = tuple(None if conditioning is None else
-                     [[tensor, {k: v for k, v in options.items() if k not in ("control", "control_apply_to_uncond")}]
-                      for tensor, options in conditioning] for conditioning in (positive, negative))
-    return [(positive, negative), stripped]
+    copies: dict[int, Any] = {}
+
+    def full_range(control: Any) -> Any:
+        if control is None:
+            return None
+        if id(control) not in copies:
+            copied = control.copy()
+            copied.timestep_percent_range = (0.0, 1.0)
+            copied.set_previous_controlnet(full_range(getattr(control, "previous_controlnet", None)))
+            copies[id(control)] = copied
+        return copies[id(control)]
+
+    def rebuilt(conditioning: Optional[list], keep: bool) -> Optional[list]:
+        if conditioning is None:
+            return None
+        out = []
+        for tensor, options in conditioning:
+            options = {k: v for k, v in options.items() if keep or k not in ("control", "control_apply_to_uncond")}
+            if keep and "control" in options:
+                options["control"] = full_range(options["control"])
+            out.append([tensor, options])
+        return out
+
+    return [(rebuilt(positive, True), rebuilt(negative, True)), (rebuilt(positive, False), rebuilt(negative, False))]
 
 
 def run_warmup_sampling(model: Any, width: int, height: int, batch_size: int, cfg: float, sampler_name: str,
