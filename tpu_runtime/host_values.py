@@ -185,6 +185,12 @@ def device_twin(value: torch.Tensor, device: torch.device) -> DeviceTwin:
     return _twin(upload(host, device), host)
 
 
+def without_twins(values: Any) -> Any:
+    """``values`` (nested lists, tuples, dicts) with every DeviceTwin as an ordinary device tensor: for
+    code traced once and replayed, where math on a twin's host copy would be baked in as a constant."""
+    return tree_map(_plain_twin, values)
+
+
 def _twin(device_tensor: torch.Tensor, host_tensor: torch.Tensor) -> DeviceTwin:
     twin = device_tensor.as_subclass(DeviceTwin)
     twin._host = host_tensor
