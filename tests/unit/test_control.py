@@ -159,3 +159,14 @@ def test_an_adapter_model_stays_on_the_device_during_a_call_only():
         assert proxy.in_features == 2 and proxy(torch.ones(1, 2)).shape == (1, 2)
         assert isinstance(adapter.strength, HostTensor)
     assert adapter.t2i_model is module and adapter.strength == 1.0
+
+
+def test_the_model_call_gets_plain_tensors_for_twins():
+    from tpu_runtime.host_values import without_twins
+
+    timestep = device_twin(torch.tensor([2.0, 2.0]), META)
+    shared = torch.ones(2, device=META)
+    args, kwargs = without_twins(((torch.zeros(1, device=META), timestep),
+                                  {"transformer_options": {"sigmas": timestep}, "control": {"input": [shared, shared]}}))
+    assert type(args[1]) is torch.Tensor and type(kwargs["transformer_options"]["sigmas"]) is torch.Tensor
+    assert kwargs["control"]["input"][0] is shared and kwargs["control"]["input"][1] is shared
