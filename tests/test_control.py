@@ -29,6 +29,10 @@ CASES = {
     "apply_to_uncond": {"apply": "apply_to_uncond", "runs": [{"strength": 0.9}, {"strength": 0.5}]},
     "chained": {"chained": 2, "runs": [{"strength": 0.9}, {"strength": 0.5, "start": 0.2, "end": 0.8}]},
     "batch2": {"runs": [{"batch": 2}, {"batch": 2, "strength": 0.5, "seed": 3}]},
+    # Two model calls a step; a sampler that hands the model a host sigma; SDE noise.
+    "heun": {"runs": [{"sampler": "heun"}, {"sampler": "heun", "strength": 0.5, "steps": 6}]},
+    "uni_pc": {"runs": [{"sampler": "uni_pc"}, {"sampler": "uni_pc", "strength": 0.5, "seed": 9}]},
+    "dpmpp_2m_sde": {"runs": [{"sampler": "dpmpp_2m_sde"}, {"sampler": "dpmpp_2m_sde", "strength": 0.5, "seed": 9}]},
     # A hint of one image per latent: ComfyUI repeats it over cond and uncond (another hint shape).
     "batch2_hint2": {"runs": [{"batch": 2, "hint_batch": 2}, {"batch": 2, "hint_batch": 2, "strength": 0.5}]},
 }
@@ -64,7 +68,11 @@ def test_as_many_executions_as_without_a_control(measured, case):
     plain = measured["plain"]
     assert plain["executions"] == EXECUTIONS_PER_CALL * plain["model_calls"] + EXECUTIONS_PER_RUN, plain
     for index, run in _runs(measured, case)[1:]:
-        assert run["executions"] == EXECUTIONS_PER_CALL * run["model_calls"] + EXECUTIONS_PER_RUN, (index, run)
+        expected = EXECUTIONS_PER_CALL * run["model_calls"] + EXECUTIONS_PER_RUN
+        if run["run"]["sampler"] == "euler":
+            assert run["executions"] == expected, (index, run)
+        else:  # the bound tests/test_replay.py holds every sampler to without a control
+            assert run["executions"] <= expected + 1, (index, run)
 
 
 def test_the_diffusion_model_stays_replayed(measured):
