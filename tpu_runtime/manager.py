@@ -69,6 +69,7 @@ class TPUManager(RunObserver):
         self.persistent_cache_note = persistent_cache_note
         self.mesh = self.backend.mesh_description()
         self._warming = False
+        self._warming_controls: Optional[tuple[str, ...]] = None  # the controls of the conditioning being warmed
         self.last_outcome = None
 
     @property
@@ -78,6 +79,10 @@ class TPUManager(RunObserver):
 
     # -- observing runs --------------------------------------------------------------------------
     def before_run(self, run: SamplingRun, patcher: Any) -> None:
+        if self._warming and self._warming_controls is not None and run.signature is not None:
+            # A ranged control's warm-up samples stand-ins (always on, always off): their runs are
+            # the conditioning's signature.
+            run.signature = run.signature.model_copy(update={"controls": self._warming_controls})
         signature = run.signature
         if not self._warming:
             self._prompt_warmup(patcher, signature)
@@ -234,6 +239,7 @@ class TPUManager(RunObserver):
         before = self.backend.counters()["compiles"]
         start = time.perf_counter()
         self._warming = True
+        self._warming_controls = controls
         try:
             for conds in warmup_mod.control_states(positive, negative):
                 for steps in plan:
@@ -241,6 +247,7 @@ class TPUManager(RunObserver):
                                                    *conds, steps)
         finally:
             self._warming = False
+            self._warming_controls = None
         compiled = self.backend.counters()["compiles"] - before
         seconds = time.perf_counter() - start
         recorded = self.last_outcome.signature if self.last_outcome else signature

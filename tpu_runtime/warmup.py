@@ -76,38 +76,41 @@ def with_control(model: Any, positive: Optional[list], negative: Optional[list],
 
 def control_states(positive: Optional[list], negative: Optional[list]) -> list[tuple[Optional[list], Optional[list]]]:
     """The conditionings a warm-up samples: as given; when a control's start/end range switches it off for
-    some steps, instead once with every control on for every step (copies at the full range: each kind
-    of step with the control on) and once with no control (each kind of step with it off)."""
+    some steps, instead once with copies of the controls on for every step (each kind of step with them
+    on) and once with copies off for every step (start = end = 100%: each kind of step with them off)."""
     from .control import controls_in
 
     groups = [[options for _, options in conditioning] for conditioning in (positive or [], negative or [])]
     ranged = any(tuple(getattr(c, "timestep_percent_range", (0.0, 1.0))) != (0.0, 1.0) for c in controls_in(groups))
     if not ranged:
         return [(positive, negative)]
+    return [tuple(_with_range(conditioning, percent) for conditioning in (positive, negative))
+            for percent in ((0.0, 1.0), (1.0, 1.0))]
+
+
+def _with_range(conditioning: Optional[list], percent: tuple[float, float]) -> Optional[list]:
+    """``conditioning`` with each control chain copied at the start/end range ``percent``."""
+    if conditioning is None:
+        return None
     copies: dict[int, Any] = {}
 
-    def full_range(control: Any) -> Any:
+    def copied(control: Any) -> Any:
         if control is None:
             return None
         if id(control) not in copies:
-            copied = control.copy()
-            copied.timestep_percent_range = (0.0, 1.0)
-            copied.set_previous_controlnet(full_range(getattr(control, "previous_controlnet", None)))
-            copies[id(control)] = copied
+            twin = control.copy()
+            twin.timestep_percent_range = percent
+            twin.set_previous_controlnet(copied(getattr(control, "previous_controlnet", None)))
+            copies[id(control)] = twin
         return copies[id(control)]
 
-    def rebuilt(conditioning: Optional[list], keep: bool) -> Optional[list]:
-        if conditioning is None:
-            return None
-        out = []
-        for tensor, options in conditioning:
-            options = {k: v for k, v in options.items() if keep or k not in ("control", "control_apply_to_uncond")}
-            if keep and "control" in options:
-                options["control"] = full_range(options["control"])
-            out.append([tensor, options])
-        return out
-
-    return [(rebuilt(positive, True), rebuilt(negative, True)), (rebuilt(positive, False), rebuilt(negative, False))]
+    out = []
+    for tensor, options in conditioning:
+        options = dict(options)
+        if "control" in options:
+            options["control"] = copied(options["control"])
+        out.append([tensor, options])
+    return out
 
 
 def run_warmup_sampling(model: Any, width: int, height: int, batch_size: int, cfg: float, sampler_name: str,

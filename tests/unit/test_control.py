@@ -135,7 +135,9 @@ def test_the_warmup_applies_a_control_like_the_node_and_warms_its_off_steps_when
     assert control_states(pos, neg) == [(pos, neg)]
     ranged = with_control(None, positive, negative, net, 64, 64, (0.2, 0.8))
     states = control_states(*ranged)
-    assert len(states) == 2 and all("control" not in options for c in states[1] for _, options in c)
+    assert len(states) == 2
+    off = states[1][0][0][1]["control"]  # every step off: a copy at start = end = 100%
+    assert off.timestep_percent_range == (1.0, 1.0) and off.previous_controlnet.timestep_percent_range == (1.0, 1.0)
     on = states[0][0][0][1]["control"]  # every step on: a copy at the full range, its chain copied too
     assert on is not ranged[0][0][1]["control"] and on.timestep_percent_range == (0.0, 1.0)
     assert ranged[0][0][1]["control"].timestep_percent_range == (0.2, 0.8)
