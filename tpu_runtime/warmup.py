@@ -84,15 +84,18 @@ def control_states(positive: Optional[list], negative: Optional[list]) -> list[t
     ranged = any(tuple(getattr(c, "timestep_percent_range", (0.0, 1.0))) != (0.0, 1.0) for c in controls_in(groups))
     if not ranged:
         return [(positive, negative)]
-    return [tuple(_with_range(conditioning, percent) for conditioning in (positive, negative))
-            for percent in ((0.0, 1.0), (1.0, 1.0))]
+    states = []
+    for percent in ((0.0, 1.0), (1.0, 1.0)):
+        copies: dict[int, Any] = {}  # shared by positive and negative: a control they share stays one object
+        states.append(tuple(_with_range(conditioning, percent, copies) for conditioning in (positive, negative)))
+    return states
 
 
-def _with_range(conditioning: Optional[list], percent: tuple[float, float]) -> Optional[list]:
-    """``conditioning`` with each control chain copied at the start/end range ``percent``."""
+def _with_range(conditioning: Optional[list], percent: tuple[float, float], copies: dict[int, Any]) -> Optional[list]:
+    """``conditioning`` with each control chain copied (once, into ``copies``) at the start/end range
+    ``percent``. ComfyUI batches cond and uncond together only when they hold the same control object."""
     if conditioning is None:
         return None
-    copies: dict[int, Any] = {}
 
     def copied(control: Any) -> Any:
         if control is None:

@@ -138,6 +138,9 @@ def test_the_warmup_applies_a_control_like_the_node_and_warms_its_off_steps_when
     assert len(states) == 2
     off = states[1][0][0][1]["control"]  # every step off: a copy at start = end = 100%
     assert off.timestep_percent_range == (1.0, 1.0) and off.previous_controlnet.timestep_percent_range == (1.0, 1.0)
+    shared = with_control(None, positive, positive, net, 64, 64, (0.2, 0.8))
+    for state in control_states(*shared):  # a control shared by cond and uncond stays one object
+        assert state[0][0][1]["control"] is state[1][0][1]["control"]
     on = states[0][0][0][1]["control"]  # every step on: a copy at the full range, its chain copied too
     assert on is not ranged[0][0][1]["control"] and on.timestep_percent_range == (0.0, 1.0)
     assert ranged[0][0][1]["control"].timestep_percent_range == (0.2, 0.8)
