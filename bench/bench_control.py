@@ -3,7 +3,8 @@
 One fresh process: the tiny SD1.5-architecture UNet and a cldm ControlNet of its shape (random
 weights), through ComfyUI's own ``nodes.common_ksampler`` with the ControlNet applied by
 ``ControlNetApplyAdvanced``. Each configuration runs once to warm up, then ``--repeat`` times at other
-strengths; prints the median wall seconds of the warm runs and their counters, and eager CPU's.
+strengths (0.8, 0.7, ...); prints the median wall seconds of the warm runs, the last run's counters and
+the compiles of all warm runs, and eager CPU's seconds.
 
     PJRT_DEVICE=CPU .venv/bin/python bench/bench_control.py [--steps 8 --px 128 --repeat 5]
 """
@@ -64,7 +65,8 @@ def main() -> None:
                     counts.append({k: after[k] - before[k] for k in ("compiles", "executions", "transfers_to_host")})
             figures[f"{device} {'with' if with_control else 'without'} ControlNet"] = {
                 "median_s": round(statistics.median(seconds), 3), "runs_s": [round(s, 3) for s in seconds],
-                "counters": counts[-1] if device == "xla" else None}
+                "counters": ({**counts[-1], "compiles_in_warm_runs": sum(c["compiles"] for c in counts)}
+                             if device == "xla" else None)}
     print(json.dumps({"machine": f"{platform.machine()}, {os.cpu_count()} cores", "steps": args.steps, "px": args.px,
                       "mode": args.mode, "figures": figures}, indent=1))
 
