@@ -160,6 +160,9 @@ class TPUManager(RunObserver):
         if recorded_runtime and recorded_runtime != self.registry.runtime_versions:
             return f"recorded with {_versions(recorded_runtime)}, this process has " \
                    f"{_versions(self.registry.runtime_versions)}"
+        if signature.controls:
+            return f"its conditioning held {len(signature.controls)} control(s) (ControlNet, T2I-Adapter) that a " \
+                   "re-warm does not have; a warm-up with the ControlNet compiles them"
         if _sampler_name(signature.sampler) is None:
             return f"no sampler of this ComfyUI runs {signature.sampler}"
         return None
