@@ -12,9 +12,14 @@ Here, for a run whose conditioning holds a control:
   (a :class:`~.host_values.DeviceTwin`, see ``steps.predict_noise_wrapper``): the range check in
   ``get_control`` is answered on the host, with no transfer; the on/off decision comes from host values;
 * ``pre_run`` converts the start/end percents with the host copy of the model's schedule
-  (``patches.pre_run_control``);
+  (:func:`pre_run_control`, installed by ``patches``);
 * during each model call the strength of every control in the chain is a host scalar, uploaded as
-  data when it meets the control's outputs: any strength runs the same graph.
+  data when it meets the control's outputs: any strength runs the same graph; a T2I-Adapter's model
+  stays on the device (ComfyUI moves it back to the CPU after each use);
+* the diffusion model itself gets the timestep as a plain device tensor (``model_call``): in a
+  replayed program, math on a twin's host copy would be a constant.
+
+The control model runs lazily in the small graph before each model call (the same graph every step).
 """
 from __future__ import annotations
 
