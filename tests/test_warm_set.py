@@ -62,3 +62,5 @@ def test_rewarm_skips_what_this_process_cannot_reproduce(tmp_path, mocker):
     assert "mesh data=4" in manager._cannot_reproduce(_signature(mesh="data=4"), patcher, options)
     assert "bfloat16" in manager._cannot_reproduce(_signature(compute_dtype="bfloat16"), patcher, options)
     assert "compiled" in manager._cannot_reproduce(_signature(execution="compiled"), patcher, options)
+    controlled = _signature(execution="lazy", controls=("positive:ControlNet/abc",))
+    assert "ControlNet" in manager._cannot_reproduce(controlled, patcher, options)

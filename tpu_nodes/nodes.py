@@ -74,6 +74,13 @@ class TPUManualWarmup(TPUNode):
                 io.Conditioning.Input("negative", optional=True, tooltip="Optional negative conditioning."),
                 io.Boolean.Input("force_recompile", default=False,
                                  tooltip="Run the warm-up even if the signature is already cached."),
+                io.ControlNet.Input("control_net", optional=True,
+                                    tooltip="Optional: a ControlNet (or T2I-Adapter) the workflow applies; controls "
+                                            "already in the conditioning are warmed too. Strength is data."),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001, optional=True,
+                               tooltip="The control's start; a range short of 0-1 also warms the steps it is off."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001, optional=True,
+                               tooltip="The control's end."),
             ],
             outputs=[io.Model.Output(display_name="MODEL", tooltip="The same model, warmed."),
                      io.String.Output(display_name="status", tooltip="Signature, graphs compiled, seconds.")],
@@ -81,12 +88,13 @@ class TPUManualWarmup(TPUNode):
 
     @classmethod
     def execute(cls, model, width, height, batch_size, cfg, sampler_name, scheduler, positive=None, negative=None,
-                force_recompile=False) -> io.NodeOutput:
+                force_recompile=False, control_net=None, start_percent=0.0, end_percent=1.0) -> io.NodeOutput:
         try:
             result = cls.manager().warmup(model, width, height, batch_size, cfg, sampler_name, scheduler,
-                                          positive, negative, force_recompile)
+                                          positive, negative, force_recompile, control_net=control_net,
+                                          control_percent=(start_percent, end_percent))
             status = result.status()
-        except TPUPathOff as exc:
+        except (TPUPathOff, ValueError) as exc:
             status = str(exc)
         return io.NodeOutput(model, status, ui=ui.PreviewText(status))
 

@@ -179,6 +179,18 @@ def written_tensors(func: Any, args: tuple, kwargs: dict) -> list[torch.Tensor]:
     return written
 
 
+def device_twin(value: torch.Tensor, device: torch.device) -> DeviceTwin:
+    """Host values sent to the device as data (:func:`upload`), keeping their host copy."""
+    host = _plain(value)
+    return _twin(upload(host, device), host)
+
+
+def without_twins(values: Any) -> Any:
+    """``values`` (nested lists, tuples, dicts) with every DeviceTwin as an ordinary device tensor: for
+    code traced once and replayed, where math on a twin's host copy would be baked in as a constant."""
+    return tree_map(_plain_twin, values)
+
+
 def _twin(device_tensor: torch.Tensor, host_tensor: torch.Tensor) -> DeviceTwin:
     twin = device_tensor.as_subclass(DeviceTwin)
     twin._host = host_tensor

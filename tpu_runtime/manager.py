@@ -24,6 +24,7 @@ from .cache import SignatureRegistry
 from .compile_status import CompileStatus
 from .run_options import RunOptions, for_model
 from .sampling import RunObserver, SamplingRun, padded_shape
+from .control import control_layout
 from .signature import ExecutionSignature, build_signature
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ class TPUManager(RunObserver):
         self.xla_cache_dir = xla_cache_dir
         self.persistent_cache_note = persistent_cache_note
         self._warming = False
+        self._warming_controls: Optional[tuple[str, ...]] = None  # the controls of the conditioning being warmed
         self.last_outcome = None
 
     @property
@@ -81,6 +83,10 @@ class TPUManager(RunObserver):
 
     # -- observing runs --------------------------------------------------------------------------
     def before_run(self, run: SamplingRun, patcher: Any) -> None:
+        if self._warming and self._warming_controls is not None and run.signature is not None:
+            # A ranged control's warm-up samples stand-ins (always on, always off): their runs are
+            # the conditioning's signature.
+            run.signature = run.signature.model_copy(update={"controls": self._warming_controls})
         signature = run.signature
         if not self._warming:
             self._prompt_warmup(patcher, signature)
@@ -162,6 +168,9 @@ class TPUManager(RunObserver):
         if recorded_runtime and recorded_runtime != self.registry.runtime_versions:
             return f"recorded with {_versions(recorded_runtime)}, this process has " \
                    f"{_versions(self.registry.runtime_versions)}"
+        if signature.controls:
+            return f"its conditioning held {len(signature.controls)} control(s) (ControlNet, T2I-Adapter) that a " \
+                   "re-warm does not have; a warm-up with the ControlNet compiles them"
         if _sampler_name(signature.sampler) is None:
             return f"no sampler of this ComfyUI runs {signature.sampler}"
         return None
@@ -184,8 +193,9 @@ class TPUManager(RunObserver):
     # -- the public API --------------------------------------------------------------------------
     def create_execution_signature(self, model: Any, width: int, height: int, batch_size: int = 1,
                                    cfg_scale: float = 7.0, scheduler: str = "normal", sampler: str = "euler",
-                                   steps: int = 20, dtype: Optional[str] = None, context_tokens: int = 77
-                                   ) -> ExecutionSignature:
+                                   steps: int = 20, dtype: Optional[str] = None, context_tokens: int = 77,
+                                   controls: tuple[str, ...] = ()) -> ExecutionSignature:
+        """``controls``: the conditioning's controls as ``control.control_layout`` gives them."""
         inner = getattr(model, "model", model)
         channels = int(getattr(getattr(inner, "latent_format", None), "latent_channels", 4))
         user_shape = (batch_size, channels, height // 8, width // 8)
@@ -195,7 +205,7 @@ class TPUManager(RunObserver):
             dtype = "bfloat16" if options.autocast_bf16 else str(model.model_dtype()).removeprefix("torch.")
         return build_signature(model, user_shape, padded, (context_tokens,), not math.isclose(cfg_scale, 1.0),
                                dtype, _sampler_function_name(sampler), mesh=self.mesh, cfg_scale=cfg_scale,
-                               scheduler=scheduler, steps=steps, execution=options.execution)
+                               scheduler=scheduler, steps=steps, execution=options.execution, controls=controls)
 
     def options_for(self, model: Any) -> RunOptions:
         """The run options a model's runs use: the pack's, with the model's own overrides (the
@@ -207,9 +217,16 @@ class TPUManager(RunObserver):
 
     def warmup(self, model: Any, width: int, height: int, batch_size: int = 1, cfg: float = 7.0,
                sampler_name: str = "euler", scheduler: str = "normal", positive: Optional[list] = None,
-               negative: Optional[list] = None, force_recompile: bool = False) -> WarmupResult:
+               negative: Optional[list] = None, force_recompile: bool = False, control_net: Any = None,
+               control_percent: tuple[float, float] = (0.0, 1.0)) -> WarmupResult:
         """Compile every graph of this signature now; later runs at it compile nothing.
-        ``sampler_name=warmup.ALL_SAMPLERS`` warms each of ``warmup.WARMED_BY_ALL`` in turn."""
+        ``sampler_name=warmup.ALL_SAMPLERS`` warms each of ``warmup.WARMED_BY_ALL`` in turn.
+        Controls in ``positive``/``negative`` are warmed with them; ``control_net`` (a ControlNet or
+        T2I-Adapter as its loader gives it) is applied to both as ``ControlNetApplyAdvanced`` would, with
+        a blank hint and ``control_percent`` as its start/end range."""
+        if control_net is not None:
+            positive, negative = warmup_mod.with_control(model, positive, negative, control_net, width, height,
+                                                         control_percent)
         if sampler_name == warmup_mod.ALL_SAMPLERS:
             results = [self._warm_one(model, width, height, batch_size, cfg, name, scheduler, positive, negative,
                                       force_recompile) for name in warmup_mod.WARMED_BY_ALL]
@@ -223,8 +240,9 @@ class TPUManager(RunObserver):
                   scheduler: str, positive: Optional[list], negative: Optional[list],
                   force_recompile: bool) -> WarmupResult:
         tokens = int(positive[0][0].shape[1]) if positive else 77
+        controls = control_layout({"positive": positive or [], "negative": negative or []})
         signature = self.create_execution_signature(model, width, height, batch_size, cfg, scheduler,
-                                                    sampler_name, context_tokens=tokens)
+                                                    sampler_name, context_tokens=tokens, controls=controls)
         plan = warmup_mod.step_plan(sampler_name, self.warmup_steps)
         if self.registry.is_cached(signature) and not force_recompile:
             return WarmupResult(signature=signature, graphs_compiled=0, seconds=0.0, steps_run=0,
@@ -232,12 +250,15 @@ class TPUManager(RunObserver):
         before = self.backend.counters()["compiles"]
         start = time.perf_counter()
         self._warming = True
+        self._warming_controls = controls
         try:
-            for steps in plan:
-                warmup_mod.run_warmup_sampling(model, width, height, batch_size, cfg, sampler_name, scheduler,
-                                               positive, negative, steps)
+            for conds in warmup_mod.control_states(positive, negative):
+                for steps in plan:
+                    warmup_mod.run_warmup_sampling(model, width, height, batch_size, cfg, sampler_name, scheduler,
+                                                   *conds, steps)
         finally:
             self._warming = False
+            self._warming_controls = None
         compiled = self.backend.counters()["compiles"] - before
         seconds = time.perf_counter() - start
         recorded = self.last_outcome.signature if self.last_outcome else signature

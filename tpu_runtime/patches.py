@@ -22,6 +22,8 @@ Only what ComfyUI offers no hook for is patched here:
 * ``comfy.model_patcher.ModelPatcher.unpatch_model``: when ComfyUI moves a model off the device, its
   split weights are read to the host part by part first (torch_xla's ``.to("cpu")`` would gather each
   whole on the device, with a program compiled per weight shape).
+* ``comfy.samplers.pre_run_control``: a ControlNet's start/end percents are converted with the host
+  copy of the schedule (ComfyUI's ``percent_to_sigma`` reads a device value with ``.item()``).
 * ``comfy.extra_samplers.uni_pc``'s ``torch``: UniPC builds its small solver matrices with
   ``torch.tensor(host_values, device=x.device)`` and solves them with ``torch.linalg.solve``, which XLA
   runs on the CPU (a fallback and two syncs per step). Those matrices are kept on the host instead.
@@ -34,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from . import sampling
+from . import control, sampling
 from .chip_memory import chip_memory
 from .host_values import as_host
 from .weight_shard import auto_model_axis
@@ -194,6 +196,8 @@ def install(state: "PackState") -> Patches:
 
     patches.set("comfy.extra_samplers.uni_pc", "torch", HostAwareTorch(uni_pc.torch, backend))
     patches.set("comfy.samplers", "calculate_sigmas", calculate_sigmas)
+    patches.set("comfy.samplers", "pre_run_control",
+                control.pre_run_control(comfy.samplers.pre_run_control, host_schedules.host_model_sampling, is_xla))
     patches.set("comfy.sampler_helpers", "prepare_model_patcher", prepare_model_patcher)
     patches.set("comfy.model_patcher.ModelPatcher", "partially_load", _repatch_on_device(is_xla, state))
     if backend.device_total() > 1:  # under SPMD (auto mode may add a 'model' axis later)

@@ -4,8 +4,10 @@ Steps, the cfg value, the seed and the scheduler are *data* on the device (the s
 host and enters each step as runtime values), so they are not part of the signature: a warm-up at
 one step count serves every step count. What does change the graphs: the model's structure, the
 padded latent shape and batch, the conditioning's token length, whether cfg runs an uncond pass,
-the compute dtype, the sampler (its step update and model calls per step), the device mesh and the
-execution mode (lazy and compiled trace different graphs).
+the compute dtype, the sampler (its step update and model calls per step), the device mesh, the
+execution mode (lazy and compiled trace different graphs) and the controls in the conditioning (their
+models, how they chain, whether they reach the uncond pass, whether a start/end range switches them
+off for some steps; never their strength or range values, which are data or host decisions).
 
 In replay execution the sampler decides only its own small graphs: the diffusion model's program
 depends on every graph field but the sampler (:meth:`ExecutionSignature.model_program_key`), so one
@@ -20,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 #: Fields that decide the graphs; the display fields below are for people only.
 GRAPH_FIELDS = ("model_fingerprint", "latent_shape", "batch_size", "context_tokens", "uncond_pass",
-                "compute_dtype", "sampler", "mesh", "execution")
+                "compute_dtype", "sampler", "mesh", "execution", "controls")
 #: Execution modes that compile the diffusion model as its own program, apart from the sampler's math.
 SAMPLER_FREE_MODEL_PROGRAM = ("replay",)
 
@@ -39,6 +41,7 @@ class ExecutionSignature(BaseModel):
     sampler: str
     mesh: str = "single"
     execution: str = "lazy"
+    controls: tuple[str, ...] = ()  # see control.control_layout
     # Display fields (the seed document's), not matched on:
     model_id: str = ""
     input_shape: tuple[int, ...] = ()   # the user's latent (B, C, H, W) before padding
@@ -67,7 +70,8 @@ class ExecutionSignature(BaseModel):
         shape = "x".join(str(d) for d in self.latent_shape)
         return (f"{self.model_id or self.model_fingerprint[:8]} {shape} b{self.batch_size} t{self.context_tokens} "
                 f"{'cfg' if self.uncond_pass else 'nocfg'} {self.compute_dtype} {self.sampler} {self.mesh}"
-                f"{'' if self.execution == 'lazy' else ' ' + self.execution}")
+                f"{'' if self.execution == 'lazy' else ' ' + self.execution}"
+                f"{' +' + str(len(self.controls)) + ' control(s)' if self.controls else ''}")
 
     def differences(self, other: "ExecutionSignature") -> list[str]:
         """The graph fields that differ, in words: 'batch_size 1 -> 2'."""
@@ -112,12 +116,13 @@ def cached_fingerprint(model: Any) -> str:
 def build_signature(model: Any, latent_shape: tuple[int, ...], padded_shape: tuple[int, ...],
                     context_tokens: tuple[int, ...], uncond_pass: bool, compute_dtype: str, sampler: str,
                     mesh: str = "single", cfg_scale: float = 0.0, scheduler: str = "", steps: int = 0,
-                    execution: str = "lazy") -> ExecutionSignature:
+                    execution: str = "lazy", controls: tuple[str, ...] = ()) -> ExecutionSignature:
     """The one way signatures are made (by the sampling wrapper and by the public API alike)."""
     inner = getattr(model, "model", model)
     return ExecutionSignature(
         model_fingerprint=cached_fingerprint(model), latent_shape=tuple(padded_shape[1:]),
         batch_size=int(padded_shape[0]), context_tokens=tuple(sorted(set(context_tokens))),
         uncond_pass=uncond_pass, compute_dtype=compute_dtype, sampler=sampler, mesh=mesh, execution=execution,
+        controls=tuple(controls),
         model_id=type(inner).__name__, input_shape=tuple(latent_shape), cfg_scale=float(cfg_scale),
         scheduler=scheduler, steps=int(steps))

@@ -44,6 +44,78 @@ def zero_conditioning(model: Any, tokens: int = 77, batch: int = 1) -> list:
     return [[torch.zeros(batch, tokens, context_dim), extra]]
 
 
+def with_control(model: Any, positive: Optional[list], negative: Optional[list], control_net: Any, width: int,
+                 height: int, percent: tuple[float, float] = (0.0, 1.0)) -> tuple[list, list]:
+    """(positive, negative) with ``control_net`` applied as ``ControlNetApplyAdvanced`` applies it: a
+    copy per chain, a blank hint of the image's size (the graphs see only its shape), strength 1 (the
+    strength is data)."""
+    if not callable(getattr(control_net, "copy", None)) or not callable(getattr(control_net, "get_control", None)):
+        raise ValueError(f"control_net must be a ControlNet or T2I-Adapter as ComfyUI loads it, not "
+                         f"{type(control_net).__name__}")
+    start, end = (float(value) for value in percent)
+    if not 0.0 <= start <= end <= 1.0:
+        raise ValueError(f"control_percent must be (start, end) with 0 <= start <= end <= 1, not {percent}")
+    hint = torch.zeros(1, 3, height, width)
+    applied: dict[int, Any] = {}
+    out = []
+    for conditioning in (positive if positive is not None else zero_conditioning(model),
+                         negative if negative is not None else zero_conditioning(model)):
+        conds = []
+        for tensor, options in conditioning:
+            options = dict(options)
+            previous = options.get("control")
+            if id(previous) not in applied:
+                applied[id(previous)] = control_net.copy().set_cond_hint(hint, 1.0, (start, end))
+                applied[id(previous)].set_previous_controlnet(previous)
+            options["control"] = applied[id(previous)]
+            options["control_apply_to_uncond"] = False
+            conds.append([tensor, options])
+        out.append(conds)
+    return out[0], out[1]
+
+
+def control_states(positive: Optional[list], negative: Optional[list]) -> list[tuple[Optional[list], Optional[list]]]:
+    """The conditionings a warm-up samples: as given; when a control's start/end range switches it off for
+    some steps, instead once with copies of the controls on for every step (each kind of step with them
+    on) and once with copies off for every step (start = end = 100%: each kind of step with them off)."""
+    from .control import controls_in
+
+    groups = [[options for _, options in conditioning] for conditioning in (positive or [], negative or [])]
+    ranged = any(tuple(getattr(c, "timestep_percent_range", (0.0, 1.0))) != (0.0, 1.0) for c in controls_in(groups))
+    if not ranged:
+        return [(positive, negative)]
+    states = []
+    for percent in ((0.0, 1.0), (1.0, 1.0)):
+        copies: dict[int, Any] = {}  # shared by positive and negative: a control they share stays one object
+        states.append(tuple(_with_range(conditioning, percent, copies) for conditioning in (positive, negative)))
+    return states
+
+
+def _with_range(conditioning: Optional[list], percent: tuple[float, float], copies: dict[int, Any]) -> Optional[list]:
+    """``conditioning`` with each control chain copied (once, into ``copies``) at the start/end range
+    ``percent``. ComfyUI batches cond and uncond together only when they hold the same control object."""
+    if conditioning is None:
+        return None
+
+    def copied(control: Any) -> Any:
+        if control is None:
+            return None
+        if id(control) not in copies:
+            twin = control.copy()
+            twin.timestep_percent_range = percent
+            twin.set_previous_controlnet(copied(getattr(control, "previous_controlnet", None)))
+            copies[id(control)] = twin
+        return copies[id(control)]
+
+    out = []
+    for tensor, options in conditioning:
+        options = dict(options)
+        if "control" in options:
+            options["control"] = copied(options["control"])
+        out.append([tensor, options])
+    return out
+
+
 def run_warmup_sampling(model: Any, width: int, height: int, batch_size: int, cfg: float, sampler_name: str,
                         scheduler: str, positive: Optional[list], negative: Optional[list], steps: int) -> None:
     """One sampling call through ComfyUI's own ``comfy.sample.sample`` (so the real wrappers run)."""

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .. import batch_shard, kernel_layout
+from ..host_values import without_twins
 from ..stand_in import ModelStandIn
 from ..run_options import RunOptions
 from .run import _RUN
@@ -66,11 +67,15 @@ def _stand_in_wrapper(state: "PackState", options: RunOptions, prepare):
     def apply_model(executor, *args, **kwargs):
         base_model = executor.class_obj
         original = getattr(base_model, "diffusion_model", None)
+        run = _RUN.get()
+        if run is not None and run.controlled:
+            # The timestep keeps host values for the controls' range checks (see ..control); the
+            # model's program must get it as plain data: math on the host copy would be a constant.
+            args, kwargs = without_twins((args, kwargs))
         if not isinstance(original, torch.nn.Module) or isinstance(original, ModelStandIn):
             with backend.autocast(dtype):  # no diffusion model to stand in for, or already inside one
                 return execute(executor, args, kwargs)
         stand_in, around = prepare(base_model, original)
-        run = _RUN.get()
         stand_in.before_call = run.pacer.boundary if run is not None and run.pacer is not None else None
         base_model.diffusion_model = stand_in
         try:

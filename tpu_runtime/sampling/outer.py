@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .. import metrics, padding
+from .. import control, metrics, padding
 from ..host_values import as_host, host_copy
 from ..run_options import RunOptions
 from .run import _RUN, EXPECTED_TRANSFERS, SamplingRun, padded_shape, run_signature, sampler_function_name
@@ -34,6 +34,7 @@ def outer_sample_wrapper(state: "PackState", options: RunOptions):
             latent_shapes = [latent_image.shape]
         run = SamplingRun(state=state, options=options, host_sigmas=as_host(sigmas),
                           model_name=type(patcher.model).__name__, user_shape=user_shape)
+        run.controlled = control.has_controls(guider)
         run.signature = run_signature(guider, sampler, user_shape, tuple(noise.shape), options, len(sigmas) - 1,
                                       backend.mesh_description())
         for observer in list(state.observers):

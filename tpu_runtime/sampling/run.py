@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 
 from .. import metrics
+from ..control import control_layout
 from ..host_values import HostTensor
 from ..pacing import StepPacer
 from ..run_options import RunOptions
@@ -41,6 +42,7 @@ class SamplingRun:
     figures: Optional[metrics.RunFigures] = None
     load_figures: metrics.RunFigures = field(default_factory=metrics.RunFigures)  # the model load's share
     notes: list[str] = field(default_factory=list)
+    controlled: bool = False  # the conditioning holds a ControlNet or T2I-Adapter (see ..control)
 
     @property
     def backend(self) -> Any:
@@ -87,4 +89,5 @@ def run_signature(guider: Any, sampler: Any, user_shape: tuple[int, ...], padded
     dtype = "bfloat16" if options.autocast_bf16 else str(model_dtype).removeprefix("torch.")
     return build_signature(guider.model_patcher, user_shape, padded, tuple(tokens) or (0,), uncond, dtype,
                            sampler_function_name(sampler), cfg_scale=float(cfg), steps=steps, mesh=mesh,
-                           execution=options.execution)
+                           execution=options.execution,
+                           controls=control_layout(getattr(guider, "original_conds", {}) or {}))

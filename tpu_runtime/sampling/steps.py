@@ -7,7 +7,8 @@ from typing import Optional
 
 import torch
 
-from ..host_values import HostTensor, as_host, host_copy, plain, upload
+from .. import control
+from ..host_values import HostTensor, as_host, device_twin, host_copy, plain, upload
 from ..noise import host_brownian_noise_sampler, host_default_noise_sampler, noise_kind
 from ..pacing import StepPacer
 from .run import _RUN
@@ -22,8 +23,9 @@ class _HostModelWrap:
 
 @contextlib.contextmanager
 def _host_sampler(sampler, model_wrap, noise: torch.Tensor, host_sigmas: HostTensor, seed, host_schedules,
-                  user_shape: Optional[tuple[int, ...]] = None):
-    """Point a KSAMPLER at host-side helpers for the length of one call, then restore it."""
+                  user_shape: Optional[tuple[int, ...]] = None, host_timesteps: bool = False):
+    """Point a KSAMPLER at host-side helpers for the length of one call, then restore it.
+    ``host_timesteps``: the model's timesteps are computed on the host (see :mod:`..control`)."""
     saved = dict(vars(sampler))
     try:
         if hasattr(sampler, "max_denoise"):
@@ -37,6 +39,8 @@ def _host_sampler(sampler, model_wrap, noise: torch.Tensor, host_sigmas: HostTen
             noise_sampler = (host_brownian_noise_sampler(noise, host_sigmas, seed, user_shape) if kind == "brownian"
                              else host_default_noise_sampler(noise, seed, user_shape))
             sampler.extra_options = {**extra, "noise_sampler": noise_sampler}
+        if host_timesteps and function is not None:
+            sampler.sampler_function = control.host_timestep_sampler(function)
         yield
     finally:
         vars(sampler).clear()
@@ -58,10 +62,10 @@ def sampler_sample(executor, model_wrap, sigmas, extra_args, callback, noise, la
     run.pacers.append(pacer)
     try:
         with _host_sampler(executor.class_obj, model_wrap, noise, host_sigmas, extra_args.get("seed"),
-                           run.state.host_schedules, run.user_shape or None):
+                           run.state.host_schedules, run.user_shape or None, host_timesteps=run.controlled):
             samples = executor(model_wrap, host_sigmas, extra_args, pacer.step_callback(callback), noise,
                                latent_image, denoise_mask, True)
-        samples = plain(samples)
+        samples = plain(control.plain_latent(samples))
         pacer.finish()
         return samples
     finally:
@@ -86,12 +90,15 @@ def predict_noise_wrapper(boundary: bool):
     def predict_noise(executor, x, timestep, model_options={}, seed=None):
         run = _RUN.get()
         if run is not None and run.pacer is not None:
+            x = control.plain_latent(x)
             if boundary:
                 run.pacer.boundary()
             if isinstance(timestep, torch.Tensor) and timestep.device != x.device:
-                # Samplers that pass a host sigma straight to the model (uni_pc): upload it as data, or
-                # ComfyUI's ``timestep(...).to(sigma.device)`` would bring the model's timestep back to the host.
-                timestep = upload(timestep, x.device)
+                # Samplers that pass a host sigma straight to the model (uni_pc, and every sampler when
+                # a control is in the conditioning): upload it as data, or ComfyUI's
+                # ``timestep(...).to(sigma.device)`` would bring the model's timestep back to the host.
+                # With a control, it keeps its host values: ``get_control``'s range check reads them.
+                timestep = device_twin(timestep, x.device) if run.controlled else upload(timestep, x.device)
         return executor(x, timestep, model_options, seed)
 
     return predict_noise
@@ -102,12 +109,16 @@ def _zero_memory_required(*args, **kwargs) -> int:
 
 
 def calc_cond_batch(executor, model, conds, x_in, timestep, model_options):
-    """Batch every compatible cond together, always: the graph must not follow free memory."""
+    """Batch every compatible cond together, always: the graph must not follow free memory. Controls'
+    strengths are data, T2I-Adapters stay on the device (:func:`..control.during_model_call`)."""
     had_own = "memory_required" in vars(model)
     saved = vars(model).get("memory_required")
     model.memory_required = _zero_memory_required
+    run = _RUN.get()
+    controls = control.during_model_call(conds) if run is not None and run.controlled else contextlib.nullcontext()
     try:
-        return executor(model, conds, x_in, timestep, model_options)
+        with controls:
+            return executor(model, conds, x_in, timestep, model_options)
     finally:
         if had_own:
             model.memory_required = saved
