@@ -105,9 +105,7 @@ def replayed_apply_model_wrapper(state: "PackState", options: RunOptions):
     """APPLY_MODEL in replay mode: the diffusion model's replayed stand-in; the model's graph is its own
     (the sampler's math and the input preparation are another, small one). Conv kernel twins are kept
     up to date at each call, and read by the layers only while a call is traced."""
-    # HWIO twins are torch_xla's (its CPU device's conv lowering); a backend tracing functions has none.
-    twins_on = kernel_layout.resolve(options.conv_kernel_layout, state.backend.device_type()) and not getattr(
-        state.backend, "traces_functions", False)
+    twins_on = kernel_layout.twins_on(options.conv_kernel_layout, state.backend)
     refresh = state.kernel_twins.kernels_for if twins_on else (lambda model: None)
     trace_context = state.kernel_twins.applied if twins_on else (lambda model: contextlib.nullcontext())
 
