@@ -7,7 +7,7 @@ import torch
 
 from tpu_runtime import control
 from tpu_runtime.host_values import DeviceTwin, HostTensor, device_twin
-from tpu_runtime.warmup import control_states, with_control
+from tpu_runtime.warmup import WarmupArgumentError, control_states, with_control
 
 META = torch.device("meta")
 
@@ -150,7 +150,7 @@ def test_the_warmup_applies_a_control_like_the_node_and_warms_its_off_steps_when
 @pytest.mark.parametrize("bad, percent", [(object(), (0.0, 1.0)), (FakeControl(), (0.8, 0.2)),
                                           (FakeControl(), (0.0, 1.5))])
 def test_the_warmup_says_what_is_wrong_with_a_control_argument(bad, percent):
-    with pytest.raises(ValueError, match="control"):
+    with pytest.raises(WarmupArgumentError, match="control"):
         with_control(None, [[torch.zeros(1), {}]], [[torch.zeros(1), {}]], bad, 64, 64, percent)
 
 
