@@ -175,3 +175,13 @@ def test_the_model_call_gets_plain_tensors_for_twins():
                                   {"transformer_options": {"sigmas": timestep}, "control": {"input": [shared, shared]}}))
     assert type(args[1]) is torch.Tensor and type(kwargs["transformer_options"]["sigmas"]) is torch.Tensor
     assert kwargs["control"]["input"][0] is shared and kwargs["control"]["input"][1] is shared
+
+
+def test_without_a_twin_the_model_call_keeps_its_containers():
+    """Every model call goes through without_twins: with none to strip, nothing is rebuilt (ComfyUI's
+    transformer_options dict stays the object the model's code may write into)."""
+    from tpu_runtime.host_values import without_twins
+
+    options = {"patches": {}, "sigmas": torch.ones(1, device=META)}
+    call = ((torch.zeros(1, device=META),), {"transformer_options": options})
+    assert without_twins(call) is call and call[1]["transformer_options"] is options
