@@ -111,15 +111,15 @@ for name in families:
                                                                     latent=torch.zeros(shape), **settings[0]).samples)}
 stats = tpu_runtime.get_tpu_stats()
 # ComfyUI unloads every model (to its offload device, the host): split weights come back part by part.
-before = backend.counters()
+before, held_before = backend.counters(), state.placement.held_per_chip()
 comfy.model_management.unload_all_models()
-after = backend.counters()
+after, held_after = backend.counters(), state.placement.held_per_chip()
 left_on_device = sum(tensor.device.type == "xla" for on_xla, _ in loaded
                      for tensor in list(on_xla.model.parameters()) + list(on_xla.model.buffers()))
 unloaded_equal = all(torch.equal(on_xla.model.state_dict()[key].cpu(), value)
                      for on_xla, on_cpu in loaded[::2] for key, value in on_cpu.model.state_dict().items())
 result["unload"] = {"compiles": after["compiles"] - before["compiles"], "left_on_device": int(left_on_device),
-                    "equal_to_the_host_models": unloaded_equal}
+                    "equal_to_the_host_models": unloaded_equal, "held_per_chip": [held_before, held_after]}
 torch.save(latents, out_path)
 result.update(spmd=stats["spmd"], execution=state.options.execution, twins_made=state.kernel_twins.made,
               replay=state.replayed_models.figures(), replay_fallbacks=state.replayed_models.fallbacks(),

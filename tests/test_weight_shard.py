@@ -126,8 +126,11 @@ def test_conv_kernel_twins_are_split_like_their_weights(children, mesh):
 def test_unloading_brings_split_weights_back_without_compiling(children, mesh):
     """ComfyUI unloads every model to the host: torch_xla would gather each split weight whole on the
     device with a program compiled per shape (measured: ~200 for the SD1.5 UNet); read part by part, none."""
-    unload = children[mesh]["unload"]
+    unload = dict(children[mesh]["unload"])
+    held_before, held_after = unload.pop("held_per_chip")
     assert unload == {"compiles": 0, "left_on_device": 0, "equal_to_the_host_models": True}, unload
+    # What ComfyUI's free-memory query subtracts for placed weights: none once they left the chips.
+    assert held_before > 0 and held_after == 0, (held_before, held_after)
 
 
 def test_auto_mode_adds_a_model_axis_for_a_model_bigger_than_a_chip(tmp_path):

@@ -12,7 +12,7 @@ from comfy_api.latest import io, ui
 
 from tpu_runtime.api import TPUPathOff, stats_of
 from tpu_runtime.run_options import OPTIONS_KEY
-from tpu_runtime.warmup import ALL_SAMPLERS
+from tpu_runtime.warmup import ALL_SAMPLERS, WarmupArgumentError
 
 if TYPE_CHECKING:
     from tpu_runtime.state import PackState
@@ -94,7 +94,7 @@ class TPUManualWarmup(TPUNode):
                                           positive, negative, force_recompile, control_net=control_net,
                                           control_percent=(start_percent, end_percent))
             status = result.status()
-        except (TPUPathOff, ValueError) as exc:
+        except (TPUPathOff, WarmupArgumentError) as exc:
             status = str(exc)
         return io.NodeOutput(model, status, ui=ui.PreviewText(status))
 

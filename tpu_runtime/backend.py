@@ -25,8 +25,10 @@ class Backend(Protocol):
     #: True where programs are made from a function of the inputs (``capture_function``, torchax) rather
     #: than from the lazy trace of a call (``capture_program``, torch_xla).
     traces_functions: bool
-    #: The execution modes (``COMFY_TPU_EXECUTION``) this backend runs.
+    #: The execution modes (``COMFY_TPU_EXECUTION``) this backend runs; the first is its own.
     execution_modes: tuple[str, ...]
+    #: How a model that cannot be replayed runs instead (said in the log).
+    fallback_runs: str
 
     def device(self) -> torch.device: ...
     def is_device(self, device: Any) -> bool: ...
@@ -53,7 +55,25 @@ class Backend(Protocol):
     def shard_count(self) -> int: ...
     def shard_batch(self, tensor: torch.Tensor) -> torch.Tensor: ...
     def model_axis(self) -> int: ...
-    def set_model_axis(self, size: int) -> None: ...
+    def set_model_axis(self, size: int) -> None:
+        """Re-plan the mesh as ``data=devices/size,model=size`` (auto mode, for a model too big for one chip).
+        Tensors already placed keep their shardings (XLA accepts them); new ones use this mesh."""
+        from .device import plan_spmd
+        from .settings import format_mesh
+
+        devices = self.spmd.devices
+        if not self.spmd.on or size < 1 or devices % size:
+            raise ValueError(f"a model axis of {size} does not divide the {devices} devices of the mesh")
+        plan = plan_spmd("on", format_mesh({"data": devices // size, "model": size}), devices)
+        self._mesh = self._make_mesh(plan)
+        self.spmd = plan.model_copy(update={"reason": "auto mode: a model bigger than one chip"})
+
+    def _make_mesh(self, plan: "SpmdPlan") -> Any:
+        """The torch_xla mesh of a plan: its axes, in order, over every device."""
+        import numpy as np
+
+        return self._xs.Mesh(np.arange(plan.devices), tuple(plan.axes.values()), tuple(plan.axes))
+
     def device_total(self) -> int: ...
     def shard_tensor(self, tensor: torch.Tensor, spec: tuple[Optional[str], ...]) -> None: ...
     def tensor_sharding(self, tensor: torch.Tensor) -> str: ...
@@ -88,6 +108,7 @@ class XlaBackend:
     name = "torch_xla"
     traces_functions = False
     execution_modes = ("replay", "compiled", "lazy")
+    fallback_runs = "in lazy mode"
 
     def __init__(self, persistent_cache_dir: Optional[str] = None,
                  spmd_request: tuple[str, Optional[str]] = ("off", None)) -> None:
@@ -126,13 +147,11 @@ class XlaBackend:
             log.error("comfy-tpu: %s", line)
         if not plan.on:
             return plan
-        import numpy as np
         import torch_xla.distributed.spmd as xs
 
         self._xr.use_spmd()
-        names = tuple(plan.axes)
-        self._mesh = xs.Mesh(np.arange(count), tuple(plan.axes.values()), names)
         self._xs = xs
+        self._mesh = self._make_mesh(plan)
         log.info("comfy-tpu: SPMD on: %d devices, mesh %s; the diffusion model's batch is sharded over 'data', "
                  "%s", count, plan.mesh, f"its weights split over 'model' ({plan.axes['model']} ways)"
                  if plan.axes.get("model", 1) > 1 else "weights are replicated")

@@ -24,6 +24,11 @@ log = logging.getLogger("comfy_tpu")
 WARM_SET_FORMAT = "comfy-tpu-warm-set"
 WARM_SET_VERSION = 1
 WARM_SET_FILE = "warm_set.json"
+
+
+def warm_set_file(backend_name: str) -> str:
+    """The warm set's file name for a backend: torch_xla's is the original ``warm_set.json``."""
+    return WARM_SET_FILE if backend_name == "torch_xla" else f"warm_set.{backend_name}.json"
 #: The warm set keeps the signatures used most recently, at most this many: each is re-warmed (compiled)
 #: after a restart, so an unbounded set would make every restart slower.
 MAX_WARM_SET_ENTRIES = 64
@@ -68,7 +73,9 @@ class RunOutcome(BaseModel):
 class SignatureRegistry:
     """Per-signature stats plus persistence under ``cache_dir`` (memory only if it is unwritable)."""
 
-    def __init__(self, cache_dir: Optional[Path], runtime_versions: dict[str, Optional[str]]) -> None:
+    def __init__(self, cache_dir: Optional[Path], runtime_versions: dict[str, Optional[str]],
+                 file_name: str = WARM_SET_FILE) -> None:
+        self._file_name = file_name
         self._entries: dict[ExecutionSignature, SignatureStats] = {}
         self.hits = 0
         self.misses = 0
@@ -93,7 +100,7 @@ class SignatureRegistry:
 
     @property
     def warm_set_path(self) -> Optional[Path]:
-        return self.cache_dir / WARM_SET_FILE if self.cache_dir else None
+        return self.cache_dir / self._file_name if self.cache_dir else None
 
     def _load(self) -> None:
         path = self.warm_set_path

@@ -187,7 +187,10 @@ def device_twin(value: torch.Tensor, device: torch.device) -> DeviceTwin:
 
 def without_twins(values: Any) -> Any:
     """``values`` (nested lists, tuples, dicts) with every DeviceTwin as an ordinary device tensor: for
-    code traced once and replayed, where math on a twin's host copy would be baked in as a constant."""
+    code traced once and replayed, where math on a twin's host copy would be baked in as a constant.
+    Without a twin among them, ``values`` themselves (containers keep their identity)."""
+    if not any(isinstance(leaf, DeviceTwin) for leaf in tree_flatten(values)[0]):
+        return values
     return tree_map(_plain_twin, values)
 
 

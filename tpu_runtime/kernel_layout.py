@@ -40,6 +40,12 @@ def resolve(setting: KernelLayout, device_type: str) -> bool:
     return setting == "hwio"
 
 
+def twins_on(setting: KernelLayout, backend) -> bool:
+    """Whether this backend runs with HWIO twins: torch_xla's (its CPU device's conv lowering) only; a
+    backend that traces functions (torchax) has none."""
+    return resolve(setting, backend.device_type()) and not backend.traces_functions
+
+
 class HwioKernel:
     """A layer's ``weight_function``: its HWIO twin, viewed as OIHW, in the weight's dtype."""
 

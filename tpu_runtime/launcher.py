@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from .settings import all_launch_flags, env_var, load_settings, value_type
+from .settings import all_launch_flags, env_var, load_settings, parse_mesh, value_type
 
 COMFYUI_PATH_ENV = "COMFYUI_PATH"
 
@@ -192,12 +192,11 @@ def doctor_data() -> dict[str, Any]:
 
 
 def _model_axis(mesh: str) -> int:
-    """The 'model' axis size of a mesh string such as ``data=2,model=4`` (1 without one)."""
-    for part in mesh.split(","):
-        name, _, size = part.partition("=")
-        if name.strip() == "model" and size.strip().isdigit():
-            return int(size)
-    return 1
+    """The 'model' axis size of the mesh the report names, such as ``data=2,model=4`` (1 without one)."""
+    try:
+        return parse_mesh(mesh).get("model", 1)
+    except ValueError:  # "single", or no mesh: no model axis
+        return 1
 
 
 def format_doctor(data: dict[str, Any]) -> str:
@@ -225,7 +224,10 @@ def format_doctor(data: dict[str, Any]) -> str:
         f"{' (' + r['spmd_reason'] + ')' if r.get('spmd_reason') else ''}",
     ]
     ways = _model_axis(r.get("mesh") or "")
-    if r.get("spmd") and ways > 1:
+    if r.get("spmd") and ways > 1 and backend == "torchax":
+        lines.append("  weights      whole on every device: the torchax backend splits no weights over 'model' "
+                     "(use torch_xla for a model bigger than a chip)")
+    elif r.get("spmd") and ways > 1:
         share = (f", at most {r['hbm_per_chip_bytes'] * ways / 2**30:.1f} GiB of weights over the {ways} chips"
                  if r["hbm_per_chip_bytes"] else "")
         lines.append(f"  weights      split over 'model' ({ways} ways): each chip holds ~1/{ways} of a diffusion "

@@ -210,7 +210,7 @@ class TPUManager(RunObserver):
     def options_for(self, model: Any) -> RunOptions:
         """The run options a model's runs use: the pack's, with the model's own overrides (the
         optimisation node's), so a signature made here is the one its runs record."""
-        return for_model(self.options, getattr(model, "model_options", {}) or {})
+        return for_model(self.options, getattr(model, "model_options", {}) or {}, self.backend.execution_modes)
 
     def is_cached(self, signature: ExecutionSignature) -> bool:
         return self.registry.is_cached(signature)
@@ -281,8 +281,7 @@ class TPUManager(RunObserver):
         stats["dynamo"] = {k.removeprefix("dynamo_"): counters[k] for k in counters if k.startswith("dynamo_")}
         stats["dynamo"]["lazy_fallbacks"] = self.state.compiled_models.fallbacks()
         stats["replay"] = {**self.state.replayed_models.figures(), "lazy_fallbacks": self.state.replayed_models.fallbacks()}
-        hwio = kernel_layout.resolve(self.options.conv_kernel_layout, self.backend.device_type()) and not getattr(
-            self.backend, "traces_functions", False)  # torchax makes no kernel twins
+        hwio = kernel_layout.twins_on(self.options.conv_kernel_layout, self.backend)
         stats["conv_kernels"] = {"layout": "hwio" if hwio else "native", "setting": self.options.conv_kernel_layout,
                                  "twins_made": self.state.kernel_twins.made}
         stats["persistent_cache"] = {

@@ -325,9 +325,13 @@ def _parts_to_host_on_unload(is_xla: Callable[[Any], bool], state: "PackState") 
     unpatch = comfy.model_patcher.ModelPatcher.unpatch_model
 
     def unpatch_to_host(self, device_to=None, unpatch_weights=True):
-        if unpatch_weights and device_to is not None and not is_xla(device_to):
+        leaving = unpatch_weights and device_to is not None and not is_xla(device_to)
+        if leaving:
             state.placement.bring_to_host(self.model)
-        return unpatch(self, device_to, unpatch_weights)
+        result = unpatch(self, device_to, unpatch_weights)
+        if leaving:
+            state.placement.remeasure(self.model)
+        return result
 
     return unpatch_to_host
 

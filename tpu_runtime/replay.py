@@ -272,6 +272,8 @@ class ReplayedDiffusionModel(ModelStandIn):
         try:
             outputs = self._backend.run_program(program, tensors + weights)  # traced and compiled here
         except Exception as exc:  # the model runs on the host from now on (or fails there with its own error)
+            if _not_a_trace_failure(exc):
+                raise
             log.debug("comfy-tpu: tracing %s failed", self._model_name, exc_info=True)
             self._fall_back(f"the backend cannot trace it ({type(exc).__name__}: {str(exc)[:300]})")
             full = self._full_options
@@ -283,6 +285,13 @@ class ReplayedDiffusionModel(ModelStandIn):
         self.replays += 1
         return tree_unflatten(list(outputs), out_specs[-1])
 
+
+
+def _not_a_trace_failure(exc: BaseException) -> bool:
+    """Errors that say nothing about whether the model can be traced (the user's interrupt, the device out
+    of memory): they end the run as they would without the pack, instead of sending the model to the host."""
+    return (isinstance(exc, MemoryError) or type(exc).__name__ == "InterruptProcessingException"
+            or "RESOURCE_EXHAUSTED" in str(exc))
 
 
 class ReplayedModels(StandIns):

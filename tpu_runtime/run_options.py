@@ -6,7 +6,7 @@ per-model overrides (the optimisation node's dict) go in with ``model_copy(updat
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from pydantic import BaseModel, Field, create_model
 from typing_extensions import Self
@@ -37,12 +37,17 @@ RunOptions = create_model(
     **{name: _field(name) for name in fields_where(scope="run")})
 
 
-def for_model(options: "RunOptions", model_options: dict) -> "RunOptions":
+def for_model(options: "RunOptions", model_options: dict,
+              execution_modes: Optional[tuple[str, ...]] = None) -> "RunOptions":
     """``options`` with one model's overrides (the optimisation node's) applied: what its runs use,
-    and so what its signatures record."""
+    and so what its signatures record. ``execution_modes``: what the backend runs (the first is its
+    own); a mode it lacks (compiled on torchax) becomes that one, here only, so runs and the signatures
+    the public API makes agree."""
     overrides = model_options.get("transformer_options", {}).get(OPTIONS_KEY, {})
     effective = options.model_copy(update={k: v for k, v in overrides.items() if k in RunOptions.model_fields})
     if effective.execution != "lazy" and CORE_TORCH_COMPILE_KEY in model_options:
         # The user's own TorchCompileModel node already compiles this model: don't capture or replay it too.
         effective = effective.model_copy(update={"execution": "lazy"})
+    if execution_modes and effective.execution not in execution_modes:
+        effective = effective.model_copy(update={"execution": execution_modes[0]})
     return effective

@@ -118,7 +118,7 @@ def _assemble(state: PackState, backend: Any, cache_dir: Path) -> None:
     import torch
 
     from . import manager as manager_mod, patches, seed_api
-    from .cache import SignatureRegistry
+    from .cache import SignatureRegistry, warm_set_file
     from .compiled import CompiledModels
     from .kernel_layout import KernelTwins
     from .replay import ReplayedModels
@@ -135,10 +135,12 @@ def _assemble(state: PackState, backend: Any, cache_dir: Path) -> None:
     state.kernel_twins = KernelTwins(backend, state.placement)
     state.compiled_models = CompiledModels(backend)
     state.replayed_models = ReplayedModels(backend, WRAPPER_KEY)
+    # Another backend's programs are not torch_xla's: its warm set is a file of its own (signatures hold
+    # no backend, so one file would add one backend's compile seconds to the other's entries).
     registry = SignatureRegistry(cache_dir, {"torch": torch.__version__, "torch_xla": torch_xla_version(),
                                              "libtpu": libtpu_version(),
-                                             # torchax programs are not torch_xla's: their warm set is its own
-                                             **({"backend": backend.name} if backend.name != "torch_xla" else {})})
+                                             **({"backend": backend.name} if backend.name != "torch_xla" else {})},
+                                 file_name=warm_set_file(backend.name))
     state.manager = manager_mod.TPUManager(
         state, registry, warmup=settings.warmup, manual_warmup=settings.manual_warmup,
         warmup_steps=settings.warmup_steps, xla_cache_dir=Path(backend.persistent_cache_dir)

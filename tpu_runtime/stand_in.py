@@ -44,9 +44,8 @@ class ModelStandIn(torch.nn.Module):
     def _fall_back(self, reason: str) -> None:
         self.fallback_reason = reason
         # torch_xla runs such a model lazily; torchax, whose device is not torch's, eagerly on the host.
-        instead = getattr(self._backend, "fallback_runs", "in lazy mode")
         log.warning("comfy-tpu: %s cannot %s (%s); it runs %s from now on", self._model_name, self.CANNOT,
-                    reason, instead)
+                    reason, self._backend.fallback_runs)
 
 
 class StandIns:

@@ -20,10 +20,15 @@ STEP_PLANS = {"uni_pc": (6, 4), "uni_pc_bh2": (6, 4)}
 DEFAULT_STEPS = 3
 #: What the warm-up node and API take to warm every sampler of :data:`WARMED_BY_ALL` at once.
 ALL_SAMPLERS = "(all samplers)"
+
 #: The samplers whose parity and compile counts the suite checks. In replay execution (the default) the
 #: model's program is shared, so each after the first adds only its own small graphs.
 WARMED_BY_ALL = ("euler", "euler_ancestral", "heun", "dpm_2", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_sde", "lcm",
                  "ddim", "uni_pc")
+
+
+class WarmupArgumentError(ValueError):
+    """A warm-up asked with an input it cannot use (the message names it): the node shows it as its status."""
 
 
 def step_plan(sampler_name: str, minimum: int = 1) -> tuple[int, ...]:
@@ -50,11 +55,11 @@ def with_control(model: Any, positive: Optional[list], negative: Optional[list],
     copy per chain, a blank hint of the image's size (the graphs see only its shape), strength 1 (the
     strength is data)."""
     if not callable(getattr(control_net, "copy", None)) or not callable(getattr(control_net, "get_control", None)):
-        raise ValueError(f"control_net must be a ControlNet or T2I-Adapter as ComfyUI loads it, not "
+        raise WarmupArgumentError(f"control_net must be a ControlNet or T2I-Adapter as ComfyUI loads it, not "
                          f"{type(control_net).__name__}")
     start, end = (float(value) for value in percent)
     if not 0.0 <= start <= end <= 1.0:
-        raise ValueError(f"control_percent must be (start, end) with 0 <= start <= end <= 1, not {percent}")
+        raise WarmupArgumentError(f"control_percent must be (start, end) with 0 <= start <= end <= 1, not {percent}")
     hint = torch.zeros(1, 3, height, width)
     applied: dict[int, Any] = {}
     out = []

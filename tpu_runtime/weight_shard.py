@@ -268,6 +268,13 @@ class Placement:
         placement.bytes_total, placement.bytes_per_device, placement.bytes_whole = total, per_device, whole
         return placement
 
+    def remeasure(self, model: torch.nn.Module) -> None:
+        """After ComfyUI moved a placed ``model`` (an offload, an unload): what the chips hold of it now, so
+        the free memory ComfyUI is told does not still count it."""
+        found = self._models.get(model)
+        if found is not None:
+            self.measure(model, found)
+
     def held_per_chip(self) -> int:
         """Bytes of placed models' weights on the busiest chip, as last measured (no new measure: cheap)."""
         totals = [0] * self.backend.device_total()

@@ -18,6 +18,7 @@ class FakeBackend:
     name = "fake"
     traces_functions = False
     execution_modes = ("replay", "compiled", "lazy")
+    fallback_runs = "in lazy mode"
 
     def __init__(self, shards: int = 1, device: str = "cpu", model_ways: int = 1) -> None:
         self.shards = shards

@@ -62,3 +62,17 @@ def test_a_warm_set_written_before_the_split_still_loads_and_estimates(registry)
 
 def test_no_record_no_estimate(registry):
     assert registry.estimate_compile_seconds(signature("euler")) is None
+
+
+def test_each_backend_keeps_its_own_warm_set(tmp_path):
+    """Signatures hold no backend: one file would add torchax's compile seconds to torch_xla's entries."""
+    from tpu_runtime.cache import warm_set_file
+
+    xla = SignatureRegistry(tmp_path, VERSIONS, file_name=warm_set_file("torch_xla"))
+    jax = SignatureRegistry(tmp_path, {**VERSIONS, "backend": "torchax"}, file_name=warm_set_file("torchax"))
+    xla.record(signature("euler"), compiles=6, compile_seconds=40.0, model_program_seconds=38.0)
+    jax.record(signature("euler"), compiles=1, compile_seconds=3.0, model_program_seconds=3.0)
+    assert warm_set_file("torch_xla") == "warm_set.json" and warm_set_file("torchax") != "warm_set.json"
+    assert SignatureRegistry(tmp_path, VERSIONS).get(signature("euler")).compile_seconds == 40.0
+    again = SignatureRegistry(tmp_path, VERSIONS, file_name=warm_set_file("torchax"))
+    assert again.get(signature("euler")).compile_seconds == 3.0

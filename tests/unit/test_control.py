@@ -7,7 +7,7 @@ import torch
 
 from tpu_runtime import control
 from tpu_runtime.host_values import DeviceTwin, HostTensor, device_twin
-from tpu_runtime.warmup import control_states, with_control
+from tpu_runtime.warmup import WarmupArgumentError, control_states, with_control
 
 META = torch.device("meta")
 
@@ -150,7 +150,7 @@ def test_the_warmup_applies_a_control_like_the_node_and_warms_its_off_steps_when
 @pytest.mark.parametrize("bad, percent", [(object(), (0.0, 1.0)), (FakeControl(), (0.8, 0.2)),
                                           (FakeControl(), (0.0, 1.5))])
 def test_the_warmup_says_what_is_wrong_with_a_control_argument(bad, percent):
-    with pytest.raises(ValueError, match="control"):
+    with pytest.raises(WarmupArgumentError, match="control"):
         with_control(None, [[torch.zeros(1), {}]], [[torch.zeros(1), {}]], bad, 64, 64, percent)
 
 
@@ -175,3 +175,13 @@ def test_the_model_call_gets_plain_tensors_for_twins():
                                   {"transformer_options": {"sigmas": timestep}, "control": {"input": [shared, shared]}}))
     assert type(args[1]) is torch.Tensor and type(kwargs["transformer_options"]["sigmas"]) is torch.Tensor
     assert kwargs["control"]["input"][0] is shared and kwargs["control"]["input"][1] is shared
+
+
+def test_without_a_twin_the_model_call_keeps_its_containers():
+    """Every model call goes through without_twins: with none to strip, nothing is rebuilt (ComfyUI's
+    transformer_options dict stays the object the model's code may write into)."""
+    from tpu_runtime.host_values import without_twins
+
+    options = {"patches": {}, "sigmas": torch.ones(1, device=META)}
+    call = ((torch.zeros(1, device=META),), {"transformer_options": options})
+    assert without_twins(call) is call and call[1]["transformer_options"] is options

@@ -23,13 +23,13 @@ def attach(model_options: dict, state: "PackState") -> None:
 
     if pe.get_wrappers_with_key(pe.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, model_options, is_model_options=True):
         return
-    options = for_model(state.options, model_options)
-    modes = getattr(state.backend, "execution_modes", (options.execution,))
-    if options.execution not in modes:  # e.g. compiled (dynamo) on torchax: said once, runs in replay
-        if state.notices.first_time("execution mode", options.execution, state.backend.name):
+    modes = state.backend.execution_modes
+    options = for_model(state.options, model_options, modes)
+    asked = for_model(state.options, model_options).execution
+    if asked != options.execution:  # e.g. compiled (dynamo) on torchax: said once
+        if state.notices.first_time("execution mode", asked, state.backend.name):
             log.error("comfy-tpu: COMFY_TPU_EXECUTION=%s is not available on the %s backend (it runs %s); "
-                      "sampling runs in replay execution", options.execution, state.backend.name, ", ".join(modes))
-        options = options.model_copy(update={"execution": "replay"})
+                      "sampling runs in %s execution", asked, state.backend.name, ", ".join(modes), options.execution)
     # Lazy mode cuts the graph before each model evaluation; the other modes cut it later, right
     # before the model runs (its inputs are then device data for the captured or replayed program).
     boundary_in_model = options.execution in ("compiled", "replay")

@@ -68,10 +68,10 @@ def _stand_in_wrapper(state: "PackState", options: RunOptions, prepare):
         base_model = executor.class_obj
         original = getattr(base_model, "diffusion_model", None)
         run = _RUN.get()
-        if run is not None and run.controlled:
-            # The timestep keeps host values for the controls' range checks (see ..control); the
-            # model's program must get it as plain data: math on the host copy would be a constant.
-            args, kwargs = without_twins((args, kwargs))
+        # Values that keep host copies (the timestep of a run with controls, see ..control; a latent-derived
+        # input) reach the model as plain device data: in a program traced once, math on a host copy
+        # would be a constant, and a branch on it would be decided once for every later call.
+        args, kwargs = without_twins((args, kwargs))
         if not isinstance(original, torch.nn.Module) or isinstance(original, ModelStandIn):
             with backend.autocast(dtype):  # no diffusion model to stand in for, or already inside one
                 return execute(executor, args, kwargs)
@@ -105,9 +105,7 @@ def replayed_apply_model_wrapper(state: "PackState", options: RunOptions):
     """APPLY_MODEL in replay mode: the diffusion model's replayed stand-in; the model's graph is its own
     (the sampler's math and the input preparation are another, small one). Conv kernel twins are kept
     up to date at each call, and read by the layers only while a call is traced."""
-    # HWIO twins are torch_xla's (its CPU device's conv lowering); a backend tracing functions has none.
-    twins_on = kernel_layout.resolve(options.conv_kernel_layout, state.backend.device_type()) and not getattr(
-        state.backend, "traces_functions", False)
+    twins_on = kernel_layout.twins_on(options.conv_kernel_layout, state.backend)
     refresh = state.kernel_twins.kernels_for if twins_on else (lambda model: None)
     trace_context = state.kernel_twins.applied if twins_on else (lambda model: contextlib.nullcontext())
 

@@ -35,6 +35,10 @@ def outer_sample_wrapper(state: "PackState", options: RunOptions):
         run = SamplingRun(state=state, options=options, host_sigmas=as_host(sigmas),
                           model_name=type(patcher.model).__name__, user_shape=user_shape)
         run.controlled = control.has_controls(guider)
+        if run.controlled and backend.traces_functions and state.notices.first_time("controls", backend.name):
+            log.warning("comfy-tpu: on the %s backend a ControlNet or T2I-Adapter runs on the host CPU, eagerly, "
+                        "at every model call (only the diffusion model is compiled there); the torch_xla backend "
+                        "runs it on the device", backend.name)
         run.signature = run_signature(guider, sampler, user_shape, tuple(noise.shape), options, len(sigmas) - 1,
                                       backend.mesh_description())
         for observer in list(state.observers):
@@ -122,7 +126,7 @@ def _report(run: SamplingRun, sampler_name: str) -> None:
     # The result's own transfer is inside the metered span; anything beyond it is a sync.
     # A backend that makes programs from functions (torchax) brings each model call's output to the host
     # by design: the sampler's math runs there.
-    expected = EXPECTED_TRANSFERS + (figures.model_calls if getattr(state.backend, "traces_functions", False) else 0)
+    expected = EXPECTED_TRANSFERS + (figures.model_calls if state.backend.traces_functions else 0)
     if figures.transfers_to_host > expected and state.notices.first_time("syncs", sampler_name):
         log.warning("comfy-tpu: sampler %s made %d device-to-host syncs during sampling; it runs "
                     "correctly, but slower than a sync-free sampler", sampler_name,
