@@ -55,25 +55,7 @@ class Backend(Protocol):
     def shard_count(self) -> int: ...
     def shard_batch(self, tensor: torch.Tensor) -> torch.Tensor: ...
     def model_axis(self) -> int: ...
-    def set_model_axis(self, size: int) -> None:
-        """Re-plan the mesh as ``data=devices/size,model=size`` (auto mode, for a model too big for one chip).
-        Tensors already placed keep their shardings (XLA accepts them); new ones use this mesh."""
-        from .device import plan_spmd
-        from .settings import format_mesh
-
-        devices = self.spmd.devices
-        if not self.spmd.on or size < 1 or devices % size:
-            raise ValueError(f"a model axis of {size} does not divide the {devices} devices of the mesh")
-        plan = plan_spmd("on", format_mesh({"data": devices // size, "model": size}), devices)
-        self._mesh = self._make_mesh(plan)
-        self.spmd = plan.model_copy(update={"reason": "auto mode: a model bigger than one chip"})
-
-    def _make_mesh(self, plan: "SpmdPlan") -> Any:
-        """The torch_xla mesh of a plan: its axes, in order, over every device."""
-        import numpy as np
-
-        return self._xs.Mesh(np.arange(plan.devices), tuple(plan.axes.values()), tuple(plan.axes))
-
+    def set_model_axis(self, size: int) -> None: ...
     def device_total(self) -> int: ...
     def shard_tensor(self, tensor: torch.Tensor, spec: tuple[Optional[str], ...]) -> None: ...
     def tensor_sharding(self, tensor: torch.Tensor) -> str: ...
@@ -415,14 +397,21 @@ class XlaBackend:
     def set_model_axis(self, size: int) -> None:
         """Re-plan the mesh as ``data=devices/size,model=size`` (auto mode, for a model too big for one chip).
         Tensors already placed keep their shardings (XLA accepts them); new ones use this mesh."""
-        import numpy as np
+        from .device import plan_spmd
+        from .settings import format_mesh
 
         devices = self.spmd.devices
         if not self.spmd.on or size < 1 or devices % size:
             raise ValueError(f"a model axis of {size} does not divide the {devices} devices of the mesh")
-        axes = {"data": devices // size, "model": size}
-        self._mesh = self._xs.Mesh(np.arange(devices), tuple(axes.values()), tuple(axes))
-        self.spmd = self.spmd.model_copy(update={"axes": axes, "mesh": ",".join(f"{k}={v}" for k, v in axes.items())})
+        plan = plan_spmd("on", format_mesh({"data": devices // size, "model": size}), devices)
+        self._mesh = self._make_mesh(plan)
+        self.spmd = plan.model_copy(update={"reason": "auto mode: a model bigger than one chip"})
+
+    def _make_mesh(self, plan: "SpmdPlan") -> Any:
+        """The torch_xla mesh of a plan: its axes, in order, over every device."""
+        import numpy as np
+
+        return self._xs.Mesh(np.arange(plan.devices), tuple(plan.axes.values()), tuple(plan.axes))
 
     def device_total(self) -> int:
         """Devices the mesh spans (1 without SPMD)."""
