@@ -21,12 +21,6 @@ def after_euler():
     return run_child("cases_replay:new_samplers", samplers=OTHER_SAMPLERS, env={"COMFY_TPU_EXECUTION": "replay"})
 
 
-#: UniPC ramps its order up and down, so its math makes about seven distinct small graphs; on this tiny
-#: 2-level UNet, whose whole program compiles in a few seconds on PJRT CPU, they cost 25-30% of the
-#: warm-up (bench_replay.py: 0.94 s of 3.27 s). The bound holds for every other sampler.
-KNOWN_OVER_BOUND = {"uni_pc": "UniPC's ~7 small graphs are 25-30% of the tiny model's warm-up on PJRT CPU"}
-
-
 @pytest.mark.parametrize("sampler", OTHER_SAMPLERS)
 def test_a_new_sampler_runs_right_and_then_compiles_nothing(after_euler, sampler):
     run = after_euler["samplers"][sampler]
@@ -48,8 +42,7 @@ def test_the_warm_set_tells_the_model_program_from_the_sampler_graphs(after_eule
         assert run["recorded_s"] == pytest.approx(run["compile_s"], abs=1e-3), (sampler, run)
 
 
-@pytest.mark.parametrize("sampler", [pytest.param(s, marks=pytest.mark.xfail(reason=KNOWN_OVER_BOUND[s], strict=True))
-                                     if s in KNOWN_OVER_BOUND else s for s in OTHER_SAMPLERS])
+@pytest.mark.parametrize("sampler", OTHER_SAMPLERS)
 def test_a_new_sampler_compiles_only_its_own_small_graphs(after_euler, sampler):
     warm_s = after_euler["warmup"]["compile_s"]
     run = after_euler["samplers"][sampler]

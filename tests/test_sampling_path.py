@@ -16,7 +16,7 @@ from tests.sampling_harness import BACKEND, backend_modes, execution_mode, ksamp
 pytestmark = [pytest.mark.fresh_process, pytest.mark.both_backends]
 
 SAMPLERS = ["euler", "euler_ancestral", "heun", "dpm_2", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_sde", "lcm", "ddim",
-            "uni_pc"]
+            "uni_pc", "uni_pc_bh2"]
 #: The other execution modes run one sampler of each kind: one model call a step, two calls a step,
 #: multistep, Brownian and default noise, host-solved (lazy mode fuses the model into each sampler's
 #: graph, so there each costs a model compile).
@@ -47,7 +47,7 @@ MODE_SAMPLERS = {
     "test_sampler_compiles_nothing_after_first_run": [
         (mode, sampler) for mode in MODES for sampler in (SAMPLERS if mode == DEFAULT_MODE else KIND_SAMPLERS)],
     "test_variants": [(mode, sampler) for mode in MODES
-                      for sampler in (["euler", "dpmpp_2m"] if mode == DEFAULT_MODE else ["euler"])],
+                      for sampler in (["euler", "dpmpp_2m", "uni_pc"] if mode == DEFAULT_MODE else ["euler"])],
 }
 #: Tests whose subject does not depend on the mode (schedulers are sigmas, data; bf16 autocast wraps
 #: every mode's model call alike): run in the default mode only.

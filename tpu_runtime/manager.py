@@ -243,7 +243,7 @@ class TPUManager(RunObserver):
         controls = control_layout({"positive": positive or [], "negative": negative or []})
         signature = self.create_execution_signature(model, width, height, batch_size, cfg, scheduler,
                                                     sampler_name, context_tokens=tokens, controls=controls)
-        plan = warmup_mod.step_plan(sampler_name, self.warmup_steps)
+        steps = warmup_mod.warmup_steps(sampler_name, self.warmup_steps)
         if self.registry.is_cached(signature) and not force_recompile:
             return WarmupResult(signature=signature, graphs_compiled=0, seconds=0.0, steps_run=0,
                                 already_cached=True)
@@ -253,16 +253,14 @@ class TPUManager(RunObserver):
         self._warming_controls = controls
         try:
             for conds in warmup_mod.control_states(positive, negative):
-                for steps in plan:
-                    warmup_mod.run_warmup_sampling(model, width, height, batch_size, cfg, sampler_name, scheduler,
-                                                   *conds, steps)
+                warmup_mod.run_warmup_sampling(model, width, height, batch_size, cfg, sampler_name, scheduler,
+                                               *conds, steps)
         finally:
             self._warming = False
             self._warming_controls = None
         compiled = self.backend.counters()["compiles"] - before
         seconds = time.perf_counter() - start
         recorded = self.last_outcome.signature if self.last_outcome else signature
-        steps = sum(plan)
         log.info("comfy-tpu: warm-up of %s: %d step(s), %d graph(s) compiled, %.1f s", recorded.short(), steps,
                  compiled, seconds)
         return WarmupResult(signature=recorded, graphs_compiled=compiled, seconds=seconds, steps_run=steps)

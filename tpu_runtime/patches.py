@@ -24,9 +24,6 @@ Only what ComfyUI offers no hook for is patched here:
   whole on the device, with a program compiled per weight shape).
 * ``comfy.samplers.pre_run_control``: a ControlNet's start/end percents are converted with the host
   copy of the schedule (ComfyUI's ``percent_to_sigma`` reads a device value with ``.item()``).
-* ``comfy.extra_samplers.uni_pc``'s ``torch``: UniPC builds its small solver matrices with
-  ``torch.tensor(host_values, device=x.device)`` and solves them with ``torch.linalg.solve``, which XLA
-  runs on the CPU (a fallback and two syncs per step). Those matrices are kept on the host instead.
 """
 from __future__ import annotations
 
@@ -192,9 +189,6 @@ def install(state: "PackState") -> Patches:
             sampling.attach(model_options, state)
         return result
 
-    import comfy.extra_samplers.uni_pc as uni_pc
-
-    patches.set("comfy.extra_samplers.uni_pc", "torch", HostAwareTorch(uni_pc.torch, backend))
     patches.set("comfy.samplers", "calculate_sigmas", calculate_sigmas)
     patches.set("comfy.samplers", "pre_run_control",
                 control.pre_run_control(comfy.samplers.pre_run_control, host_schedules.host_model_sampling, is_xla))
@@ -334,38 +328,3 @@ def _parts_to_host_on_unload(is_xla: Callable[[Any], bool], state: "PackState") 
         return result
 
     return unpatch_to_host
-
-
-class HostAwareTorch:
-    """``torch`` as one ComfyUI module sees it: ``torch.tensor(host values, ...)`` is a host value.
-
-    A HostTensor stays on the host (solves, branches) and uploads itself as data when it meets the
-    latent; with no device tensor around it behaves as a plain CPU tensor.
-    """
-
-    def __init__(self, real_torch, backend) -> None:
-        self._torch = real_torch
-        self._backend = backend
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._torch, name)
-
-    def tensor(self, data, *args, device=None, **kwargs):
-        on_host_or_xla = device is None or torch.device(device).type == "cpu" or self._backend.is_device(device)
-        if on_host_or_xla and _host_only(data):
-            return as_host(self._torch.tensor(_host_values(data), *args, **kwargs))
-        return self._torch.tensor(data, *args, device=device, **kwargs)
-
-
-def _host_only(data: Any) -> bool:
-    if isinstance(data, (list, tuple)):
-        return all(_host_only(item) for item in data)
-    if isinstance(data, torch.Tensor):
-        return data.device.type == "cpu"
-    return isinstance(data, (int, float, bool))
-
-
-def _host_values(data: Any) -> Any:
-    if isinstance(data, (list, tuple)):
-        return [_host_values(item) for item in data]
-    return data.item() if isinstance(data, torch.Tensor) else data

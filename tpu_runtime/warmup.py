@@ -4,9 +4,8 @@ Because the per-step graph does not depend on the step index or count, a warm-up
 steps that reach every distinct graph of a sampler: the latent preparation, each kind of step
 (first, middle, last for multistep samplers) and the result. Measured per sampler in fresh processes
 (tests/test_warmup_coverage.py): euler-like samplers need 2 steps (the first step's graph, and a later
-one that also holds the previous update); multistep and two-call samplers 3. UniPC ramps its order
-up and down (1, 2, 3, ..., 3, 2, 1), and a 4-step run steps 2 -> 2, which no longer run has: its
-warm-up samples 6 steps, then 4, so every run of 4 steps or more finds its graphs compiled.
+one that also holds the previous update); multistep and two-call samplers 3. UniPC runs one graph
+shape for every step and step count (:mod:`.unipc`): 2 steps reach its first and its last.
 """
 from __future__ import annotations
 
@@ -14,9 +13,7 @@ from typing import Any, Optional
 
 import torch
 
-STEPS_TO_COVER = {"euler": 2, "euler_ancestral": 2, "ddim": 2, "lcm": 2, "ddpm": 2}
-#: Samplers whose graphs depend on the step count: one warm-up run per step count listed.
-STEP_PLANS = {"uni_pc": (6, 4), "uni_pc_bh2": (6, 4)}
+STEPS_TO_COVER = {"euler": 2, "euler_ancestral": 2, "ddim": 2, "lcm": 2, "ddpm": 2, "uni_pc": 2, "uni_pc_bh2": 2}
 DEFAULT_STEPS = 3
 #: What the warm-up node and API take to warm every sampler of :data:`WARMED_BY_ALL` at once.
 ALL_SAMPLERS = "(all samplers)"
@@ -31,10 +28,9 @@ class WarmupArgumentError(ValueError):
     """A warm-up asked with an input it cannot use (the message names it): the node shows it as its status."""
 
 
-def step_plan(sampler_name: str, minimum: int = 1) -> tuple[int, ...]:
-    """The step counts a warm-up of ``sampler_name`` samples, one sampling run each."""
-    plan = STEP_PLANS.get(sampler_name, (STEPS_TO_COVER.get(sampler_name, DEFAULT_STEPS),))
-    return (max(plan[0], minimum), *plan[1:])
+def warmup_steps(sampler_name: str, minimum: int = 1) -> int:
+    """The steps a warm-up of ``sampler_name`` samples (at least ``minimum``)."""
+    return max(STEPS_TO_COVER.get(sampler_name, DEFAULT_STEPS), minimum)
 
 
 def zero_conditioning(model: Any, tokens: int = 77, batch: int = 1) -> list:

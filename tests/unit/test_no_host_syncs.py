@@ -18,7 +18,7 @@ import pytest
 RUNTIME = Path(__file__).resolve().parents[2] / "tpu_runtime"
 #: The modules whose code runs at every sampling step (or every op on a step's tensors).
 PER_STEP_MODULES = ("sampling/run", "sampling/outer", "sampling/steps", "sampling/model_call", "sampling/attach",
-                    "pacing", "noise", "compiled", "batch_shard", "schedule", "host_values")
+                    "pacing", "noise", "compiled", "batch_shard", "schedule", "host_values", "unipc")
 #: (module, call as ``ast.unparse`` writes it) -> why it reads no device value.
 ALLOWED: dict[tuple[str, str], str] = {
     ("sampling/run", "float(cfg)"): "the guider's cfg scale: a Python number from the node's input",

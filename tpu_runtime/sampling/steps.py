@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from .. import control
+from .. import control, unipc
 from ..host_values import HostTensor, as_host, device_twin, host_copy, plain, upload
 from ..noise import host_brownian_noise_sampler, host_default_noise_sampler, noise_kind
 from ..pacing import StepPacer
@@ -24,7 +24,8 @@ class _HostModelWrap:
 @contextlib.contextmanager
 def _host_sampler(sampler, model_wrap, noise: torch.Tensor, host_sigmas: HostTensor, seed, host_schedules,
                   user_shape: Optional[tuple[int, ...]] = None, host_timesteps: bool = False):
-    """Point a KSAMPLER at host-side helpers for the length of one call, then restore it.
+    """Point a KSAMPLER at host-side helpers for the length of one call, then restore it: host noise,
+    UniPC in its one-graph form (:mod:`..unipc`), host timesteps when controls read them.
     ``host_timesteps``: the model's timesteps are computed on the host (see :mod:`..control`)."""
     saved = dict(vars(sampler))
     try:
@@ -39,6 +40,9 @@ def _host_sampler(sampler, model_wrap, noise: torch.Tensor, host_sigmas: HostTen
             noise_sampler = (host_brownian_noise_sampler(noise, host_sigmas, seed, user_shape) if kind == "brownian"
                              else host_default_noise_sampler(noise, seed, user_shape))
             sampler.extra_options = {**extra, "noise_sampler": noise_sampler}
+        replacement = unipc.replacement_for(function) if function is not None else None
+        if replacement is not None:
+            function = sampler.sampler_function = replacement
         if host_timesteps and function is not None:
             sampler.sampler_function = control.host_timestep_sampler(function)
         yield

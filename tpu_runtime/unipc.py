@@ -1,0 +1,82 @@
+"""ComfyUI's UniPC samplers (``uni_pc``, ``uni_pc_bh2``) with the same device work at every step.
+
+ComfyUI's UniPC (``comfy.extra_samplers.uni_pc``, multistep, B(h) variants) ramps its order up
+(1, 2, 3) and down at the end, runs a corrector after every model call but the last, and builds each
+update from as many stacked differences as its order: on XLA each combination is its own small graph,
+seven in a run, and together they cost a third of a small model's warm-up. This is the same method,
+computed in another form:
+
+* **Host coefficients, fixed slots.** The solver's coefficients are computed on the host with
+  ComfyUI's formulas, in float32 as it computes them, and sent as one row of data a step. The device
+  combines the latent with a three-slot history of the model's predictions (slots not yet filled hold
+  zeros with zero weights), so every step runs one graph whatever its order.
+* **k-diffusion units.** ComfyUI keeps ``x / sqrt(1 + sigma^2)`` and turns the model's denoised output
+  into noise and back; the state here is ``x`` itself and the denoised output is used as it comes
+  (the two are equal: ``(x_vp - std * eps) / alpha = denoised``). The model is called as every
+  k-diffusion sampler calls it, so the first model call is the same graph as euler's.
+* **The corrector as a correction.** The corrector's result is written as the predictor's result plus
+  a combination of the predictions (the latent's term is the same in both and cancels), so it needs
+  only the model's input; the first step's "correction" is zero, in the same form as every later one.
+
+The two agree to float32 rounding (the suite checks parity with ComfyUI's own on the CPU). As ComfyUI's
+does, a schedule ending at 0 is changed in place to end at 0.001 (ComfyUI's ``KSAMPLER`` then reads
+that last sigma). The callback's ``x`` is in k-diffusion units, as every other sampler's.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+
+from .host_values import upload
+from .unipc_weights import SLOTS, end_schedule_as_comfyui, step_weights
+
+#: ComfyUI's sampler functions this replaces, by name in ``comfy.extra_samplers.uni_pc``, and their variant.
+VARIANTS = {"sample_unipc": "bh1", "sample_unipc_bh2": "bh2"}
+
+
+def _weighted(start: torch.Tensor, weights: torch.Tensor, offset: int, tensors: list[torch.Tensor]) -> torch.Tensor:
+    result = start
+    for index, tensor in enumerate(tensors):
+        result = result + weights[offset + index] * tensor
+    return result
+
+
+def sample(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: Optional[dict] = None,
+           callback: Optional[Callable] = None, disable: Any = None, *, variant: str = "bh1") -> torch.Tensor:
+    """UniPC multistep (``variant`` bh1 or bh2) as a k-diffusion sampler function; ``sigmas`` on the host,
+    at least two steps (ComfyUI's own handles one)."""
+    extra_args = {} if extra_args is None else extra_args
+    end_schedule_as_comfyui(sigmas)
+    weights = step_weights(sigmas, variant)
+    s_in = x.new_ones([x.shape[0]])
+    slots = [upload(torch.zeros(x.shape, dtype=x.dtype), x.device) for _ in range(SLOTS)]
+    model_input = x
+    denoised = model(model_input, sigmas[0] * s_in, **extra_args)
+    for index, step in enumerate(weights):
+        row = upload(torch.tensor(step.row(), dtype=x.dtype), x.device)
+        x = _weighted(model_input, row, 0, [*slots, denoised])  # the correction (zero after the first call)
+        slots = [*slots[1:], denoised]
+        model_input = _weighted(row[4] * x, row, 5, slots)  # the next model input, or the result
+        final = index == len(weights) - 1
+        if callback is not None:
+            callback({"x": model_input if final else x, "i": index, "sigma": sigmas[index],
+                      "sigma_hat": sigmas[index], "denoised": denoised})
+        if not final:
+            denoised = model(model_input, sigmas[index + 1] * s_in, **extra_args)
+    return model_input
+
+
+def replacement_for(function: Callable) -> Optional[Callable]:
+    """For ComfyUI's ``sample_unipc``/``sample_unipc_bh2``, this module's sampler (ComfyUI's own for runs
+    of one step, which have no update); None for every other sampler function."""
+    variant = VARIANTS.get(getattr(function, "__name__", ""))
+    if variant is None or getattr(function, "__module__", "") != "comfy.extra_samplers.uni_pc":
+        return None
+
+    def sample_fixed_graph(model, noise, sigmas, extra_args=None, callback=None, disable=None):
+        if len(sigmas) < 3 or sigmas.device.type != "cpu":
+            return function(model, noise, sigmas, extra_args, callback, disable)
+        return sample(model, noise, sigmas, extra_args, callback, disable, variant=variant)
+
+    return sample_fixed_graph
