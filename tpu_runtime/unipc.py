@@ -42,15 +42,21 @@ def _weighted(start: torch.Tensor, weights: torch.Tensor, offset: int, tensors: 
     return result
 
 
+def _as_is(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
 def sample(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: Optional[dict] = None,
-           callback: Optional[Callable] = None, disable: Any = None, *, variant: str = "bh1") -> torch.Tensor:
+           callback: Optional[Callable] = None, disable: Any = None, *, variant: str = "bh1",
+           shard_batch: Callable[[torch.Tensor], torch.Tensor] = _as_is) -> torch.Tensor:
     """UniPC multistep (``variant`` bh1 or bh2) as a k-diffusion sampler function; ``sigmas`` on the host,
-    at least two steps (ComfyUI's own handles one)."""
+    at least two steps (ComfyUI's own handles one). ``shard_batch`` places the empty slots as the
+    latents are placed (split over the mesh's data axis under SPMD): a slot's sharding is part of the graph."""
     extra_args = {} if extra_args is None else extra_args
     end_schedule_as_comfyui(sigmas)
     weights = step_weights(sigmas, variant)
     s_in = x.new_ones([x.shape[0]])
-    slots = [upload(torch.zeros(x.shape, dtype=x.dtype), x.device) for _ in range(SLOTS)]
+    slots = [shard_batch(upload(torch.zeros(x.shape, dtype=x.dtype), x.device)) for _ in range(SLOTS)]
     model_input = x
     denoised = model(model_input, sigmas[0] * s_in, **extra_args)
     for index, step in enumerate(weights):
@@ -67,7 +73,8 @@ def sample(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: O
     return model_input
 
 
-def replacement_for(function: Callable) -> Optional[Callable]:
+def replacement_for(function: Callable, shard_batch: Callable[[torch.Tensor], torch.Tensor] = _as_is
+                    ) -> Optional[Callable]:
     """For ComfyUI's ``sample_unipc``/``sample_unipc_bh2``, this module's sampler (ComfyUI's own for runs
     of one step, which have no update); None for every other sampler function."""
     variant = VARIANTS.get(getattr(function, "__name__", ""))
@@ -77,6 +84,6 @@ def replacement_for(function: Callable) -> Optional[Callable]:
     def sample_fixed_graph(model, noise, sigmas, extra_args=None, callback=None, disable=None):
         if len(sigmas) < 3 or sigmas.device.type != "cpu":
             return function(model, noise, sigmas, extra_args, callback, disable)
-        return sample(model, noise, sigmas, extra_args, callback, disable, variant=variant)
+        return sample(model, noise, sigmas, extra_args, callback, disable, variant=variant, shard_batch=shard_batch)
 
     return sample_fixed_graph
