@@ -24,15 +24,33 @@ that last sigma). The callback's ``x`` is in k-diffusion units, as every other s
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+import functools
+import hashlib
+import inspect
+import logging
+import sys
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 
 from .host_values import upload
 from .unipc_weights import SLOTS, end_schedule_as_comfyui, step_weights
 
+if TYPE_CHECKING:
+    from .state import Notices
+
+log = logging.getLogger("comfy_tpu")
+
 #: ComfyUI's sampler functions this replaces, by name in ``comfy.extra_samplers.uni_pc``, and their variant.
 VARIANTS = {"sample_unipc": "bh1", "sample_unipc_bh2": "bh2"}
+#: What of ``comfy.extra_samplers.uni_pc`` this form reproduces.
+REPRODUCED = ("sample_unipc", "sample_unipc_bh2", "predict_eps_sigma", "SigmaConvert", "model_wrapper",
+              "UniPC.__init__", "UniPC.noise_prediction_fn", "UniPC.data_prediction_fn", "UniPC.model_fn",
+              "UniPC.multistep_uni_pc_update", "UniPC.multistep_uni_pc_bh_update", "UniPC.sample")
+#: The fingerprint (:func:`source_fingerprint`) of those in the ComfyUI this was checked against (0.3.75).
+#: Where ComfyUI's differ (it changed its UniPC), ComfyUI's own runs: the parity checks hold for this one.
+CHECKED_SOURCE = "17141be31ae6d7a2"
 
 
 def _weighted(start: torch.Tensor, weights: torch.Tensor, offset: int, tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -73,17 +91,43 @@ def sample(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: O
     return model_input
 
 
-def replacement_for(function: Callable, shard_batch: Callable[[torch.Tensor], torch.Tensor] = _as_is
-                    ) -> Optional[Callable]:
+@functools.lru_cache(maxsize=None)
+def source_fingerprint(module: ModuleType) -> str:
+    """sha256 (16 hex digits) of the source of :data:`REPRODUCED` in ``module``; "unreadable" without it."""
+    sources = []
+    try:
+        for name in REPRODUCED:
+            value: Any = module
+            for attribute in name.split("."):
+                value = getattr(value, attribute)
+            sources.append(inspect.getsource(value))
+    except (AttributeError, OSError, TypeError):
+        return "unreadable"
+    return hashlib.sha256("\n".join(sources).encode()).hexdigest()[:16]
+
+
+def replacement_for(function: Callable, shard_batch: Callable[[torch.Tensor], torch.Tensor] = _as_is,
+                    notices: Optional["Notices"] = None) -> Optional[Callable]:
     """For ComfyUI's ``sample_unipc``/``sample_unipc_bh2``, this module's sampler (ComfyUI's own for runs
-    of one step, which have no update); None for every other sampler function."""
+    of one step, which have no update, and for options it does not know); None for every other sampler
+    function, and for ComfyUI's UniPC when its source is not the one this was checked against (said once)."""
     variant = VARIANTS.get(getattr(function, "__name__", ""))
     if variant is None or getattr(function, "__module__", "") != "comfy.extra_samplers.uni_pc":
         return None
+    module = sys.modules.get(function.__module__)
+    fingerprint = source_fingerprint(module) if module is not None else "not imported"
+    if fingerprint != CHECKED_SOURCE:
+        if notices is None or notices.first_time("unipc source", fingerprint):
+            log.warning("comfy-tpu: ComfyUI's UniPC (%s, source %s) is not the one comfy-tpu's one-graph UniPC "
+                        "was checked against (ComfyUI 0.3.75, %s): ComfyUI's own runs, which compiles a small "
+                        "graph for each order of its steps", getattr(module, "__file__", function.__module__),
+                        fingerprint, CHECKED_SOURCE)
+        return None
 
-    def sample_fixed_graph(model, noise, sigmas, extra_args=None, callback=None, disable=None):
-        if len(sigmas) < 3 or sigmas.device.type != "cpu":
-            return function(model, noise, sigmas, extra_args, callback, disable)
-        return sample(model, noise, sigmas, extra_args, callback, disable, variant=variant, shard_batch=shard_batch)
+    def sample_fixed_graph(model, noise, sigmas, extra_args=None, callback=None, disable=None, **options):
+        chosen = options.get("variant", variant)
+        if set(options) - {"variant"} or chosen not in VARIANTS.values() or len(sigmas) < 3 or sigmas.device.type != "cpu":
+            return function(model, noise, sigmas, extra_args, callback, disable, **options)
+        return sample(model, noise, sigmas, extra_args, callback, disable, variant=chosen, shard_batch=shard_batch)
 
     return sample_fixed_graph

@@ -3,13 +3,17 @@ model calls, and exact answers where the ODE's solution is known. Parity with Co
 models is checked in fresh processes (tests/test_sampling_path.py, tests/test_replay.py)."""
 from __future__ import annotations
 
+import logging
 import math
+import sys
+import types
 
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
 from tpu_runtime import unipc, unipc_weights
+from tpu_runtime.state import Notices
 
 
 @pytest.mark.parametrize("steps, orders", [(2, [1, 1]), (3, [1, 2, 1]), (4, [1, 2, 2, 1]),
@@ -89,22 +93,48 @@ def test_an_unknown_variant_is_named():
         unipc_weights.step_weights(_schedule(4), "vary_coeff")
 
 
-def test_only_comfyuis_unipc_functions_are_replaced():
-    def sample_unipc(*args):
-        return "comfy"
+def _comfy_function(name: str):
+    def function(*args, **kwargs):
+        return ("comfy", name, kwargs)
 
-    def sample_euler(*args):
-        return "euler"
+    function.__name__, function.__module__ = name, "comfy.extra_samplers.uni_pc"
+    return function
 
-    sample_unipc.__module__ = sample_euler.__module__ = "comfy.extra_samplers.uni_pc"
-    assert unipc.replacement_for(sample_euler) is None
-    replacement = unipc.replacement_for(sample_unipc)
-    assert replacement is not None
-    # a one-step schedule has no update: ComfyUI's own runs it
-    assert replacement(None, torch.zeros(1), torch.tensor([1.0, 0.0])) == "comfy"
 
-    def elsewhere(*args):
-        return None
+@pytest.fixture
+def checked_unipc(monkeypatch):
+    """A stand-in ``comfy.extra_samplers.uni_pc`` whose source is the one the one-graph form was checked against."""
+    module = types.ModuleType("comfy.extra_samplers.uni_pc")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setattr(unipc, "source_fingerprint", lambda found: unipc.CHECKED_SOURCE if found is module else "other")
+    return module
 
-    elsewhere.__name__ = "sample_unipc"
+
+def test_only_comfyuis_unipc_functions_are_replaced(checked_unipc):
+    assert unipc.replacement_for(_comfy_function("sample_euler")) is None
+    elsewhere = _comfy_function("sample_unipc")
+    elsewhere.__module__ = "my_nodes.samplers"
     assert unipc.replacement_for(elsewhere) is None
+    replacement = unipc.replacement_for(_comfy_function("sample_unipc"))
+    assert replacement is not None
+    sigmas = torch.tensor([1.0, 0.0])  # one step has no update: ComfyUI's own runs it
+    assert replacement(None, torch.zeros(1), sigmas) == ("comfy", "sample_unipc", {})
+    # options it does not reproduce go to ComfyUI's own, with the options
+    three_steps = _schedule(3)
+    assert replacement(None, torch.zeros(1), three_steps, variant="vary_coeff")[2] == {"variant": "vary_coeff"}
+    assert replacement(None, torch.zeros(1), three_steps, noise_mask=1)[2] == {"noise_mask": 1}
+
+
+def test_another_comfyui_unipc_source_runs_comfyuis_own_and_says_so(checked_unipc, monkeypatch, caplog):
+    monkeypatch.setattr(unipc, "source_fingerprint", lambda found: "0123456789abcdef")
+    notices = Notices()
+    with caplog.at_level(logging.WARNING, logger="comfy_tpu"):
+        assert unipc.replacement_for(_comfy_function("sample_unipc"), notices=notices) is None
+        assert unipc.replacement_for(_comfy_function("sample_unipc_bh2"), notices=notices) is None
+    said = [record.getMessage() for record in caplog.records]
+    assert len(said) == 1 and "0123456789abcdef" in said[0] and "ComfyUI's own runs" in said[0], said
+
+
+def test_the_fingerprint_reads_the_reproduced_source():
+    module = types.ModuleType("stand_in")
+    assert unipc.source_fingerprint(module) == "unreadable"  # none of the reproduced functions

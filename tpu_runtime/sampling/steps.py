@@ -23,7 +23,7 @@ class _HostModelWrap:
 
 @contextlib.contextmanager
 def _host_sampler(sampler, model_wrap, noise: torch.Tensor, host_sigmas: HostTensor, seed, host_schedules, backend,
-                  user_shape: Optional[tuple[int, ...]] = None, host_timesteps: bool = False):
+                  notices, user_shape: Optional[tuple[int, ...]] = None, host_timesteps: bool = False):
     """Point a KSAMPLER at host-side helpers for the length of one call, then restore it: host noise,
     UniPC in its one-graph form (:mod:`..unipc`), host timesteps when controls read them.
     ``host_timesteps``: the model's timesteps are computed on the host (see :mod:`..control`)."""
@@ -40,7 +40,7 @@ def _host_sampler(sampler, model_wrap, noise: torch.Tensor, host_sigmas: HostTen
             noise_sampler = (host_brownian_noise_sampler(noise, host_sigmas, seed, user_shape) if kind == "brownian"
                              else host_default_noise_sampler(noise, seed, user_shape))
             sampler.extra_options = {**extra, "noise_sampler": noise_sampler}
-        replacement = unipc.replacement_for(function, backend.shard_batch) if function is not None else None
+        replacement = unipc.replacement_for(function, backend.shard_batch, notices) if function is not None else None
         if replacement is not None:
             function = sampler.sampler_function = replacement
         if host_timesteps and function is not None:
@@ -66,7 +66,7 @@ def sampler_sample(executor, model_wrap, sigmas, extra_args, callback, noise, la
     run.pacers.append(pacer)
     try:
         with _host_sampler(executor.class_obj, model_wrap, noise, host_sigmas, extra_args.get("seed"),
-                           run.state.host_schedules, run.backend, run.user_shape or None,
+                           run.state.host_schedules, run.backend, run.state.notices, run.user_shape or None,
                            host_timesteps=run.controlled):
             samples = executor(model_wrap, host_sigmas, extra_args, pacer.step_callback(callback), noise,
                                latent_image, denoise_mask, True)
