@@ -53,12 +53,16 @@ def control_runs(nodes, cases: dict, size: int = 128) -> dict:
             sample_args = dict(steps=run["steps"], cfg=run["cfg"], sampler=run["sampler"],
                                scheduler=run["scheduler"], seed=run["seed"], batch=batch, size=size)
             xpos, xneg = _controls(nodes, on_xla, pos, neg, image, run, apply, chained)
+            replays = state.replayed_models.figures()["replays"]
             measured = ksample(nodes, xla, xpos, xneg, backend=backend, **sample_args)
+            replays = state.replayed_models.figures()["replays"] - replays
             cpos, cneg = _controls(nodes, on_cpu, pos, neg, image, run, apply, chained)
             reference = ksample(nodes, cpu, cpos, cneg, **sample_args)
             runs.append({"run": run, "compiles": measured.compiles, "executions": measured.executions,
                          "transfers": measured.transfers_to_host, "fallbacks": measured.fallbacks,
                          "model_calls": measured.model_calls, "diff": max_abs_diff(measured.samples, reference.samples),
+                         # the ControlNets' programs run in this run (replay execution; 0 in the other modes)
+                         "control_calls": replays - measured.model_calls if state.options.execution == "replay" else 0,
                          "unchanged_by_control": max_abs_diff(ksample(nodes, cpu, pos, neg, **sample_args).samples,
                                                               reference.samples) if len(runs) == 0 else None})
         result["cases"][name] = runs
@@ -67,6 +71,7 @@ def control_runs(nodes, cases: dict, size: int = 128) -> dict:
     result["plain"] = {"executions": plain.executions, "transfers": plain.transfers_to_host,
                        "model_calls": plain.model_calls}
     result["replay_fallbacks"] = state.replayed_models.fallbacks()
+    result["replay"] = state.replayed_models.figures()
     return result
 
 
@@ -138,13 +143,15 @@ def family_runs(nodes, family: str, strengths: list, size: int = 64, steps: int 
     result: dict = {"runs": []}
     for strength in strengths:
         xpos, xneg = nodes.ControlNetApplyAdvanced().apply_controlnet(pos, neg, control, image, strength, 0.0, 1.0)
+        replays = state.replayed_models.figures()["replays"]
         measured = ksample(nodes, xla, xpos, xneg, steps=steps, cfg=cfg, latent=latent.clone(), backend=backend)
+        replays = state.replayed_models.figures()["replays"] - replays
         cpos, cneg = nodes.ControlNetApplyAdvanced().apply_controlnet(pos, neg, control_cpu, image, strength, 0.0, 1.0)
         reference = ksample(nodes, cpu, cpos, cneg, steps=steps, cfg=cfg, latent=latent.clone())
         plain = ksample(nodes, cpu, pos, neg, steps=steps, cfg=cfg, latent=latent.clone())
         result["runs"].append({"strength": strength, "compiles": measured.compiles, "executions": measured.executions,
                                "transfers": measured.transfers_to_host, "fallbacks": measured.fallbacks,
-                               "model_calls": measured.model_calls,
+                               "model_calls": measured.model_calls, "control_calls": replays - measured.model_calls,
                                "diff": max_abs_diff(measured.samples, reference.samples),
                                "control_effect": max_abs_diff(plain.samples, reference.samples)})
     result["replay_fallbacks"] = state.replayed_models.fallbacks()

@@ -1,8 +1,10 @@
 """ControlNets on the step path (issue #17): with ControlNets in the conditioning, applied by
 ComfyUI's own nodes and sampled through ComfyUI's own ``nodes.common_ksampler``, a run makes one
-device-to-host transfer (the result), runs no op on the CPU, executes as many graphs as a run without
-a control, and matches eager CPU; after a case's first run, a new strength, start/end percent, step
-count, cfg, scheduler or seed compiles nothing.
+device-to-host transfer (the result), runs no op on the CPU, and matches eager CPU; after a case's first
+run, a new strength, start/end percent, step count, cfg, scheduler or seed compiles nothing. In replay
+execution each ControlNet's model is replayed as its own program: a run executes the graphs of a run
+without a control plus two for each call of a control (its program, and the small graph of its outputs
+and the diffusion model's input).
 
 Tiny SD1.5-architecture UNet, cldm ControlNets of its shape (random weights), 128x128, PJRT CPU, fp32,
 replay execution (the default), each module's cases in one fresh process.
@@ -14,9 +16,10 @@ import pytest
 from tests.child import run_child
 
 PARITY = 1e-3
-#: Graph executions per model call in replay execution: the sampler's math (with the control model's
-#: graph, traced lazily before the call), then the diffusion model's program.
+#: Graph executions per model call in replay execution: the sampler's math, then the diffusion model's program.
 EXECUTIONS_PER_CALL = 2
+#: And per call of a ControlNet (replayed): its program, then the small graph of its outputs and the model's input.
+EXECUTIONS_PER_CONTROL_CALL = 2
 #: Executions a run makes beyond its model calls' (the last step's math; the result's copy).
 EXECUTIONS_PER_RUN = 2
 
@@ -64,11 +67,12 @@ def test_nothing_compiles_after_the_first_run(measured, case):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_as_many_executions_as_without_a_control(measured, case):
+def test_a_control_adds_only_its_program_and_one_small_graph_a_call(measured, case):
     plain = measured["plain"]
     assert plain["executions"] == EXECUTIONS_PER_CALL * plain["model_calls"] + EXECUTIONS_PER_RUN, plain
     for index, run in _runs(measured, case)[1:]:
-        expected = EXECUTIONS_PER_CALL * run["model_calls"] + EXECUTIONS_PER_RUN
+        expected = (EXECUTIONS_PER_CALL * run["model_calls"] + EXECUTIONS_PER_RUN
+                    + EXECUTIONS_PER_CONTROL_CALL * run["control_calls"])
         if run["run"]["sampler"] == "euler":
             assert run["executions"] == expected, (index, run)
         else:  # the bound tests/test_replay.py holds every sampler to without a control
@@ -77,6 +81,20 @@ def test_as_many_executions_as_without_a_control(measured, case):
 
 def test_the_diffusion_model_stays_replayed(measured):
     assert measured["replay_fallbacks"] == {}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_controlnets_models_are_replayed(measured, case):
+    """Each call of a ControlNet in range runs its program (its Python is not run again): as many as
+    model calls per ControlNet without a range, fewer with one (the steps outside it run none)."""
+    for index, run in _runs(measured, case):
+        chained, ranged = CASES[case].get("chained", 1), (run["run"]["start"], run["run"]["end"]) != (0.0, 1.0)
+        if ranged:
+            assert 0 < run["control_calls"] < chained * run["model_calls"], (index, run)
+        else:
+            assert run["control_calls"] == chained * run["model_calls"], (index, run)
+    # The diffusion model's program, and one for each ControlNet model.
+    assert measured["replay"]["programs"] >= 3, measured["replay"]
 
 
 @pytest.mark.parametrize("how", ["control_net", "from_conditioning"])
@@ -117,4 +135,7 @@ def test_other_controls_one_transfer_no_recompile_parity(family):
         assert run["diff"] <= PARITY and run["control_effect"] > 10 * PARITY, run
     for run in runs[1:]:
         assert run["compiles"] == 0, run
-        assert run["executions"] == EXECUTIONS_PER_CALL * run["model_calls"] + EXECUTIONS_PER_RUN, run
+        # A T2I-Adapter's features are computed once a run; a ControlNet's model runs at every call, replayed.
+        assert run["control_calls"] == (0 if family == "t2i" else run["model_calls"]), run
+        assert run["executions"] == (EXECUTIONS_PER_CALL * run["model_calls"] + EXECUTIONS_PER_RUN
+                                     + EXECUTIONS_PER_CONTROL_CALL * run["control_calls"]), run

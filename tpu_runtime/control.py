@@ -19,7 +19,11 @@ Here, for a run whose conditioning holds a control:
 * the diffusion model itself gets the timestep as a plain device tensor (``model_call``): in a
   replayed program, math on a twin's host copy would be a constant.
 
-The control model runs lazily in the small graph before each model call (the same graph every step).
+In replay execution (the default) each ControlNet's model is replayed as the diffusion model is: traced
+once per call shape, then run as its own program, its Python not run again (:func:`control_models_replayed`).
+A model call with a control then runs the sampler's math, the control's program, a small graph of its
+outputs and the model's input, and the model's program. In the other modes (and on torchax, where a
+control runs on the host) the control model is traced in the small graph before each model call.
 """
 from __future__ import annotations
 
@@ -104,9 +108,34 @@ def adapters_stay_on_device(conds: Any) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def during_model_call(conds: Any) -> Iterator[None]:
-    """What one model call (``calc_cond_batch``) of a run with controls runs inside."""
-    with strengths_as_data(conds), adapters_stay_on_device(conds):
+def control_models_replayed(conds: Any, stand_in_for: Callable[[torch.nn.Module, str], Any],
+                            before_call: Callable[[], None]) -> Iterator[None]:
+    """For the length of one model call, every ControlNet's model (``control_model``) is its replayed
+    stand-in (``stand_in_for(module, label)``); ``before_call`` dispatches what was traced before it, so
+    the control's inputs are device data when its program runs."""
+    saved: list[tuple[Any, torch.nn.Module, Any]] = []
+    try:
+        for control in controls_in(conds):
+            module = vars(control).get("control_model")
+            if isinstance(module, torch.nn.Module) and not hasattr(module, "before_call"):
+                stand_in = stand_in_for(module, f"{type(control).__name__} ({type(module).__name__})")
+                stand_in.before_call = before_call
+                saved.append((control, module, stand_in))
+                control.control_model = stand_in
+        yield
+    finally:
+        for control, module, stand_in in saved:
+            control.control_model = module
+            stand_in.before_call = None
+
+
+@contextlib.contextmanager
+def during_model_call(conds: Any, replay: Optional[tuple[Callable[[torch.nn.Module, str], Any], Callable[[], None]]]
+                      = None) -> Iterator[None]:
+    """What one model call (``calc_cond_batch``) of a run with controls runs inside; ``replay``
+    (``stand_in_for``, ``before_call``) replays the ControlNets' models (:func:`control_models_replayed`)."""
+    replayed = control_models_replayed(conds, *replay) if replay is not None else contextlib.nullcontext()
+    with strengths_as_data(conds), adapters_stay_on_device(conds), replayed:
         yield
 
 

@@ -23,12 +23,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from .backend import ReplayUnsupported
+from .host_values import without_twins
 from .stand_in import STEP_DEPENDENT_OPTIONS, ModelStandIn, StandIns
 
 log = logging.getLogger("comfy_tpu")
@@ -90,13 +91,22 @@ def call_key(args: tuple, kwargs: dict, own_wrappers: str,
 
 
 class _Program:
-    """One traced call shape: the backend's program, the output's structure, the weights it read."""
+    """One traced call shape: the backend's program, the output's structure, the weights it read.
+    ``positions``: for each output leaf, which of the program's outputs it is (a model may return one
+    tensor in several places, as Flux ControlNets repeat their block outputs; the program has it once)."""
 
-    def __init__(self, program: Any, out_spec: Any, weight_layout: tuple, weight_ids: tuple) -> None:
+    def __init__(self, program: Any, out_spec: Any, weight_layout: tuple, weight_ids: tuple,
+                 positions: Optional[list[int]] = None) -> None:
         self.program = program
         self.out_spec = out_spec
         self.weight_layout = weight_layout
         self.weight_ids = weight_ids  # the weight objects last seen: unchanged, no layout check needed
+        self.positions = positions
+
+    def output(self, outputs: list[torch.Tensor]) -> Any:
+        """The call's result from the program's outputs."""
+        leaves = list(outputs) if self.positions is None else [outputs[index] for index in self.positions]
+        return tree_unflatten(leaves, self.out_spec)
 
     def fits(self, weights: list[torch.Tensor], backend) -> bool:
         """Whether ``weights`` have the shapes, dtypes, device and shardings the program was traced with."""
@@ -107,6 +117,19 @@ class _Program:
             return False
         self.weight_ids = ids
         return True
+
+
+def _distinct(leaves: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[int]]:
+    """The distinct tensors of ``leaves`` (by identity, in order), and each leaf's index among them."""
+    distinct: list[torch.Tensor] = []
+    index_of: dict[int, int] = {}
+    positions = []
+    for leaf in leaves:
+        if id(leaf) not in index_of:
+            index_of[id(leaf)] = len(distinct)
+            distinct.append(leaf)
+        positions.append(index_of[id(leaf)])
+    return distinct, positions
 
 
 def _layout(weights: list[torch.Tensor], backend) -> tuple:
@@ -174,6 +197,10 @@ class ReplayedDiffusionModel(ModelStandIn):
         return tuple(found)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        # Twins as plain device data, before the boundary materialises the call's inputs (as the diffusion
+        # model's wrapper does): a twin's host copy read while tracing would be a constant of the program,
+        # and a ControlNet's timestep (a twin's upload) was otherwise read from the tensor it came from.
+        args, kwargs = without_twins((args, kwargs))
         if self.before_call is not None:
             self.before_call()  # the step boundary: the call's inputs are device data from here
         if self.fallback_reason is not None:
@@ -201,8 +228,7 @@ class ReplayedDiffusionModel(ModelStandIn):
             with self.trace_context(self.inner):
                 return self.inner(*args, **kwargs)
         self.replays += 1
-        outputs = self._backend.run_program(entry.program, tensors + weights)
-        return tree_unflatten(list(outputs), entry.out_spec)
+        return entry.output(self._backend.run_program(entry.program, tensors + weights))
 
     def _trace(self, key, args, kwargs, tensors, weights, layout) -> Any:
         """First call of a key: trace the model lazily, compile its graph as a program, run it."""
@@ -225,18 +251,20 @@ class ReplayedDiffusionModel(ModelStandIn):
         if not all(isinstance(leaf, torch.Tensor) for leaf in out_leaves):
             self._fall_back("it returns values that are not tensors")
             return output
+        distinct, positions = _distinct(out_leaves)
         compile_start = self._backend.compile_seconds()
         try:
-            program = self._backend.capture_program(out_leaves, tensors + weights)
+            program = self._backend.capture_program(distinct, tensors + weights)
         except ReplayUnsupported as exc:
             self._fall_back(str(exc))
             return output
         self._on_compiled(self._backend.compile_seconds() - compile_start)
-        del output, out_leaves  # the trace is dropped: the program computes the result
-        self._programs[key] = _Program(program, out_spec, layout, tuple(map(id, weights)))
+        del output, out_leaves, distinct  # the trace is dropped: the program computes the result
+        entry = _Program(program, out_spec, layout, tuple(map(id, weights)), positions)
+        self._programs[key] = entry
         self.traces += 1
         self.replays += 1
-        return tree_unflatten(list(self._backend.run_program(program, tensors + weights)), out_spec)
+        return entry.output(self._backend.run_program(program, tensors + weights))
 
     def _trace_function(self, key, args, kwargs, tensors, weights, layout) -> Any:
         """First call of a key on a backend that makes programs from functions (torchax): the model's

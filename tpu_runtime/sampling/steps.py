@@ -113,6 +113,15 @@ def _zero_memory_required(*args, **kwargs) -> int:
     return 0
 
 
+def _control_replay(run):
+    """How ControlNets' models are replayed in this run (replay execution on a backend that runs device
+    tensors: torch_xla), else None: (their stand-ins, the dispatch before each)."""
+    replayed = run.state.replayed_models
+    if run.options.execution != "replay" or replayed is None or run.backend.traces_functions:
+        return None
+    return replayed.for_module, run.backend.step_boundary
+
+
 def calc_cond_batch(executor, model, conds, x_in, timestep, model_options):
     """Batch every compatible cond together, always: the graph must not follow free memory. Controls'
     strengths are data, T2I-Adapters stay on the device (:func:`..control.during_model_call`)."""
@@ -120,7 +129,8 @@ def calc_cond_batch(executor, model, conds, x_in, timestep, model_options):
     saved = vars(model).get("memory_required")
     model.memory_required = _zero_memory_required
     run = _RUN.get()
-    controls = control.during_model_call(conds) if run is not None and run.controlled else contextlib.nullcontext()
+    controls = (control.during_model_call(conds, _control_replay(run)) if run is not None and run.controlled
+                else contextlib.nullcontext())
     try:
         with controls:
             return executor(model, conds, x_in, timestep, model_options)
