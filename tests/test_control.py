@@ -139,3 +139,24 @@ def test_other_controls_one_transfer_no_recompile_parity(family):
         assert run["control_calls"] == (0 if family == "t2i" else run["model_calls"]), run
         assert run["executions"] == (EXECUTIONS_PER_CALL * run["model_calls"] + EXECUTIONS_PER_RUN
                                      + EXECUTIONS_PER_CONTROL_CALL * run["control_calls"]), run
+
+
+#: The other execution modes, with the cases that exercise what differs there: the control model traced in
+#: the step's graph (lazy) or ahead of the captured model (compiled), strengths and ranges as data.
+OTHER_MODE_CASES = {name: CASES[name] for name in ("one", "range", "heun")}
+
+
+@pytest.fixture(scope="module", params=["lazy", "compiled"])
+def measured_in_mode(request):
+    return request.param, run_child("cases_control:control_runs", cases=OTHER_MODE_CASES,
+                                    env={"COMFY_TPU_EXECUTION": request.param})
+
+
+def test_lazy_and_compiled_execution_keep_the_guarantees(measured_in_mode):
+    mode, measured = measured_in_mode
+    for case, runs in measured["cases"].items():
+        for index, run in enumerate(runs):
+            assert run["transfers"] == 1 and run["fallbacks"] == {}, (mode, case, index, run)
+            assert run["diff"] <= PARITY, (mode, case, index, run)
+            if index:
+                assert run["compiles"] == 0, (mode, case, index, run)

@@ -119,8 +119,8 @@ def replacement_for(function: Callable, shard_batch: Callable[[torch.Tensor], to
     if fingerprint != CHECKED_SOURCE:
         if notices is None or notices.first_time("unipc source", fingerprint):
             log.warning("comfy-tpu: ComfyUI's UniPC (%s, source %s) is not the one comfy-tpu's one-graph UniPC "
-                        "was checked against (ComfyUI 0.3.75, %s): ComfyUI's own runs, which compiles a small "
-                        "graph for each order of its steps", getattr(module, "__file__", function.__module__),
+                        "was checked against (ComfyUI 0.3.75, %s): ComfyUI's own runs, correct but slower on "
+                        "XLA (a small graph for each order of its steps, its solves on the host)", getattr(module, "__file__", function.__module__),
                         fingerprint, CHECKED_SOURCE)
         return None
 
