@@ -3,7 +3,8 @@
 One fresh process: the tiny SD1.5-architecture UNet and a cldm ControlNet of its shape (random
 weights), through ComfyUI's own ``nodes.common_ksampler`` with the ControlNet applied by
 ``ControlNetApplyAdvanced``. Each configuration runs once to warm up, then ``--repeat`` times at other
-strengths (0.8, 0.7, ...); prints the median wall seconds of the warm runs, the last run's counters and
+strengths (0.8, 0.7, ...); prints the median wall seconds of the warm runs, the last run's counters (with
+the host's time per model call between step boundaries, the device's wait excluded) and
 the compiles of all warm runs, and eager CPU's seconds.
 
     PJRT_DEVICE=CPU .venv/bin/python bench/bench_control.py [--steps 8 --px 128 --repeat 5]
@@ -63,6 +64,10 @@ def main() -> None:
                 if index:  # the first run warms up
                     seconds.append(elapsed)
                     counts.append({k: after[k] - before[k] for k in ("compiles", "executions", "transfers_to_host")})
+                    run = runtime.current().run_history[-1] if device == "xla" else None
+                    # host time between step boundaries (the device's wait excluded) per model call
+                    counts[-1]["host_ms_per_call"] = round(1000 * run.host_trace_s / max(run.model_calls, 1), 1) \
+                        if run is not None else None
             figures[f"{device} {'with' if with_control else 'without'} ControlNet"] = {
                 "median_s": round(statistics.median(seconds), 3), "runs_s": [round(s, 3) for s in seconds],
                 "counters": ({**counts[-1], "compiles_in_warm_runs": sum(c["compiles"] for c in counts)}
