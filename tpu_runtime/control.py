@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 
 from .host_values import as_host
+from .stand_in import ModelStandIn
 
 
 def controls_in(conds: Any) -> list[Any]:
@@ -117,7 +118,7 @@ def control_models_replayed(conds: Any, stand_in_for: Callable[[torch.nn.Module,
     try:
         for control in controls_in(conds):
             module = vars(control).get("control_model")
-            if isinstance(module, torch.nn.Module) and not hasattr(module, "before_call"):
+            if isinstance(module, torch.nn.Module) and not isinstance(module, ModelStandIn):
                 stand_in = stand_in_for(module, f"{type(control).__name__} ({type(module).__name__})")
                 stand_in.before_call = before_call
                 saved.append((control, module, stand_in))
