@@ -120,13 +120,14 @@ def replacement_for(function: Callable, shard_batch: Callable[[torch.Tensor], to
         if notices is None or notices.first_time("unipc source", fingerprint):
             log.warning("comfy-tpu: ComfyUI's UniPC (%s, source %s) is not the one comfy-tpu's one-graph UniPC "
                         "was checked against (ComfyUI 0.3.75, %s): ComfyUI's own runs, correct but slower on "
-                        "XLA (a small graph for each order of its steps, its solves on the host)", getattr(module, "__file__", function.__module__),
-                        fingerprint, CHECKED_SOURCE)
+                        "XLA (a small graph for each order of its steps, its solves on the host)",
+                        getattr(module, "__file__", function.__module__), fingerprint, CHECKED_SOURCE)
         return None
 
     def sample_fixed_graph(model, noise, sigmas, extra_args=None, callback=None, disable=None, **options):
         chosen = options.get("variant", variant)
-        if set(options) - {"variant"} or chosen not in VARIANTS.values() or len(sigmas) < 3 or sigmas.device.type != "cpu":
+        reproduced = not set(options) - {"variant"} and chosen in VARIANTS.values()
+        if not reproduced or len(sigmas) < 3 or sigmas.device.type != "cpu":
             return function(model, noise, sigmas, extra_args, callback, disable, **options)
         return sample(model, noise, sigmas, extra_args, callback, disable, variant=chosen, shard_batch=shard_batch)
 

@@ -91,31 +91,33 @@ def _coefficients(timesteps: torch.Tensor, step: int, order: int, variant: str
     return x_factor, float(h_phi_1), float(b_h), rks, rhos_p, rhos_c
 
 
+def _differences_on_slots(b_h: float, rhos: list[float], rks: list[float]) -> list[float]:
+    """``-B(h) sum_i rhos[i] (m_i - m0) / rk_i`` as weights on the three slots, where m0 is the newest
+    prediction (slot 2) and m_i the i-th before it (slot 2 - i)."""
+    weights = [0.0, 0.0, 0.0]
+    for i, rho in enumerate(rhos, start=1):
+        weight = -b_h * rho / rks[i - 1]
+        weights[2 - i] += weight
+        weights[2] -= weight
+    return weights
+
+
 def step_weights(sigmas: torch.Tensor, variant: str = "bh1") -> list[StepWeights]:
     """The weights of the graph after each model call 0..steps-1 (``sigmas`` on the host, ending where
     the sampling ends). Slots hold the last three predictions, oldest first; slot 2 is the newest."""
     steps = len(sigmas) - 1
-    orders = step_orders(steps)
     timesteps = sigmas.detach().to("cpu", torch.float32)
     predictors, corrections = [], [(0.0, 0.0, 0.0, 0.0)]
-    for step, order in enumerate(orders, start=1):
+    for step, order in enumerate(step_orders(steps), start=1):
         x_factor, h_phi_1, b_h, rks, rhos_p, rhos_c = _coefficients(timesteps, step, order, variant)
-        # Predictor: x_t = x_factor x - h_phi_1 m0 - B(h) sum_i rhos_p[i] (m_i - m0) / rk_i, where
-        # m0 is the newest prediction (slot 2) and m_i the i-th before it (slot 2 - i).
-        on_slots = [0.0, 0.0, -h_phi_1]
-        for i, rho in enumerate(rhos_p or [], start=1):
-            weight = -b_h * rho / rks[i - 1]
-            on_slots[2 - i] += weight
-            on_slots[2] -= weight
-        predictors.append((x_factor, *on_slots))
-        if step < steps:  # the corrector, minus the predictor: the new prediction m_t enters
-            correction = [0.0, 0.0, 0.0, -b_h * rhos_c[-1]]
-            correction[2] += b_h * rhos_c[-1]
-            for i, rho in enumerate(rhos_c[:-1], start=1):
-                weight = -b_h * rho / rks[i - 1]
-                correction[2 - i] += weight
-                correction[2] -= weight
-            predicted = [on_slots[0], on_slots[1], on_slots[2] + h_phi_1]
-            corrections.append((correction[0] - predicted[0], correction[1] - predicted[1],
-                                correction[2] - predicted[2], correction[3]))
+        # Predictor: x_t = x_factor x - h_phi_1 m0 - B(h) sum_i rhos_p[i] (m_i - m0) / rk_i.
+        predicted = _differences_on_slots(b_h, rhos_p or [], rks)
+        predictors.append((x_factor, predicted[0], predicted[1], predicted[2] - h_phi_1))
+        if step < steps:
+            # The corrector, minus the predictor (their x and -h_phi_1 m0 terms cancel): its differences,
+            # and the new prediction m_t's, -B(h) rhos_c[-1] (m_t - m0).
+            corrected = _differences_on_slots(b_h, rhos_c[:-1], rks)
+            corrected[2] += b_h * rhos_c[-1]
+            corrections.append((corrected[0] - predicted[0], corrected[1] - predicted[1],
+                                corrected[2] - predicted[2], -b_h * rhos_c[-1]))
     return [StepWeights(correction, predictor) for correction, predictor in zip(corrections, predictors)]
