@@ -1,6 +1,6 @@
 """Install the torch_xla that matches ComfyUI's torch (ComfyUI-Manager runs ``python install.py``).
 
-Reads what is installed, lets ``tpu_runtime.install_logic.plan_install`` decide, prints one line,
+Reads what is installed, lets ``tpu_runtime.install.plan.plan_install`` decide, prints one line,
 and pip-installs torch_xla only when that plan says so; torch itself is never touched. Safe to run
 again (a matching torch_xla means nothing to do). Always exits 0: a non-zero exit makes Manager
 flag the pack as broken, while without torch_xla the pack simply leaves ComfyUI stock.
@@ -22,8 +22,8 @@ _PACK_DIR = os.path.dirname(os.path.abspath(__file__))
 if _PACK_DIR not in sys.path:
     sys.path.insert(0, _PACK_DIR)
 
-from tpu_runtime.install_logic import is_tpu_host, pip_command, plan_install, plan_torchax_install  # noqa: E402
-from tpu_runtime.versions import installed_version  # noqa: E402
+from tpu_runtime.install.plan import is_tpu_host, pip_command, plan_install, plan_torchax_install  # noqa: E402
+from tpu_runtime.install.versions import installed_version  # noqa: E402
 
 _PREFIX = "comfy-tpu install:"
 

@@ -21,7 +21,7 @@ def _prepare() -> None:
         module = importlib.util.module_from_spec(spec)
         sys.modules["tpu_runtime"] = module
         spec.loader.exec_module(module)
-    from tpu_runtime.prestartup import prepare_comfy_args
+    from tpu_runtime.comfyui.prestartup import prepare_comfy_args
 
     prepare_comfy_args()
 

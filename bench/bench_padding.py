@@ -24,7 +24,7 @@ def main() -> int:
 
     import comfy.sample
     from bench import tiny_model
-    from tpu_runtime import padding
+    from tpu_runtime.sampling import padding
 
     patcher = tiny_model.build_patcher("tiny", seed=0, load_device=torch.device("cpu"))
     pos, neg = tiny_model.sd15_conditioning(1), tiny_model.sd15_conditioning(2)

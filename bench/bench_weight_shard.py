@@ -83,7 +83,7 @@ def count_collectives(hlo: str) -> dict:
 
 def naive_plan(model, model_axis):
     """diffusers' example: every weight of 2+ dims split on its largest dimension (biases, norms whole)."""
-    from tpu_runtime.weight_shard import MODEL_AXIS, WeightPlan
+    from tpu_runtime.backends.weight_shard import MODEL_AXIS, WeightPlan
 
     plan = WeightPlan(model_axis)
     for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
@@ -106,7 +106,7 @@ def child(family: str, plan_name: str) -> None:
     import torch
 
     import tpu_runtime.runtime as runtime
-    import tpu_runtime.weight_shard as weight_shard
+    import tpu_runtime.backends.weight_shard as weight_shard
     from bench import tiny_zoo
 
     if plan_name == "naive":

@@ -19,7 +19,7 @@ class _Lines(logging.Handler):
 
 
 def _refusal(action) -> dict:
-    from tpu_runtime.live_settings import SettingRefused
+    from tpu_runtime.settings.live import SettingRefused
 
     try:
         action()
@@ -39,8 +39,8 @@ def snippets(nodes) -> dict:
     import tpu_runtime
     import tpu_runtime.runtime as runtime
     from bench import tiny_model
-    from tpu_runtime import seed_api
-    from tpu_runtime.seed_args import SEED_ARGS
+    from tpu_runtime.comfyui import seed_api
+    from tpu_runtime.comfyui.seed_args import SEED_ARGS
 
     lines = _Lines()
     logging.getLogger("comfy_tpu").addHandler(lines)
@@ -69,7 +69,7 @@ def snippets(nodes) -> dict:
     result["cached_after_run"] = is_cached
     result["key_equals_pack_spelling"] = cache_key == tpu_runtime.create_execution_signature(patcher, 128, 128)
     result["stats_after_run"] = get_tpu_stats()["cached_signatures"]
-    from tpu_runtime.seed_signature import resolve_model_id
+    from tpu_runtime.cache.seed_signature import resolve_model_id
 
     result["model_id_resolves_to"] = [type(resolve_model_id("BaseModel", runtime.current().manager)).__name__]
     comfy.model_management.unload_all_models()  # ComfyUI let the model go: found through its recorded signature

@@ -139,7 +139,7 @@ def test_a_second_process_sees_and_rewarms_the_signatures(manual, warmed):
 
 
 def test_corrupt_warm_set_is_moved_aside(tmp_path, caplog):
-    from tpu_runtime.cache import WARM_SET_FILE, SignatureRegistry
+    from tpu_runtime.cache.registry import WARM_SET_FILE, SignatureRegistry
 
     (tmp_path / WARM_SET_FILE).write_text("{ not json")
     with caplog.at_level(logging.WARNING, logger="comfy_tpu"):
@@ -151,7 +151,7 @@ def test_corrupt_warm_set_is_moved_aside(tmp_path, caplog):
 
 
 def test_foreign_warm_set_is_moved_aside(tmp_path):
-    from tpu_runtime.cache import WARM_SET_FILE, SignatureRegistry
+    from tpu_runtime.cache.registry import WARM_SET_FILE, SignatureRegistry
 
     (tmp_path / WARM_SET_FILE).write_text(json.dumps({"format": "someone-else", "version": 1, "entries": []}))
     assert SignatureRegistry(tmp_path, {}).stats()["recorded_signatures"] == 0
@@ -159,8 +159,8 @@ def test_foreign_warm_set_is_moved_aside(tmp_path):
 
 
 def test_unwritable_cache_dir_works_in_memory(tmp_path, caplog):
-    from tpu_runtime.cache import SignatureRegistry
-    from tpu_runtime.signature import ExecutionSignature
+    from tpu_runtime.cache.registry import SignatureRegistry
+    from tpu_runtime.cache.signature import ExecutionSignature
 
     blocker = tmp_path / "a-file"
     blocker.write_text("x")

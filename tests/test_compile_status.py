@@ -1,8 +1,8 @@
 """What the frontend is told while graphs compile (pure logic; the browser test shows it for real)."""
 from __future__ import annotations
 
-from tpu_runtime import compile_status
-from tpu_runtime.compile_status import CompileStatus
+from tpu_runtime.cache import compile_status
+from tpu_runtime.cache.compile_status import CompileStatus
 
 
 def test_text_goes_to_the_executing_node(mocker):

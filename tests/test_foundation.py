@@ -33,7 +33,7 @@ def test_unet_dtype_follows_autocast(comfy):
 def test_patches_are_idempotent_and_reversible(comfy, backend):
     import comfy.model_management as mm
     import comfy.samplers
-    import tpu_runtime.patches as patches
+    import tpu_runtime.comfyui.patches as patches
     from tpu_runtime import runtime
 
     state = runtime.current()

@@ -14,7 +14,7 @@ PACK = Path(__file__).resolve().parents[1]
 if str(PACK) not in sys.path:
     sys.path.insert(0, str(PACK))
 
-from tpu_runtime.install_logic import (  # noqa: E402
+from tpu_runtime.install.plan import (  # noqa: E402
     TORCH_XLA_PINS, InstallPlan, is_tpu_host, minor_of, pip_command, plan_install)
 
 SUPPORTED = "2.5, 2.6, 2.7, 2.8, 2.9"
@@ -206,7 +206,7 @@ def test_refusals_print_why_exit_zero_and_run_nothing(tmp_path, versions, words)
 
 # -- the torchax backend's extra -------------------------------------------------------------------
 def test_torchax_plan_adds_the_pinned_stack_and_never_torch():
-    from tpu_runtime.install_logic import TORCHAX_PINS, plan_torchax_install
+    from tpu_runtime.install.plan import TORCHAX_PINS, plan_torchax_install
 
     plan = plan_torchax_install("2.9.0", None, None, platform_tpu=False)
     assert plan.action == "install"
@@ -222,7 +222,7 @@ def test_torchax_plan_adds_the_pinned_stack_and_never_torch():
 def test_torchax_extra_matches_the_install_pins():
     import tomllib
 
-    from tpu_runtime.install_logic import torchax_requirements
+    from tpu_runtime.install.plan import torchax_requirements
 
     extra = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     assert extra["project"]["optional-dependencies"]["torchax"] == torchax_requirements(platform_tpu=False)

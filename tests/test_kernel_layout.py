@@ -1,4 +1,4 @@
-"""Conv kernels handed to XLA as HWIO twins (``tpu_runtime.kernel_layout``): results match eager
+"""Conv kernels handed to XLA as HWIO twins (``tpu_runtime.backends.kernel_layout``): results match eager
 CPU, twins are made once per weight and remade when the weight changes (a LoRA-style patch and its
 removal), layers with their own weight function keep it, and ``native`` leaves every layer alone."""
 from __future__ import annotations
@@ -67,7 +67,7 @@ def test_twins_made_once_and_remade_when_the_weight_changes(comfy, backend, mode
     assert max_abs_diff(patched.samples, patched_reference) <= PARITY
     assert max_abs_diff(patched.samples, first.samples) > 100 * PARITY, "the patch changes the result"
     assert max_abs_diff(restored.samples, first.samples) <= PARITY, "a stale twin outlived the patch"
-    from tpu_runtime.kernel_layout import HwioKernel
+    from tpu_runtime.backends.kernel_layout import HwioKernel
 
     for layer in _conv_layers(xla):
         assert not any(isinstance(f, HwioKernel) for f in layer.weight_function), "a twin outlived the call"
@@ -111,6 +111,6 @@ def test_native_layout_makes_no_twins(comfy, backend):
 @pytest.mark.parametrize("setting, device_type, expected", [
     ("auto", "CPU", True), ("auto", "TPU", False), ("hwio", "TPU", True), ("native", "CPU", False)])
 def test_auto_means_hwio_on_the_cpu_device_only(setting, device_type, expected):
-    from tpu_runtime.kernel_layout import resolve
+    from tpu_runtime.backends.kernel_layout import resolve
 
     assert resolve(setting, device_type) is expected

@@ -1,4 +1,4 @@
-"""The noise table (``tpu_runtime.noise.NOISE_KINDS``) against what ComfyUI's samplers really do.
+"""The noise table (``tpu_runtime.sampling.noise.NOISE_KINDS``) against what ComfyUI's samplers really do.
 
 Each sampler of ``KSampler.SAMPLERS`` is run on the CPU with a stand-in denoiser while ComfyUI's
 ``default_noise_sampler`` and ``BrownianTreeNoiseSampler`` are watched: the one it builds when given
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.comfy_env import import_comfy_core
-from tpu_runtime import noise
+from tpu_runtime.sampling import noise
 
 #: Samplers that take no ``noise_sampler`` yet build ComfyUI's default one themselves (with eta 0,
 #: so it never draws): on XLA that default fails (no device generator) and the pack cannot replace it.

@@ -94,7 +94,7 @@ def test_with_the_pack_disabled_comfy_tpu_xla_does_not_import():
 
 # -- no ComfyUI needed ------------------------------------------------------------------------------
 def test_args_class_swap_is_idempotent_reversible_and_leaves_comfyui_attributes():
-    from tpu_runtime import seed_args
+    from tpu_runtime.comfyui import seed_args
 
     args = argparse.Namespace(cpu=True, listen="127.0.0.1")
     assert seed_args.install(args) and seed_args.install(args)
@@ -108,7 +108,7 @@ def test_args_class_swap_is_idempotent_reversible_and_leaves_comfyui_attributes(
 
 
 def test_args_that_already_carry_the_flags_are_left_alone():
-    from tpu_runtime import seed_args
+    from tpu_runtime.comfyui import seed_args
 
     args = argparse.Namespace(tpu_enable=True)
     assert not seed_args.install(args)
@@ -118,8 +118,8 @@ def test_args_that_already_carry_the_flags_are_left_alone():
 @pytest.mark.parametrize("field,value", [("shape_padding_multiple", "100"), ("shape_padding_multiple", "0"),
                                          ("sync_steps", "-1"), ("warmup_steps", "0"), ("shape_padding", "maybe")])
 def test_a_change_is_validated_as_the_environment_variable_is(monkeypatch, field, value):
-    from tpu_runtime.live_settings import SettingRefused, validated
-    from tpu_runtime.settings import TPUSettings, load_settings
+    from tpu_runtime.settings.live import SettingRefused, validated
+    from tpu_runtime.settings.tpu_settings import TPUSettings, load_settings
 
     monkeypatch.setenv(f"COMFY_TPU_{field.upper()}", value)
     [from_env] = load_settings().problems
@@ -130,8 +130,8 @@ def test_a_change_is_validated_as_the_environment_variable_is(monkeypatch, field
 
 
 def test_a_change_is_checked_against_the_settings_in_force_not_the_environment(monkeypatch):
-    from tpu_runtime.live_settings import validated
-    from tpu_runtime.settings import TPUSettings
+    from tpu_runtime.settings.live import validated
+    from tpu_runtime.settings.tpu_settings import TPUSettings
 
     monkeypatch.setenv("COMFY_TPU_SETTINGS_FILE", "/nonexistent/settings.toml")  # broken since start
     monkeypatch.setenv("COMFY_TPU_SYNC_STEPS", "7")
@@ -143,7 +143,7 @@ def test_a_change_is_checked_against_the_settings_in_force_not_the_environment(m
 def test_seed_signature_arguments_are_checked_at_the_boundary():
     from pydantic import ValidationError
 
-    from tpu_runtime.seed_signature import SignatureRequest
+    from tpu_runtime.cache.seed_signature import SignatureRequest
 
     request = SignatureRequest(model_id="SDXL", input_shape=(2, 4, 128, 96), dtype="bf16")
     assert request.pixel_size() == (768, 1024, 2) and request.dtype == "bfloat16"

@@ -1,4 +1,4 @@
-"""The one-graph UniPC (tpu_runtime.unipc) against ComfyUI's own ``uni_pc``/``uni_pc_bh2`` on the CPU.
+"""The one-graph UniPC (tpu_runtime.sampling.unipc) against ComfyUI's own ``uni_pc``/``uni_pc_bh2`` on the CPU.
 
 Both run with the same stand-in denoiser (a smooth function of the latent and sigma) and the same schedules,
 2 to 20 steps, ending at 0 (ComfyUI ends those at 0.001, in place) or not. Only ComfyUI's core is imported;
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests.comfy_env import import_comfy_core
-from tpu_runtime import unipc
+from tpu_runtime.sampling import unipc
 
 #: Measured at most 9.9e-5 on these latents (|x| up to ~1): float32 rounding of two orderings of one sum.
 BOUND = 2e-4

@@ -5,8 +5,8 @@ import json
 
 import torch
 
-from tpu_runtime.cache import MAX_WARM_SET_ENTRIES, WARM_SET_FILE, SignatureRegistry
-from tpu_runtime.signature import ExecutionSignature
+from tpu_runtime.cache.registry import MAX_WARM_SET_ENTRIES, WARM_SET_FILE, SignatureRegistry
+from tpu_runtime.cache.signature import ExecutionSignature
 
 RUNTIME = {"torch": "2.9.0", "torch_xla": "2.9.0", "libtpu": None}
 
@@ -44,10 +44,10 @@ def test_entries_of_files_without_a_runtime_per_entry_get_the_files(tmp_path):
 
 
 def test_rewarm_skips_what_this_process_cannot_reproduce(tmp_path, mocker):
-    from tpu_runtime.device import PathDecision
-    from tpu_runtime.manager import TPUManager
-    from tpu_runtime.run_options import RunOptions
-    from tpu_runtime.settings import load_settings
+    from tpu_runtime.backends.device import PathDecision
+    from tpu_runtime.cache.manager import TPUManager
+    from tpu_runtime.settings.run_options import RunOptions
+    from tpu_runtime.settings.tpu_settings import load_settings
     from tpu_runtime.state import PackState
 
     registry = SignatureRegistry(tmp_path, RUNTIME)

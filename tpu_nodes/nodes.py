@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Optional
 from comfy_api.latest import io, ui
 
 from tpu_runtime.api import TPUPathOff, stats_of
-from tpu_runtime.run_options import OPTIONS_KEY
-from tpu_runtime.warmup import ALL_SAMPLERS, WarmupArgumentError
+from tpu_runtime.settings.run_options import OPTIONS_KEY
+from tpu_runtime.cache.warmup import ALL_SAMPLERS, WarmupArgumentError
 
 if TYPE_CHECKING:
     from tpu_runtime.state import PackState
@@ -152,8 +152,8 @@ class TPUDeviceInfo(TPUNode):
 
     @classmethod
     def execute(cls) -> io.NodeOutput:
-        from tpu_runtime.device import detect
-        from tpu_runtime.versions import torch_xla_version
+        from tpu_runtime.backends.device import detect
+        from tpu_runtime.install.versions import torch_xla_version
 
         stats = cls.stats()
         report = stats["device"]

@@ -14,7 +14,7 @@ import uuid
 from aiohttp import web
 
 from tpu_runtime.api import TPUPathOff, stats_of
-from tpu_runtime.prompt_warmup import WarmupBlockError, parse_block
+from tpu_runtime.cache.prompt_warmup import WarmupBlockError, parse_block
 from tpu_runtime.state import PackState
 
 log = logging.getLogger("comfy_tpu")

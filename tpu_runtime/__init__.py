@@ -9,8 +9,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import create_execution_signature, get_tpu_stats, tpu_manager  # noqa: E402
-from .settings import TPUSettings, load_settings  # noqa: E402
+from tpu_runtime.api import create_execution_signature, get_tpu_stats, tpu_manager  # noqa: E402
+from tpu_runtime.settings.tpu_settings import TPUSettings, load_settings  # noqa: E402
 
 __all__ = ["TPUSettings", "load_settings", "get_tpu_stats", "tpu_manager", "create_execution_signature",
            "__version__"]

@@ -1,7 +1,7 @@
-"""``python -m tpu_runtime``: the ``comfy-tpu`` command (see :mod:`tpu_runtime.launcher`)."""
+"""``python -m tpu_runtime``: the ``comfy-tpu`` command (see :mod:`tpu_runtime.install.launcher`)."""
 import sys
 
-from .launcher import main
+from tpu_runtime.install.launcher import main
 
 if __name__ == "__main__":
     sys.exit(main())

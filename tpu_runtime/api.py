@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Optional
 
-from .live_settings import SettingRefused  # noqa: F401  (what a refused ``args.tpu_*`` change raises)
-from .state import current
+from tpu_runtime.settings.live import SettingRefused  # noqa: F401  (what a refused ``args.tpu_*`` change raises)
+from tpu_runtime.state import current
 
 if TYPE_CHECKING:
-    from .state import PackState
+    from tpu_runtime.state import PackState
 
 
 class TPUPathOff(RuntimeError):
@@ -80,7 +80,7 @@ def create_execution_signature(model: Any = None, width: Optional[int] = None, h
     ``scheduler`` (as in the seed's example) is taken as the sampler. Only the graph fields decide
     whether it is cached (``signature.GRAPH_FIELDS``); cfg (beyond cfg == 1), scheduler and steps are
     shown, not matched. Bad or contradictory arguments raise ValueError (pydantic's)."""
-    from .seed_signature import SignatureRequest, build
+    from tpu_runtime.cache.seed_signature import SignatureRequest, build
 
     request = SignatureRequest(model=model, model_id=model_id, width=width, height=height, input_shape=input_shape,
                                batch_size=batch_size, cfg_scale=cfg_scale, scheduler=scheduler, sampler=sampler,

@@ -6,11 +6,11 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
-from . import backend as backend_mod
-from .device import DeviceReport, decide_path, describe, detect
-from .run_options import RunOptions
-from .settings import TPUSettings, env_var, load_settings
-from .state import PackState, current, set_current
+from tpu_runtime.backends import xla as backend_mod
+from tpu_runtime.backends.device import DeviceReport, decide_path, describe, detect
+from tpu_runtime.settings.run_options import RunOptions
+from tpu_runtime.settings.tpu_settings import TPUSettings, env_var, load_settings
+from tpu_runtime.state import PackState, current, set_current
 
 log = logging.getLogger("comfy_tpu")
 
@@ -29,7 +29,7 @@ def default_cache_dir() -> Path:
 def xla_cache_subdir(cache_dir: Path, backend: str = "torch_xla") -> Path:
     """XLA executables only load into the runtime that built them: one folder per version triple
     (torchax: JAX's cache under ``jax/``, per jax, jaxlib, torchax and libtpu version)."""
-    from .versions import installed_version, libtpu_version, torch_xla_version
+    from tpu_runtime.install.versions import installed_version, libtpu_version, torch_xla_version
     import torch
 
     if backend == "torchax":
@@ -117,15 +117,16 @@ def _assemble(state: PackState, backend: Any, cache_dir: Path) -> None:
     """Build what a pack with the path on holds, and install the patches."""
     import torch
 
-    from . import manager as manager_mod, patches, seed_api
-    from .cache import SignatureRegistry, warm_set_file
-    from .compiled import CompiledModels
-    from .kernel_layout import KernelTwins
-    from .replay import ReplayedModels
-    from .sampling import WRAPPER_KEY
-    from .schedule import HostSchedules
-    from .versions import libtpu_version, torch_xla_version
-    from .weight_shard import Placement
+    from tpu_runtime.cache import manager as manager_mod
+    from tpu_runtime.comfyui import patches, seed_api
+    from tpu_runtime.cache.registry import SignatureRegistry, warm_set_file
+    from tpu_runtime.execution.compiled import CompiledModels
+    from tpu_runtime.backends.kernel_layout import KernelTwins
+    from tpu_runtime.execution.replay import ReplayedModels
+    from tpu_runtime.sampling import WRAPPER_KEY
+    from tpu_runtime.sampling.schedule import HostSchedules
+    from tpu_runtime.install.versions import libtpu_version, torch_xla_version
+    from tpu_runtime.backends.weight_shard import Placement
 
     settings = state.settings
     state.backend = backend
@@ -154,7 +155,7 @@ def _assemble(state: PackState, backend: Any, cache_dir: Path) -> None:
 def stop() -> None:
     """Undo the patches (tests; a user switching the pack off without a restart). The backend stays,
     for a later :func:`start` to reuse."""
-    from . import seed_api
+    from tpu_runtime.comfyui import seed_api
 
     seed_api.unregister()
     state = current()

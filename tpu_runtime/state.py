@@ -11,22 +11,22 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
-from .device import DeviceReport, PathDecision
-from .prompt_warmup import PendingWarmups
-from .run_options import RunOptions
-from .settings import LoadedSettings, TPUSettings
+from tpu_runtime.backends.device import DeviceReport, PathDecision
+from tpu_runtime.cache.prompt_warmup import PendingWarmups
+from tpu_runtime.settings.run_options import RunOptions
+from tpu_runtime.settings.tpu_settings import LoadedSettings, TPUSettings
 
 if TYPE_CHECKING:
-    from .backend import Backend
-    from .compiled import CompiledModels
-    from .replay import ReplayedModels
-    from .kernel_layout import KernelTwins
-    from .weight_shard import Placement
-    from .manager import TPUManager
-    from .metrics import RunFigures
-    from .patches import Patches
-    from .sampling import RunObserver
-    from .schedule import HostSchedules
+    from tpu_runtime.backends.xla import Backend
+    from tpu_runtime.execution.compiled import CompiledModels
+    from tpu_runtime.execution.replay import ReplayedModels
+    from tpu_runtime.backends.kernel_layout import KernelTwins
+    from tpu_runtime.backends.weight_shard import Placement
+    from tpu_runtime.cache.manager import TPUManager
+    from tpu_runtime.backends.metrics import RunFigures
+    from tpu_runtime.comfyui.patches import Patches
+    from tpu_runtime.sampling import RunObserver
+    from tpu_runtime.sampling.schedule import HostSchedules
 
 log = logging.getLogger("comfy_tpu")
 

@@ -1,4 +1,4 @@
-"""A CPU stand-in for :class:`tpu_runtime.backend.Backend`: every method, simple behaviour, counters.
+"""A CPU stand-in for :class:`tpu_runtime.backends.xla.Backend`: every method, simple behaviour, counters.
 
 ``events`` records the calls that order matters for (``step_boundary``, ``wait_device``,
 ``materialize``), so a test can read the sequence; ``shards`` sets ``shard_count``, ``model_ways`` the
@@ -11,7 +11,7 @@ from typing import Any, ContextManager, Optional
 
 import torch
 
-from tpu_runtime.backend import Backend, CapturedModule, ReplayUnsupported
+from tpu_runtime.backends.xla import Backend, CapturedModule, ReplayUnsupported
 
 
 class FakeBackend:

@@ -6,8 +6,8 @@ import logging
 import pytest
 import torch
 
-from tpu_runtime import batch_shard
-from tpu_runtime.host_values import as_host
+from tpu_runtime.backends import batch_shard
+from tpu_runtime.execution.host_values import as_host
 from tpu_runtime.state import Notices
 from tests.unit.fake_backend import FakeBackend
 

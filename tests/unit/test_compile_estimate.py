@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tpu_runtime.cache import SignatureRegistry
-from tpu_runtime.signature import ExecutionSignature
+from tpu_runtime.cache.registry import SignatureRegistry
+from tpu_runtime.cache.signature import ExecutionSignature
 
 VERSIONS = {"torch": "2.9.0", "torch_xla": "2.9.0"}
 
@@ -66,7 +66,7 @@ def test_no_record_no_estimate(registry):
 
 def test_each_backend_keeps_its_own_warm_set(tmp_path):
     """Signatures hold no backend: one file would add torchax's compile seconds to torch_xla's entries."""
-    from tpu_runtime.cache import warm_set_file
+    from tpu_runtime.cache.registry import warm_set_file
 
     xla = SignatureRegistry(tmp_path, VERSIONS, file_name=warm_set_file("torch_xla"))
     jax = SignatureRegistry(tmp_path, {**VERSIONS, "backend": "torchax"}, file_name=warm_set_file("torchax"))

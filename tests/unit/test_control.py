@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tpu_runtime import control
-from tpu_runtime.host_values import DeviceTwin, HostTensor, device_twin
-from tpu_runtime.warmup import WarmupArgumentError, control_states, with_control
+from tpu_runtime.sampling import control
+from tpu_runtime.execution.host_values import DeviceTwin, HostTensor, device_twin
+from tpu_runtime.cache.warmup import WarmupArgumentError, control_states, with_control
 
 META = torch.device("meta")
 
@@ -167,7 +167,7 @@ def test_an_adapter_model_stays_on_the_device_during_a_call_only():
 
 
 def test_the_model_call_gets_plain_tensors_for_twins():
-    from tpu_runtime.host_values import without_twins
+    from tpu_runtime.execution.host_values import without_twins
 
     timestep = device_twin(torch.tensor([2.0, 2.0]), META)
     shared = torch.ones(2, device=META)
@@ -180,7 +180,7 @@ def test_the_model_call_gets_plain_tensors_for_twins():
 def test_without_a_twin_the_model_call_keeps_its_containers():
     """Every model call goes through without_twins: with none to strip, nothing is rebuilt (ComfyUI's
     transformer_options dict stays the object the model's code may write into)."""
-    from tpu_runtime.host_values import without_twins
+    from tpu_runtime.execution.host_values import without_twins
 
     options = {"patches": {}, "sigmas": torch.ones(1, device=META)}
     call = ((torch.zeros(1, device=META),), {"transformer_options": options})

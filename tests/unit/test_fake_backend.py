@@ -1,7 +1,7 @@
 """The fake backend implements every method the Backend protocol declares."""
 from __future__ import annotations
 
-from tpu_runtime.backend import Backend
+from tpu_runtime.backends.xla import Backend
 from tests.unit.fake_backend import FakeBackend
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tpu_runtime.host_values import DeviceTwin, HostTensor, as_host, host_copy, plain, upload, written_tensors
+from tpu_runtime.execution.host_values import DeviceTwin, HostTensor, as_host, host_copy, plain, upload, written_tensors
 
 META = torch.device("meta")
 

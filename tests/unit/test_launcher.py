@@ -15,9 +15,9 @@ PACK = Path(__file__).resolve().parents[2]
 if str(PACK) not in sys.path:
     sys.path.insert(0, str(PACK))
 
-from tpu_runtime import launcher  # noqa: E402
-from tpu_runtime.launcher import ComfyUINotFound, LaunchError, find_comfyui, flags_to_env  # noqa: E402
-from tpu_runtime.settings import TPUSettings, load_settings  # noqa: E402
+from tpu_runtime.install import launcher  # noqa: E402
+from tpu_runtime.install.launcher import ComfyUINotFound, LaunchError, find_comfyui, flags_to_env  # noqa: E402
+from tpu_runtime.settings.tpu_settings import TPUSettings, load_settings  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

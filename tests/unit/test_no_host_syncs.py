@@ -18,12 +18,13 @@ import pytest
 RUNTIME = Path(__file__).resolve().parents[2] / "tpu_runtime"
 #: The modules whose code runs at every sampling step (or every op on a step's tensors).
 PER_STEP_MODULES = ("sampling/run", "sampling/outer", "sampling/steps", "sampling/model_call", "sampling/attach",
-                    "pacing", "noise", "compiled", "batch_shard", "schedule", "host_values", "unipc")
+                    "execution/pacing", "sampling/noise", "execution/compiled", "backends/batch_shard",
+                    "sampling/schedule", "execution/host_values", "sampling/unipc")
 #: (module, call as ``ast.unparse`` writes it) -> why it reads no device value.
 ALLOWED: dict[tuple[str, str], str] = {
     ("sampling/run", "float(cfg)"): "the guider's cfg scale: a Python number from the node's input",
-    ("host_values", "bool(written)"): "a list of the tensors an op writes: its length, not their values",
-    ("host_values", "bool(written - {'self'})"): "a set of argument names from the op's schemas",
+    ("execution/host_values", "bool(written)"): "a list of the tensors an op writes: its length, not their values",
+    ("execution/host_values", "bool(written - {'self'})"): "a set of argument names from the op's schemas",
 }
 READ_METHODS = {"item", "cpu", "tolist", "numpy"}
 CONVERSIONS = {"float", "int", "bool"}

@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from tpu_runtime import noise
+from tpu_runtime.sampling import noise
 
 
 def _function(name: str, module: str, takes_noise_sampler: bool):

@@ -1,7 +1,7 @@
 """``StepPacer``: one graph cut per model evaluation, progress replayed only after the device ran it."""
 from __future__ import annotations
 
-from tpu_runtime.pacing import StepPacer
+from tpu_runtime.execution.pacing import StepPacer
 from tests.unit.fake_backend import FakeBackend
 
 

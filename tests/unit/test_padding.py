@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tpu_runtime import padding
+from tpu_runtime.sampling import padding
 
 
 @pytest.mark.parametrize("size,multiple,expected", [(1, 8, 8), (8, 8, 8), (9, 8, 16), (64, 64, 64), (65, 64, 128)])

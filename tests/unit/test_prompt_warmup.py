@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from tpu_runtime.prompt_warmup import PendingWarmups, TPUWarmupRequest, WarmupBlockError, find_block, parse_block
+from tpu_runtime.cache.prompt_warmup import PendingWarmups, TPUWarmupRequest, WarmupBlockError, find_block, parse_block
 
 VALID = {"enabled": True, "target_resolution": [1024, 768], "batch_size": 2}
 

@@ -1,11 +1,11 @@
-"""A replayed model's result rebuilt from its program's outputs (tpu_runtime.replay): a tensor the model
+"""A replayed model's result rebuilt from its program's outputs (tpu_runtime.execution.replay): a tensor the model
 returns in several places (a Flux ControlNet repeats its block outputs) is one output of the program."""
 from __future__ import annotations
 
 import torch
 from torch.utils._pytree import tree_flatten
 
-from tpu_runtime.replay import _distinct, _Program
+from tpu_runtime.execution.replay import _distinct, _Program
 
 
 def test_a_tensor_returned_in_several_places_is_one_program_output():

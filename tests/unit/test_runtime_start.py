@@ -11,11 +11,14 @@ from types import SimpleNamespace
 import pytest
 
 from tests.unit.fake_backend import FakeBackend
-from tpu_runtime import backend as backend_mod, live_settings, patches, runtime, state as state_mod
-from tpu_runtime.device import SpmdPlan
-from tpu_runtime.run_options import OPTIONS_KEY, RunOptions
+from tpu_runtime.backends import xla as backend_mod
+from tpu_runtime.settings import live as live_settings
+from tpu_runtime.comfyui import patches
+from tpu_runtime import runtime, state as state_mod
+from tpu_runtime.backends.device import SpmdPlan
+from tpu_runtime.settings.run_options import OPTIONS_KEY, RunOptions
 from tpu_runtime.sampling import padded_shape
-from tpu_runtime.settings import env_var, fields_where
+from tpu_runtime.settings.tpu_settings import env_var, fields_where
 
 
 class StartedFakeBackend(FakeBackend):
@@ -141,7 +144,7 @@ def test_create_backend_passes_the_setting(monkeypatch, mocker, tmp_path):
 
 
 def _detected(backend: str):
-    from tpu_runtime.device import DeviceReport
+    from tpu_runtime.backends.device import DeviceReport
 
     return DeviceReport(torch_version="2.9.0", torch_xla_version=None, libtpu_version=None,
                         torch_xla_importable=False, backend=backend)

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from tpu_runtime.device import PathDecision, DeviceReport, decide_path
-from tpu_runtime.settings import TPUSettings, env_var, load_settings
+from tpu_runtime.backends.device import PathDecision, DeviceReport, decide_path
+from tpu_runtime.settings.tpu_settings import TPUSettings, env_var, load_settings
 
 BOOL_FIELDS = ["enable", "disable", "warmup", "rewarm", "manual_warmup", "autocast_bf16", "compilation_cache",
                "shape_padding", "debug_metrics"]
@@ -139,7 +139,7 @@ def test_path_decisions(monkeypatch):
 
 # -- SPMD: the mode and mesh meet the device count (pure; the sampling itself is in test_spmd.py) --
 def test_spmd_auto_turns_on_with_several_devices_over_one_data_axis():
-    from tpu_runtime.device import plan_spmd
+    from tpu_runtime.backends.device import plan_spmd
 
     plan = plan_spmd("auto", None, 8)
     assert plan.on and plan.mesh == "data=8" and plan.axes == {"data": 8} and not plan.problems
@@ -148,7 +148,7 @@ def test_spmd_auto_turns_on_with_several_devices_over_one_data_axis():
 
 
 def test_spmd_on_with_one_device_says_so_and_runs_on_one():
-    from tpu_runtime.device import plan_spmd
+    from tpu_runtime.backends.device import plan_spmd
 
     plan = plan_spmd("on", None, 1)
     assert not plan.on and "COMFY_TPU_SPMD=on" in plan.problems[0]
@@ -156,7 +156,7 @@ def test_spmd_on_with_one_device_says_so_and_runs_on_one():
 
 @pytest.mark.parametrize("mesh", ["data=3", "data=4,model=4"])
 def test_mesh_that_does_not_fit_the_devices_is_named(mesh):
-    from tpu_runtime.device import plan_spmd
+    from tpu_runtime.backends.device import plan_spmd
 
     plan = plan_spmd("auto", mesh, 8)
     assert not plan.on and plan.mesh == "single"
@@ -164,14 +164,14 @@ def test_mesh_that_does_not_fit_the_devices_is_named(mesh):
 
 
 def test_a_fitting_two_axis_mesh_is_kept():
-    from tpu_runtime.device import plan_spmd
+    from tpu_runtime.backends.device import plan_spmd
 
     plan = plan_spmd("on", "data=4,model=2", 8)
     assert plan.on and plan.axes == {"data": 4, "model": 2} and plan.mesh == "data=4,model=2"
 
 
 def test_spmd_cannot_start_once_tensors_exist():
-    from tpu_runtime.device import plan_spmd
+    from tpu_runtime.backends.device import plan_spmd
 
     plan = plan_spmd("auto", None, 4, locked=True)
     assert not plan.on and "before any XLA tensor" in plan.problems[0]

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 
-from tpu_runtime import live_settings, seed_args
-from tpu_runtime.run_options import RunOptions
-from tpu_runtime.settings import ACCEPTED_BOOL, TPUSettings, accepted, fields_where, setting_meta, value_type
+from tpu_runtime.settings import live as live_settings
+from tpu_runtime.comfyui import seed_args
+from tpu_runtime.settings.run_options import RunOptions
+from tpu_runtime.settings.tpu_settings import ACCEPTED_BOOL, TPUSettings, accepted, fields_where, setting_meta, value_type
 
 RUN_FIELDS = {"autocast_bf16": (bool, True), "sync_steps": (int, 0), "debug_metrics": (bool, False),
               "shape_padding": (bool, True), "shape_padding_multiple": (int, 64), "compilation_cache": (bool, True),
@@ -17,7 +18,7 @@ def test_run_options_are_the_run_scoped_settings_with_their_types_and_defaults()
     for name, (kind, default) in RUN_FIELDS.items():
         assert (RunOptions.model_fields[name].annotation, RunOptions.model_fields[name].default) == (kind, default)
     assert RunOptions().execution == "replay" and RunOptions().conv_kernel_layout == "auto"
-    assert RunOptions.__name__ == "RunOptions" and RunOptions.__module__ == "tpu_runtime.run_options"
+    assert RunOptions.__name__ == "RunOptions" and RunOptions.__module__ == "tpu_runtime.settings.run_options"
 
 
 def test_run_options_from_settings_and_per_model_overrides():

@@ -1,6 +1,6 @@
 """The README's settings table says what TPUSettings and the launcher do: variables, defaults, flags.
 
-The table is generated (``python -m tpu_runtime.settings_table --write``); these checks read it back
+The table is generated (``python -m tpu_runtime.settings.table --write``); these checks read it back
 and compare it with the fields and with the launcher's real parser, not with the generator alone."""
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tpu_runtime import launcher
-from tpu_runtime.settings import TPUSettings, env_var
-from tpu_runtime.settings_table import BEGIN, END, HEADER, README, settings_table_markdown
+from tpu_runtime.install import launcher
+from tpu_runtime.settings.tpu_settings import TPUSettings, env_var
+from tpu_runtime.settings.table import BEGIN, END, HEADER, README, settings_table_markdown
 
-FIX = "run `python -m tpu_runtime.settings_table --write` (the table is made from tpu_runtime/settings.py)"
+FIX = "run `python -m tpu_runtime.settings.table --write` (the table is made from tpu_runtime/settings/tpu_settings.py)"
 
 
 def table_rows(readme: str) -> list[list[str]]:

@@ -5,8 +5,8 @@ from types import SimpleNamespace
 
 import torch
 
-from tpu_runtime import signature as sig
-from tpu_runtime.signature import ExecutionSignature, build_signature, nearest
+from tpu_runtime.cache import signature as sig
+from tpu_runtime.cache.signature import ExecutionSignature, build_signature, nearest
 
 BASE = dict(model_fingerprint="f" * 16, latent_shape=(4, 64, 64), batch_size=1, context_tokens=(77,),
             uncond_pass=True, compute_dtype="bfloat16", sampler="sample_euler")

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tpu_runtime import backend_torchax
-from tpu_runtime.backend import Backend
-from tpu_runtime.backend_torchax import (BACKEND_COMPILE_EVENT, CACHE_HIT_EVENT, TRACE_EVENT, JaxCompileFigures,
+from tpu_runtime.backends import torchax as backend_torchax
+from tpu_runtime.backends.xla import Backend
+from tpu_runtime.backends.torchax import (BACKEND_COMPILE_EVENT, CACHE_HIT_EVENT, TRACE_EVENT, JaxCompileFigures,
                                          TorchaxBackend, WeightTwins, host_array, host_tensor)
 
 
@@ -82,7 +82,7 @@ def test_the_pack_device_is_a_cpu_device_comfyui_tells_from_its_own():
 def test_torchax_missing_is_named_with_how_to_install(monkeypatch):
     import importlib.util
 
-    from tpu_runtime import device
+    from tpu_runtime.backends import device
 
     real = importlib.util.find_spec
     monkeypatch.setattr(device.importlib.util, "find_spec", lambda name, *a: None if name == "torchax" else real(name))
@@ -100,4 +100,4 @@ def test_only_the_torchax_backend_imports_torchax_and_jax():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
             if any(name.split(".")[0] in ("torchax", "jax", "jaxlib") for name in names):
                 importers.add(path.relative_to(pack).as_posix())
-    assert importers == {"tpu_runtime/backend_torchax.py"}, importers
+    assert importers == {"tpu_runtime/backends/torchax.py"}, importers

@@ -1,4 +1,4 @@
-"""UniPC in its one-graph form (tpu_runtime.unipc): ComfyUI's order schedule, the same ops between every two
+"""UniPC in its one-graph form (tpu_runtime.sampling.unipc): ComfyUI's order schedule, the same ops between every two
 model calls, and exact answers where the ODE's solution is known. Parity with ComfyUI's own UniPC on real
 models is checked in fresh processes (tests/test_sampling_path.py, tests/test_replay.py)."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from tpu_runtime import unipc, unipc_weights
+from tpu_runtime.sampling import unipc, unipc_weights
 from tpu_runtime.state import Notices
 
 

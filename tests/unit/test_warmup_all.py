@@ -2,11 +2,11 @@
 and says so in one result (the warm-up of each is the same as warming it alone)."""
 from __future__ import annotations
 
-from tpu_runtime import warmup
-from tpu_runtime.device import PathDecision
-from tpu_runtime.manager import TPUManager, WarmupResult
-from tpu_runtime.settings import load_settings
-from tpu_runtime.signature import ExecutionSignature
+from tpu_runtime.cache import warmup
+from tpu_runtime.backends.device import PathDecision
+from tpu_runtime.cache.manager import TPUManager, WarmupResult
+from tpu_runtime.settings.tpu_settings import load_settings
+from tpu_runtime.cache.signature import ExecutionSignature
 from tpu_runtime.state import PackState
 from tests.unit.fake_backend import FakeBackend
 

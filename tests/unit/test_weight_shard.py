@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from tests.unit.fake_backend import FakeBackend
-from tpu_runtime.weight_shard import (MIN_SPLIT_ELEMENTS, Placement, auto_model_axis, choose_model_axis, plan_weights,
+from tpu_runtime.backends.weight_shard import (MIN_SPLIT_ELEMENTS, Placement, auto_model_axis, choose_model_axis, plan_weights,
                                       twin_spec)
 
 
@@ -147,7 +147,7 @@ def test_a_re_planned_mesh_turns_placement_on():
 
 
 def test_hbm_of_a_tpu_type():
-    from tpu_runtime.chip_memory import GIB, hbm_of_tpu_type
+    from tpu_runtime.backends.chip_memory import GIB, hbm_of_tpu_type
 
     assert hbm_of_tpu_type("TPU v5 lite") == 16 * GIB and hbm_of_tpu_type("TPU v6 lite") == 32 * GIB
     assert hbm_of_tpu_type("TPU v5p") == 95 * GIB and hbm_of_tpu_type("TPU v4") == 32 * GIB

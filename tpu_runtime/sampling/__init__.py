@@ -15,8 +15,8 @@ call whose model loads on the XLA device (:mod:`.attach`):
 """
 from __future__ import annotations
 
-from .attach import WRAPPER_KEY, attach
-from .run import EXPECTED_TRANSFERS, RunObserver, SamplingRun, current_run, padded_shape
+from tpu_runtime.sampling.attach import WRAPPER_KEY, attach
+from tpu_runtime.sampling.run import EXPECTED_TRANSFERS, RunObserver, SamplingRun, current_run, padded_shape
 
 __all__ = ["WRAPPER_KEY", "attach", "EXPECTED_TRANSFERS", "RunObserver", "SamplingRun", "current_run",
            "padded_shape"]

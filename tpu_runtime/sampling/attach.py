@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from ..run_options import for_model
-from . import model_call, outer, steps
+from tpu_runtime.settings.run_options import for_model
+from tpu_runtime.sampling import model_call, outer, steps
 
 if TYPE_CHECKING:
-    from ..state import PackState
+    from tpu_runtime.state import PackState
 
 log = logging.getLogger("comfy_tpu")
 

@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .. import batch_shard, kernel_layout
-from ..host_values import without_twins
-from ..stand_in import ModelStandIn
-from ..run_options import RunOptions
-from .run import _RUN
+from tpu_runtime.backends import batch_shard, kernel_layout
+from tpu_runtime.execution.host_values import without_twins
+from tpu_runtime.execution.stand_in import ModelStandIn
+from tpu_runtime.settings.run_options import RunOptions
+from tpu_runtime.sampling.run import _RUN
 
 if TYPE_CHECKING:
-    from ..state import PackState
+    from tpu_runtime.state import PackState
 
 
 def sdpa_attention(func, *args, **kwargs):

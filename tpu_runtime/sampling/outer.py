@@ -6,13 +6,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .. import control, metrics, padding
-from ..host_values import as_host, host_copy
-from ..run_options import RunOptions
-from .run import _RUN, EXPECTED_TRANSFERS, SamplingRun, padded_shape, run_signature, sampler_function_name
+from tpu_runtime.sampling import control, padding
+from tpu_runtime.backends import metrics
+from tpu_runtime.execution.host_values import as_host, host_copy
+from tpu_runtime.settings.run_options import RunOptions
+from tpu_runtime.sampling.run import _RUN, EXPECTED_TRANSFERS, SamplingRun, padded_shape, run_signature, sampler_function_name
 
 if TYPE_CHECKING:
-    from ..state import PackState
+    from tpu_runtime.state import PackState
 
 log = logging.getLogger("comfy_tpu")
 

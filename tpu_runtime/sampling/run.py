@@ -8,15 +8,15 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
-from .. import metrics
-from ..control import control_layout
-from ..host_values import HostTensor
-from ..pacing import StepPacer
-from ..run_options import RunOptions
-from ..signature import ExecutionSignature, build_signature
+from tpu_runtime.backends import metrics
+from tpu_runtime.sampling.control import control_layout
+from tpu_runtime.execution.host_values import HostTensor
+from tpu_runtime.execution.pacing import StepPacer
+from tpu_runtime.settings.run_options import RunOptions
+from tpu_runtime.cache.signature import ExecutionSignature, build_signature
 
 if TYPE_CHECKING:
-    from ..state import PackState
+    from tpu_runtime.state import PackState
 
 #: Device-to-host transfers a run may make: the result.
 EXPECTED_TRANSFERS = 1
@@ -60,7 +60,7 @@ def current_run() -> Optional[SamplingRun]:
 
 def padded_shape(shape: tuple[int, ...], options: RunOptions) -> tuple[int, ...]:
     """The bucket a latent of ``shape`` is padded to (itself with padding off, or for 1-3-D latents)."""
-    from .. import padding
+    from tpu_runtime.sampling import padding
 
     if not options.shape_padding or len(shape) < 4:
         return shape

@@ -7,11 +7,11 @@ from typing import Optional
 
 import torch
 
-from .. import control, unipc
-from ..host_values import HostTensor, as_host, device_twin, host_copy, plain, upload
-from ..noise import host_brownian_noise_sampler, host_default_noise_sampler, noise_kind
-from ..pacing import StepPacer
-from .run import _RUN
+from tpu_runtime.sampling import control, unipc
+from tpu_runtime.execution.host_values import HostTensor, as_host, device_twin, host_copy, plain, upload
+from tpu_runtime.sampling.noise import host_brownian_noise_sampler, host_default_noise_sampler, noise_kind
+from tpu_runtime.execution.pacing import StepPacer
+from tpu_runtime.sampling.run import _RUN
 
 
 class _HostModelWrap:

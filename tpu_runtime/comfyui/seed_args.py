@@ -3,7 +3,7 @@
 The seed document's scripts read and set ``args.tpu_shape_padding_multiple`` and friends. ComfyUI
 rejects unknown command-line flags, so the pack reads ``COMFY_TPU_*`` variables instead; these
 attributes show the setting in force and change it for the runs to come (see
-:mod:`tpu_runtime.live_settings`, which validates, applies and logs).
+:mod:`tpu_runtime.settings.live`, which validates, applies and logs).
 
 Why the one ``args`` object gets a subclass (``args.__class__ = TPUArgs``):
 
@@ -24,8 +24,8 @@ import argparse
 import logging
 from typing import Any
 
-from . import live_settings
-from .settings import env_var
+from tpu_runtime.settings import live as live_settings
+from tpu_runtime.settings.tpu_settings import env_var
 
 log = logging.getLogger("comfy_tpu")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
-    from .state import PackState
+    from tpu_runtime.state import PackState
 
 GIB = 2**30
 #: HBM per chip by the runtime's device kind (Google Cloud's published figures).

@@ -79,7 +79,7 @@ def control_states(positive: Optional[list], negative: Optional[list]) -> list[t
     """The conditionings a warm-up samples: as given; when a control's start/end range switches it off for
     some steps, instead once with copies of the controls on for every step (each kind of step with them
     on) and once with copies off for every step (start = end = 100%: each kind of step with them off)."""
-    from .control import controls_in
+    from tpu_runtime.sampling.control import controls_in
 
     groups = [[options for _, options in conditioning] for conditioning in (positive or [], negative or [])]
     ranged = any(tuple(getattr(c, "timestep_percent_range", (0.0, 1.0))) != (0.0, 1.0) for c in controls_in(groups))

@@ -19,16 +19,17 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from pydantic import BaseModel
 
-from . import kernel_layout, warmup as warmup_mod
-from .cache import SignatureRegistry
-from .compile_status import CompileStatus
-from .run_options import RunOptions, for_model
-from .sampling import RunObserver, SamplingRun, padded_shape
-from .control import control_layout
-from .signature import ExecutionSignature, build_signature
+from tpu_runtime.backends import kernel_layout
+from tpu_runtime.cache import warmup as warmup_mod
+from tpu_runtime.cache.registry import SignatureRegistry
+from tpu_runtime.cache.compile_status import CompileStatus
+from tpu_runtime.settings.run_options import RunOptions, for_model
+from tpu_runtime.sampling import RunObserver, SamplingRun, padded_shape
+from tpu_runtime.sampling.control import control_layout
+from tpu_runtime.cache.signature import ExecutionSignature, build_signature
 
 if TYPE_CHECKING:
-    from .state import PackState
+    from tpu_runtime.state import PackState
 
 log = logging.getLogger("comfy_tpu")
 
@@ -186,7 +187,7 @@ class TPUManager(RunObserver):
 
     @staticmethod
     def _fingerprint(patcher: Any) -> str:
-        from .signature import cached_fingerprint
+        from tpu_runtime.cache.signature import cached_fingerprint
 
         return cached_fingerprint(patcher)
 
@@ -296,7 +297,7 @@ class TPUManager(RunObserver):
     def spmd_stats(self) -> dict[str, Any]:
         """Mesh, devices and per-chip memory as the runtime reports them ("unknown" where it does not);
         under a 'model' axis, per diffusion model loaded, the bytes of its weights each chip holds."""
-        from .chip_memory import chip_memory
+        from tpu_runtime.backends.chip_memory import chip_memory
 
         plan = getattr(self.backend, "spmd", None)
         placement = self.state.placement

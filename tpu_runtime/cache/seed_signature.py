@@ -16,7 +16,7 @@ from typing import Any, Optional
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .signature import ExecutionSignature, cached_fingerprint
+from tpu_runtime.cache.signature import ExecutionSignature, cached_fingerprint
 
 #: Short dtype names people write, as the signature spells them (``str(torch.bfloat16)`` minus ``torch.``).
 _DTYPE_ALIASES = {"bf16": "bfloat16", "fp32": "float32", "float": "float32", "fp16": "float16",
@@ -143,8 +143,8 @@ def _from_recorded(template: ExecutionSignature, request: SignatureRequest, mana
     """Signature of a model that is not loaded, from one recorded for it: the fields below as
     :meth:`TPUManager.create_execution_signature` makes them, any other (the fingerprint, the
     model id) the recorded signature's."""
-    from .manager import _sampler_function_name
-    from .sampling import padded_shape
+    from tpu_runtime.cache.manager import _sampler_function_name
+    from tpu_runtime.sampling import padded_shape
 
     channels = request.input_shape[1] if request.input_shape else (
         template.input_shape[1] if len(template.input_shape) == 4 else template.latent_shape[0])

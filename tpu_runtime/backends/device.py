@@ -11,9 +11,9 @@ from typing import Any, Callable, Optional
 
 from pydantic import BaseModel
 
-from . import versions
-from .chip_memory import hbm_of_tpu_type
-from .settings import LoadedSettings, env_var, format_mesh, parse_mesh
+from tpu_runtime.install import versions
+from tpu_runtime.backends.chip_memory import hbm_of_tpu_type
+from tpu_runtime.settings.tpu_settings import LoadedSettings, env_var, format_mesh, parse_mesh
 
 log = logging.getLogger("comfy_tpu")
 

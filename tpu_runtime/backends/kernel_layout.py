@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Iterator, Literal, Optional
 import torch
 
 if TYPE_CHECKING:
-    from .weight_shard import Placement
+    from tpu_runtime.backends.weight_shard import Placement
 
 KernelLayout = Literal["auto", "hwio", "native"]
 BUFFER = "comfy_tpu_hwio_kernel"

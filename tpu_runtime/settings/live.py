@@ -1,12 +1,12 @@
 """Reading and changing the pack's settings while ComfyUI runs (the seed document's ``args.tpu_*``).
 
 The settings are read once, at start (:func:`runtime.start`). Most of them only shape what the next
-sampling run does (the pack's :class:`~tpu_runtime.run_options.RunOptions`, which ``sampling.attach`` reads
+sampling run does (the pack's :class:`~tpu_runtime.settings.run_options.RunOptions`, which ``sampling.attach`` reads
 at each run) or how the manager warms up, so they can change between runs. ``enable`` and
 ``disable`` decided whether the pack's patches went in at all, so they cannot change any more.
 
-A new value is validated by the very :class:`~tpu_runtime.settings.TPUSettings` model that read the
-environment, and a bad one is reported with the same :class:`~tpu_runtime.settings.SettingsProblem`
+A new value is validated by the very :class:`~tpu_runtime.settings.tpu_settings.TPUSettings` model that read the
+environment, and a bad one is reported with the same :class:`~tpu_runtime.settings.tpu_settings.SettingsProblem`
 (variable, value, what is accepted) as a bad ``COMFY_TPU_*`` variable at start: there is one set of
 rules and one message format.
 """
@@ -15,11 +15,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Optional
 
-from .run_options import RunOptions
-from .settings import SettingsProblem, TPUSettings, _problems_from, env_var, fields_where, setting_meta
+from tpu_runtime.settings.run_options import RunOptions
+from tpu_runtime.settings.tpu_settings import SettingsProblem, TPUSettings, _problems_from, env_var, fields_where, setting_meta
 
 if TYPE_CHECKING:
-    from .state import PackState
+    from tpu_runtime.state import PackState
 
 log = logging.getLogger("comfy_tpu")
 
@@ -55,7 +55,7 @@ class _GivenValuesOnly(TPUSettings):
 
 
 def _state() -> "PackState":
-    from .state import current
+    from tpu_runtime.state import current
 
     state = current()
     if state is None:

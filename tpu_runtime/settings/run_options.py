@@ -1,6 +1,6 @@
 """``RunOptions``: what one sampling run does, made from the settings fields marked ``scope="run"``.
 
-The fields (names, types, defaults, descriptions) come from :class:`~tpu_runtime.settings.TPUSettings`,
+The fields (names, types, defaults, descriptions) come from :class:`~tpu_runtime.settings.tpu_settings.TPUSettings`,
 so a new per-run setting is one field there. Values are not re-checked against the settings' bounds:
 per-model overrides (the optimisation node's dict) go in with ``model_copy(update=...)`` as before.
 """
@@ -11,7 +11,7 @@ from typing import Any, Optional
 from pydantic import BaseModel, Field, create_model
 from typing_extensions import Self
 
-from .settings import TPUSettings, fields_where
+from tpu_runtime.settings.tpu_settings import TPUSettings, fields_where
 
 #: transformer_options[OPTIONS_KEY]: per-model overrides (a dict), set by the TPU Model Optimization node.
 OPTIONS_KEY = "comfy_tpu"

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, ContextManager, Optional, Proto
 import torch
 
 if TYPE_CHECKING:
-    from .device import SpmdPlan
+    from tpu_runtime.backends.device import SpmdPlan
 
 log = logging.getLogger("comfy_tpu")
 
@@ -120,7 +120,7 @@ class XlaBackend:
 
     def _start_spmd(self, mode: str, mesh_spec: Optional[str]) -> "SpmdPlan":
         """Turn SPMD on (or not) before any XLA device or tensor exists: ``use_spmd`` must come first."""
-        from .device import plan_spmd
+        from tpu_runtime.backends.device import plan_spmd
 
         count = self.device_count()  # starts the PJRT client; creates no tensor, so SPMD can still be set
         locked = bool(self._torch_xla._XLAC._xla_get_spmd_config_is_locked())
@@ -397,8 +397,8 @@ class XlaBackend:
     def set_model_axis(self, size: int) -> None:
         """Re-plan the mesh as ``data=devices/size,model=size`` (auto mode, for a model too big for one chip).
         Tensors already placed keep their shardings (XLA accepts them); new ones use this mesh."""
-        from .device import plan_spmd
-        from .settings import format_mesh
+        from tpu_runtime.backends.device import plan_spmd
+        from tpu_runtime.settings.tpu_settings import format_mesh
 
         devices = self.spmd.devices
         if not self.spmd.on or size < 1 or devices % size:
@@ -501,7 +501,7 @@ def create_backend(persistent_cache_dir: Optional[str] = None,
     what hardware is here. Raises :class:`BackendUnavailable` naming what failed."""
     if name == "torchax":
         try:
-            from .backend_torchax import TorchaxBackend
+            from tpu_runtime.backends.torchax import TorchaxBackend
 
             return TorchaxBackend(persistent_cache_dir, spmd_request)
         except ImportError as exc:

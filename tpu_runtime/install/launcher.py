@@ -1,7 +1,7 @@
 """The ``comfy-tpu`` command (also ``python -m tpu_runtime``): ``launch`` and ``doctor``.
 
 ComfyUI rejects flags it does not know, so ``launch`` turns the ``--tpu-*`` flags into the
-``COMFY_TPU_*`` variables the pack reads (see :mod:`tpu_runtime.settings`) and starts ComfyUI's
+``COMFY_TPU_*`` variables the pack reads (see :mod:`tpu_runtime.settings.tpu_settings`) and starts ComfyUI's
 ``main.py`` with everything else passed through unchanged. ``doctor`` says what hardware was found
 and whether (and why not) the TPU path would be on.
 """
@@ -16,11 +16,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from .settings import all_launch_flags, env_var, load_settings, parse_mesh, value_type
+from tpu_runtime.settings.tpu_settings import all_launch_flags, env_var, load_settings, parse_mesh, value_type
 
 COMFYUI_PATH_ENV = "COMFYUI_PATH"
 
-#: Every ``--tpu-*`` flag, derived from the settings fields (:func:`~tpu_runtime.settings.launch_flags`).
+#: Every ``--tpu-*`` flag, derived from the settings fields (:func:`~tpu_runtime.settings.tpu_settings.launch_flags`).
 _FLAGS = all_launch_flags()
 #: On/off flags: (flag, settings field, value it sets).
 BOOL_FLAGS: list[tuple[str, str, bool]] = [(f.flag, f.field, f.const) for f in _FLAGS if f.const is not None]
@@ -95,7 +95,7 @@ def flags_to_env(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
 def _default_pack_dirs() -> list[Path]:
     """This pack's folder as imported, plus the shell's logical cwd when that is the pack
     (``os.getcwd()`` and ``__file__`` may already be symlink-resolved)."""
-    pack = Path(os.path.abspath(os.path.dirname(os.path.dirname(__file__))))
+    pack = Path(os.path.abspath(__file__)).parents[2]  # tpu_runtime/install/launcher.py
     dirs = [pack]
     logical = os.environ.get("PWD")
     if logical and os.path.isabs(logical) and os.path.realpath(logical) == os.path.realpath(pack):
@@ -158,8 +158,8 @@ def launch(argv: Sequence[str]) -> int:
 def doctor_data() -> dict[str, Any]:
     """What doctor reports: detected hardware, settings in force and the TPU-path decision. The doctor
     starts the XLA runtime itself (in its own process) when the decision depends on the device."""
-    from . import backend as backend_mod
-    from .device import decide_path, describe, detect  # imports torch: only here
+    from tpu_runtime.backends import xla as backend_mod
+    from tpu_runtime.backends.device import decide_path, describe, detect  # imports torch: only here
 
     loaded = load_settings()
     installed = detect(loaded.settings.backend if loaded.ok else "torch_xla")

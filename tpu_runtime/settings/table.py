@@ -1,6 +1,6 @@
-"""The README's settings table, made from the :class:`~tpu_runtime.settings.TPUSettings` fields.
+"""The README's settings table, made from the :class:`~tpu_runtime.settings.tpu_settings.TPUSettings` fields.
 
-``python -m tpu_runtime.settings_table`` prints it; ``--write`` puts it into README.md between the
+``python -m tpu_runtime.settings.table`` prints it; ``--write`` puts it into README.md between the
 markers. ``tests/unit/test_settings_readme.py`` fails when the README and the fields disagree, so the
 table cannot drift from the settings it describes.
 """
@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .settings import TPUSettings, env_var, launch_flags, setting_meta
+from tpu_runtime.settings.tpu_settings import TPUSettings, env_var, launch_flags, setting_meta
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-BEGIN = ("<!-- settings table: made from TPUSettings by `python -m tpu_runtime.settings_table --write`; "
-         "edit tpu_runtime/settings.py, not this table -->")
+README = Path(__file__).resolve().parents[2] / "README.md"
+BEGIN = ("<!-- settings table: made from TPUSettings by `python -m tpu_runtime.settings.table --write`; "
+         "edit tpu_runtime/settings/tpu_settings.py, not this table -->")
 END = "<!-- end of the settings table -->"
 HEADER = ("env var", "flag (`comfy-tpu launch`)", "default", "meaning")
 
@@ -57,7 +57,7 @@ def with_table(readme: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tpu_runtime.settings_table", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tpu_runtime.settings.table", description=__doc__.split("\n")[0])
     parser.add_argument("--write", nargs="?", const=str(README), metavar="README",
                         help=f"rewrite the table in this file (default {README.name} of the pack)")
     args = parser.parse_args(argv)

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .stand_in import STEP_DEPENDENT_OPTIONS, ModelStandIn, StandIns
+from tpu_runtime.execution.stand_in import STEP_DEPENDENT_OPTIONS, ModelStandIn, StandIns
 
 log = logging.getLogger("comfy_tpu")
 

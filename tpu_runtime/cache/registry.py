@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ValidationError
 
-from .signature import ExecutionSignature, nearest
+from tpu_runtime.cache.signature import ExecutionSignature, nearest
 
 log = logging.getLogger("comfy_tpu")
 

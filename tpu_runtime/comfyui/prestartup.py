@@ -5,8 +5,8 @@ import logging
 import os
 import shutil
 
-from .device import _tpu_runtime_present
-from .settings import load_settings
+from tpu_runtime.backends.device import _tpu_runtime_present
+from tpu_runtime.settings.tpu_settings import load_settings
 
 log = logging.getLogger("comfy_tpu")
 

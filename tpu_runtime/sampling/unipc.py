@@ -34,11 +34,11 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 
-from .host_values import upload
-from .unipc_weights import SLOTS, end_schedule_as_comfyui, step_weights
+from tpu_runtime.execution.host_values import upload
+from tpu_runtime.sampling.unipc_weights import SLOTS, end_schedule_as_comfyui, step_weights
 
 if TYPE_CHECKING:
-    from .state import Notices
+    from tpu_runtime.state import Notices
 
 log = logging.getLogger("comfy_tpu")
 

@@ -34,7 +34,7 @@ def pad_rows(value: Any, rows: int, target: int) -> Any:
 
 
 def _is_plain_device_tensor(value: Any, rows: int) -> bool:
-    from .host_values import DeviceTwin, HostTensor
+    from tpu_runtime.execution.host_values import DeviceTwin, HostTensor
 
     return (isinstance(value, torch.Tensor) and not isinstance(value, (DeviceTwin, HostTensor))
             and value.device.type != "cpu" and value.dim() > 0 and value.shape[0] == rows)

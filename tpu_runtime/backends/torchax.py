@@ -141,7 +141,7 @@ class JaxProgram:
 
 
 class TorchaxBackend:
-    """torchax implementation of :class:`~tpu_runtime.backend.Backend` (replay execution only)."""
+    """torchax implementation of :class:`~tpu_runtime.backends.xla.Backend` (replay execution only)."""
 
     name = "torchax"
     #: Programs are made from a function of the inputs (``capture_function``), not from a lazy trace.
@@ -187,7 +187,7 @@ class TorchaxBackend:
     def _plan_mesh(self, mode: str, mesh_spec: Optional[str]) -> "Any":
         """COMFY_TPU_SPMD / COMFY_TPU_MESH applied to the JAX devices: a ``jax.sharding.Mesh`` whose 'data'
         axis splits the model call's batch (weights replicated), or one device (problems said)."""
-        from .device import plan_spmd
+        from tpu_runtime.backends.device import plan_spmd
 
         plan = plan_spmd(mode, mesh_spec, len(self._devices))
         for line in plan.problems:

@@ -29,7 +29,8 @@ def register() -> bool:
     except ImportError:
         log.debug("comfy-tpu: no ComfyUI in this process: %s not registered", ALIAS)
         return False
-    from . import api, seed_args
+    from tpu_runtime import api
+    from tpu_runtime.comfyui import seed_args
 
     # Global by necessity: the import system finds a module that no file provides only through
     # sys.modules, and ``import comfy.tpu_xla; comfy.tpu_xla.x`` reads the package attribute.
@@ -41,7 +42,8 @@ def register() -> bool:
 
 def unregister() -> None:
     """Undo :func:`register` (only what it put there; no-op otherwise)."""
-    from . import api, seed_args
+    from tpu_runtime import api
+    from tpu_runtime.comfyui import seed_args
 
     if sys.modules.get(ALIAS) is api:
         del sys.modules[ALIAS]

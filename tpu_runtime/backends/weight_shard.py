@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 import torch
 
 if TYPE_CHECKING:
-    from .backend import Backend
+    from tpu_runtime.backends.xla import Backend
 
 log = logging.getLogger("comfy_tpu")
 

@@ -14,8 +14,8 @@ from typing import Callable, Optional
 
 import torch
 
-from . import padding
-from .host_values import plain
+from tpu_runtime.sampling import padding
+from tpu_runtime.execution.host_values import plain
 
 log = logging.getLogger("comfy_tpu")
 

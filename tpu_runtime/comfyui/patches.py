@@ -33,13 +33,14 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from . import control, sampling
-from .chip_memory import chip_memory
-from .host_values import as_host
-from .weight_shard import auto_model_axis
+from tpu_runtime.sampling import control
+from tpu_runtime import sampling
+from tpu_runtime.backends.chip_memory import chip_memory
+from tpu_runtime.execution.host_values import as_host
+from tpu_runtime.backends.weight_shard import auto_model_axis
 
 if TYPE_CHECKING:
-    from .state import PackState
+    from tpu_runtime.state import PackState
 
 log = logging.getLogger("comfy_tpu")
 

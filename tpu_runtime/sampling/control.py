@@ -33,8 +33,8 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
-from .host_values import as_host
-from .stand_in import ModelStandIn
+from tpu_runtime.execution.host_values import as_host
+from tpu_runtime.execution.stand_in import ModelStandIn
 
 
 def controls_in(conds: Any) -> list[Any]:
@@ -219,7 +219,7 @@ def _control_model(control: Any) -> Any:
 
 def _describe(control: Any) -> str:
     """One control in a signature: its class, its model's fingerprint, whether a range switches it off."""
-    from .signature import cached_fingerprint
+    from tpu_runtime.cache.signature import cached_fingerprint
 
     model = _control_model(control)
     fingerprint = cached_fingerprint(model) if isinstance(model, torch.nn.Module) else "none"

@@ -28,9 +28,9 @@ from typing import Any, Callable, Optional
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from .backend import ReplayUnsupported
-from .host_values import without_twins
-from .stand_in import STEP_DEPENDENT_OPTIONS, ModelStandIn, StandIns
+from tpu_runtime.backends.xla import ReplayUnsupported
+from tpu_runtime.execution.host_values import without_twins
+from tpu_runtime.execution.stand_in import STEP_DEPENDENT_OPTIONS, ModelStandIn, StandIns
 
 log = logging.getLogger("comfy_tpu")
 
