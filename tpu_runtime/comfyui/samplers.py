@@ -47,3 +47,16 @@ def sampler_function(name: str) -> Callable:
 
     sampler = comfy.samplers.sampler_object(name)
     return getattr(sampler, "sampler_function", None) or type(sampler)
+
+
+def scheduler_names() -> tuple[str, ...]:
+    import comfy.samplers
+
+    return tuple(comfy.samplers.KSampler.SCHEDULERS)
+
+
+def loaded_patchers() -> list:
+    """The model patchers ComfyUI holds loaded now (``current_loaded_models``)."""
+    import comfy.model_management as mm
+
+    return [entry.model for entry in list(mm.current_loaded_models) if entry.model is not None]
