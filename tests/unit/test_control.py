@@ -152,16 +152,16 @@ def test_the_warmup_applies_a_control_like_the_node_and_warms_its_off_steps_when
     previous = FakeControl()
     positive = [[torch.zeros(1, 77, 768), {"control": previous}]]
     negative = [[torch.zeros(1, 77, 768), {}]]
-    pos, neg = with_control(None, positive, negative, net, 64, 64, (0.0, 1.0))
+    pos, neg = with_control(positive, negative, net, 64, 64, (0.0, 1.0))
     assert pos[0][1]["control"].previous_controlnet is previous and neg[0][1]["control"].previous_controlnet is None
     assert tuple(pos[0][1]["control"].hint.shape) == (1, 3, 64, 64) and "control" not in negative[0][1]
     assert control_states(pos, neg) == [(pos, neg)]
-    ranged = with_control(None, positive, negative, net, 64, 64, (0.2, 0.8))
+    ranged = with_control(positive, negative, net, 64, 64, (0.2, 0.8))
     states = control_states(*ranged)
     assert len(states) == 2
     off = states[1][0][0][1]["control"]  # every step off: a copy at start = end = 100%
     assert off.timestep_percent_range == (1.0, 1.0) and off.previous_controlnet.timestep_percent_range == (1.0, 1.0)
-    shared = with_control(None, positive, positive, net, 64, 64, (0.2, 0.8))
+    shared = with_control(positive, positive, net, 64, 64, (0.2, 0.8))
     for state in control_states(*shared):  # a control shared by cond and uncond stays one object
         assert state[0][0][1]["control"] is state[1][0][1]["control"]
     on = states[0][0][0][1]["control"]  # every step on: a copy at the full range, its chain copied too
@@ -174,7 +174,7 @@ def test_the_warmup_applies_a_control_like_the_node_and_warms_its_off_steps_when
                                           (FakeControl(), (0.0, 1.5))])
 def test_the_warmup_says_what_is_wrong_with_a_control_argument(bad, percent):
     with pytest.raises(WarmupArgumentError, match="control"):
-        with_control(None, [[torch.zeros(1), {}]], [[torch.zeros(1), {}]], bad, 64, 64, percent)
+        with_control([[torch.zeros(1), {}]], [[torch.zeros(1), {}]], bad, 64, 64, percent)
 
 
 def test_an_adapter_model_stays_on_the_device_during_a_call_only():

@@ -57,3 +57,7 @@ class CompileStatus:
     def rewarming(self, count: int, estimate_s: Optional[float]) -> bool:
         eta = f", ~{estimate_s:.0f} s (recorded)" if estimate_s else ""
         return self.show(f"comfy-tpu: re-compiling {count} signature(s) recorded in an earlier session{eta}")
+
+    def rewarm_failed(self, what: str, reason: str) -> bool:
+        return self.show(f"comfy-tpu: re-warm failed, set aside (not retried)\n{what}\n{reason}\n"
+                         "the prompt runs; its first step compiles")

@@ -141,7 +141,7 @@ def _from_recorded(template: ExecutionSignature, request: SignatureRequest, mana
     """Signature of a model that is not loaded, from one recorded for it: the fields below as
     :meth:`TPUManager.create_execution_signature` makes them, any other (the fingerprint, the
     model id) the recorded signature's."""
-    from tpu_runtime.cache.manager import _sampler_function_name
+    from tpu_runtime.comfyui.sampler_calls import sampler_function_name
     from tpu_runtime.sampling import padded_shape
 
     channels = request.input_shape[1] if request.input_shape else (
@@ -152,5 +152,5 @@ def _from_recorded(template: ExecutionSignature, request: SignatureRequest, mana
     return template.model_copy(update=dict(
         latent_shape=tuple(padded[1:]), batch_size=int(padded[0]), context_tokens=(request.context_tokens,),
         uncond_pass=not math.isclose(request.cfg_scale, 1.0), compute_dtype=dtype,
-        sampler=_sampler_function_name(sampler), mesh=manager.mesh, input_shape=user_shape,
+        sampler=sampler_function_name(sampler), mesh=manager.mesh, input_shape=user_shape, conditioning=None,
         cfg_scale=float(request.cfg_scale), scheduler=scheduler, steps=request.steps))

@@ -11,8 +11,9 @@ Only what ComfyUI offers no hook for is patched here:
 * ``comfy.model_patcher.ModelPatcher.partially_load``: when a model loaded on the XLA device gets
   other weight patches (a LoRA added, removed or changed), ComfyUI unpatches it to the offload device
   (the CPU) and loads it back: every weight to the host and back. In lazy execution (the default)
-  the pack keeps the unpatched model on the device; only the patched weights' backups live on the
-  host, as ComfyUI keeps them.
+  the pack keeps the unpatched model on the device.
+* ``comfy.model_patcher.ModelPatcher.patch_weight_to_device``: ComfyUI's backup of a weight a patch
+  replaces is a copy on the device, not a device-to-host transfer (``weight_backup``).
 * ``comfy.model_patcher.ModelPatcher.load`` and ``patch_weight_to_device``: under a mesh with a
   ``model`` axis, the diffusion model's weights are split over it as they land on the device
   (``weight_shard.Placement``): a weight moved there holds its host data until first used, so
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from tpu_runtime.comfyui import weight_backup
 from tpu_runtime.sampling import control
 from tpu_runtime import sampling
 from tpu_runtime.comfyui.calls import Call, positional_names
@@ -177,6 +179,7 @@ def install(state: "PackState") -> Patches:
     for name, device in stock.items():
         patches.set(mm_name, name, (lambda d: (lambda *a, **k: d))(device))
 
+    import comfy.model_patcher
     import comfy.samplers
     import comfy.sampler_helpers
 
@@ -207,6 +210,8 @@ def install(state: "PackState") -> Patches:
                 control.pre_run_control(comfy.samplers.pre_run_control, host_schedules.host_model_sampling, is_xla))
     patches.set("comfy.sampler_helpers", "prepare_model_patcher", prepare_model_patcher)
     patches.set("comfy.model_patcher.ModelPatcher", "partially_load", _repatch_on_device(is_xla, state))
+    patches.set("comfy.model_patcher.ModelPatcher", "patch_weight_to_device",
+                weight_backup.backup_on_device(comfy.model_patcher.ModelPatcher.patch_weight_to_device, is_xla))
     if backend.device_total() > 1:  # under SPMD (auto mode may add a 'model' axis later)
         patches.set("comfy.model_patcher.ModelPatcher", "load", _split_on_load(is_xla, state))
         patches.set("comfy.model_patcher.ModelPatcher", "patch_weight_to_device", _split_before_patch(is_xla, state))
