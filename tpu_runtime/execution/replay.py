@@ -42,6 +42,10 @@ PER_CALL_PATCHES = ("patches", "patches_replace")
 HOST_VALUES_IN_KEY = 4096
 
 
+#: ``_Program.positions`` of a call recorded as a ``program_chain.ProgramChain`` (its program).
+CHAIN: Any = ("chain",)
+
+
 class NotReplayable(Exception):
     """This call cannot be replayed (the reason is its message); it runs lazily."""
 
@@ -67,19 +71,23 @@ def _leaf_key(leaf: Any, data_tensor: Callable[[torch.Tensor], bool] = _device_d
 
 
 def call_key(args: tuple, kwargs: dict, own_wrappers: str,
-             data_tensor: Callable[[torch.Tensor], bool] = _device_data) -> tuple[tuple, list[torch.Tensor]]:
+             data_tensor: Callable[[torch.Tensor], bool] = _device_data, patches_by_identity: bool = False,
+             left_out: tuple[str, ...] = ()) -> tuple[tuple, list[torch.Tensor]]:
     """(key, device tensors of the call in order): what decides the traced graph, and its inputs.
 
     The key holds every tensor's shape and dtype, Python values by value, small host tensors by value,
     and other objects (patches, callables) by identity; the pack's own per-run wrappers and ComfyUI's
     per-run cond ids are left out, so a new run reuses the program. ``data_tensor`` says which tensors
-    are program inputs (the backend's rule: on torchax every tensor is)."""
+    are program inputs (the backend's rule: on torchax every tensor is). Per-call patches make a call
+    not replayable, unless ``patches_by_identity`` (a block's call: its model's Python runs every call,
+    so the patches are only what they are); ``left_out``: further transformer_options not in the key."""
     options = kwargs.get("transformer_options")
     if isinstance(options, dict):
         for name in PER_CALL_PATCHES:
-            if options.get(name):
+            if options.get(name) and not patches_by_identity:
                 raise NotReplayable(f"transformer_options[{name!r}] patches the model's forward ({sorted(options[name])})")
-        kept = {k: v for k, v in options.items() if k not in IGNORED_OPTIONS and k not in ("wrappers", "callbacks")}
+        kept = {k: v for k, v in options.items()
+                if k not in IGNORED_OPTIONS and k not in left_out and k not in ("wrappers", "callbacks")}
         for name in ("wrappers", "callbacks"):
             others = {kind: {key: fns for key, fns in by_key.items() if key != own_wrappers}
                       for kind, by_key in (options.get(name) or {}).items()}
@@ -161,6 +169,11 @@ class ReplayedDiffusionModel(ModelStandIn):
         self.trace_context: Callable[[torch.nn.Module], Any] = lambda module: contextlib.nullcontext()
         self.traces = 0  # calls traced (first call of each key): tests and stats read it
         self.replays = 0
+        #: Set by the wrapper each call (``COMFY_TPU_BLOCK_PROGRAMS`` resolved): repeated blocks as shared
+        #: programs, the rest of the model lazily (``execution.block_programs``), instead of one program.
+        self.block_programs = False
+        self.__dict__["_blocks"] = None  # (model token, BlockPrograms) of the model as last seen
+        self.block_runs = 0
 
     def _weight_slots(self) -> list[tuple[dict, str]]:
         """Every parameter and buffer of the model as (its owner's parameter or buffer dict, name): read
@@ -214,12 +227,17 @@ class ReplayedDiffusionModel(ModelStandIn):
         try:
             key, tensors = call_key(args, kwargs, self._own_wrappers, data_tensor)
             # The mesh: the inputs' shardings follow it (auto mode may re-plan it while the process runs).
-            key = (key, self.model_token, self._layer_functions(), self._backend.mesh_description())
+            key = (key, self.model_token, self._layer_functions(), self._backend.mesh_description(),
+                   self.block_programs)
             weights = self._current_weights()
             entry = self._programs.get(key)
             if entry is None or not entry.fits(weights, self._backend):
                 self.__dict__["_weights"] = None  # buffers may have come since (kernel twins): look again
                 weights = self._current_weights()
+                blocks = self._block_programs() if self.block_programs else None
+                if blocks:
+                    return self._trace_chain(blocks, key, args, kwargs, tensors, weights,
+                                             _layout(weights, self._backend))
                 trace = self._trace_function if self._backend.traces_functions else self._trace
                 return trace(key, args, kwargs, tensors, weights, _layout(weights, self._backend))
         except NotReplayable as exc:
@@ -228,7 +246,45 @@ class ReplayedDiffusionModel(ModelStandIn):
             with self.trace_context(self.inner):
                 return self.inner(*args, **kwargs)
         self.replays += 1
+        if entry.positions == CHAIN:  # recorded as a chain of programs (repeated blocks)
+            return entry.program.run(self._backend, tensors + weights)
         return entry.output(self._backend.run_program(entry.program, tensors + weights))
+
+    def _block_programs(self) -> Any:
+        """The model's repeated blocks as shared programs (found again when modules were swapped in or out)."""
+        from tpu_runtime.execution.block_programs import BlockPrograms
+
+        known = self._blocks
+        if known is None or known[0] != self.model_token:
+            known = (self.model_token, BlockPrograms(self.inner, self._backend, self._model_name, self._own_wrappers,
+                                                     self._on_compiled))
+            self.__dict__["_blocks"] = known
+        return known[1]
+
+    def _trace_chain(self, blocks, key, args, kwargs, tensors, weights, layout) -> Any:
+        """First call of a key with repeated blocks: run the model lazily, its blocks as their shared programs
+        and the work between them as glue programs, recorded as a chain that later calls replay."""
+        from tpu_runtime.execution.program_chain import ChainRecorder
+
+        backend = self._backend
+        transfers = backend.counters()["transfers_to_host"]
+        compile_start = backend.compile_seconds()
+        recorder = ChainRecorder(backend, tensors + weights)
+        with blocks.installed(recorder), self.trace_context(self.inner):
+            output = self.inner(*args, **kwargs)
+        if backend.counters()["transfers_to_host"] != transfers:
+            self._fall_back("its Python reads device values while it runs (a host sync in the model)")
+            return output
+        try:
+            chain = recorder.finish(output)
+        except NotReplayable as exc:
+            self._fall_back(str(exc))
+            return output
+        self._on_compiled(backend.compile_seconds() - compile_start)
+        self._programs[key] = _Program(chain, chain.out_spec, layout, tuple(map(id, weights)), CHAIN)
+        self.traces += 1
+        self.replays += 1
+        return tree_unflatten([recorder.values[index] for index in chain.output_indices], chain.out_spec)
 
     def _trace(self, key, args, kwargs, tensors, weights, layout) -> Any:
         """First call of a key: trace the model lazily, compile its graph as a program, run it."""
@@ -340,3 +396,12 @@ class ReplayedModels(StandIns):
         entries = self.entries()
         return {"programs": sum(len(e._programs) for e in entries), "traces": sum(e.traces for e in entries),
                 "replays": sum(e.replays for e in entries)}
+
+    def block_figures(self) -> dict[str, int]:
+        """Repeated blocks run as shared programs, all models: kinds, programs, traces, block calls."""
+        totals = {"block_runs": sum(e.block_runs for e in self.entries())}
+        for entry in self.entries():
+            if entry._blocks is not None:
+                for name, value in entry._blocks[1].figures().items():
+                    totals[name] = totals.get(name, 0) + value
+        return totals
