@@ -29,7 +29,7 @@ from torch.utils._pytree import tree_flatten
 from tpu_runtime.backends.xla import ReplayUnsupported
 from tpu_runtime.execution.program_chain import ChainRecorder
 from tpu_runtime.execution.repeated_blocks import BlockGroup, describe, find_repeated_blocks
-from tpu_runtime.execution.replay import NotReplayable, _distinct, _layout, _Program, call_key
+from tpu_runtime.execution.call_keys import NotReplayable, _distinct, _layout, _Program, call_key
 from tpu_runtime.execution.stand_in import STEP_DEPENDENT_OPTIONS
 
 log = logging.getLogger("comfy_tpu")
@@ -38,12 +38,18 @@ log = logging.getLogger("comfy_tpu")
 INDEX_OPTIONS = ("block_index",)
 
 
-def resolve(mode: str, backend) -> bool:
-    """Whether ``COMFY_TPU_BLOCK_PROGRAMS`` (auto, on, off) runs repeated blocks as shared programs on
-    ``backend``: torch_xla only (torchax makes its programs from whole functions: not built for it yet)."""
+#: ``auto`` runs block programs for a model with a kind of at least this many blocks (real Flux, SD3, Wan,
+#: SDXL's deepest transformer stack); below it one whole-model program compiles about as fast.
+AUTO_LEAST_BLOCKS = 4
+
+
+def resolve(mode: str, backend) -> int:
+    """The least member count of a kind that ``COMFY_TPU_BLOCK_PROGRAMS`` (auto, on, off) runs as shared
+    programs on ``backend``; 0: none (off, or torchax, which makes its programs from whole functions: not
+    built for it yet)."""
     if mode == "off" or backend.traces_functions:
-        return False
-    return True
+        return 0
+    return 2 if mode == "on" else AUTO_LEAST_BLOCKS
 
 
 class _TracedLazily(Exception):
@@ -68,14 +74,16 @@ class BlockPrograms:
     """The repeated blocks of one diffusion model, each kind run as shared programs."""
 
     def __init__(self, module: torch.nn.Module, backend, model_name: str, own_wrappers: str,
-                 on_compiled: Callable[[float], None] = lambda seconds: None) -> None:
+                 on_compiled: Callable[[float], None] = lambda seconds: None, least_blocks: int = 2) -> None:
         self._backend = backend
         self._on_compiled = on_compiled  # told the compile seconds of each new block program
         self._layouts: dict[int, tuple[tuple, tuple]] = {}  # member id -> (its weights' ids, their layout)
         self._recorder: Optional[ChainRecorder] = None
         self._model_name = model_name
         self._own_wrappers = own_wrappers
-        self.groups = find_repeated_blocks(module)
+        groups = find_repeated_blocks(module)
+        # A model with one kind this deep runs every repeated kind as programs; else none (one whole program).
+        self.groups = groups if any(len(g.members) >= least_blocks for g in groups) else []
         self._kinds = [_Kind(group) for group in self.groups]
         self.traces = 0
         self.block_calls = 0

@@ -22,7 +22,7 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from tpu_runtime.backends.xla import ReplayUnsupported
-from tpu_runtime.execution.replay import NotReplayable, _distinct
+from tpu_runtime.execution.call_keys import NotReplayable, _distinct
 
 
 class _Step:

@@ -22,6 +22,8 @@ log = logging.getLogger("comfy_tpu")
 #: Per-layer attributes that are not structure: ComfyUI's per-layer weight/bias functions (LoRA's low-VRAM
 #: patches) are read per call and are part of a call's key instead.
 _NOT_STRUCTURE = frozenset({"training", "weight_function", "bias_function"})
+#: A block holds at least this many layers with weights (a list of single layers is no stack of blocks).
+LEAST_LAYERS = 2
 _PLAIN = (bool, int, float, str, type(None), torch.dtype, torch.device)
 
 
@@ -90,6 +92,8 @@ def find_repeated_blocks(model: torch.nn.Module, least: int = 2) -> list[BlockGr
             continue
         by_structure: dict[tuple, list[int]] = {}
         for index, member in enumerate(module):
+            if sum(1 for sub in member.modules() if sub._parameters) < LEAST_LAYERS:
+                continue  # a single layer: a program step of its own would cost more than it saves
             try:
                 by_structure.setdefault(block_structure(member), []).append(index)
             except NotAlike as exc:

@@ -108,8 +108,9 @@ class TPUSettings(BaseSettings):
         "auto", "replay execution: each kind of repeated block (Flux's double/single blocks, MMDiT's joint blocks, "
                 "Wan's blocks) compiled once and run once per block with its own weights, so the compile does not "
                 "grow with depth; `off`: the whole model as one program; see [docs/block_programs.md]"
-                "(docs/block_programs.md)", scope="run", default_note="`on` with torch_xla, `off` with torchax",
-        accepted="auto, on or off (auto: on with torch_xla, off with torchax)")
+                "(docs/block_programs.md)", scope="run",
+        default_note="on with torch_xla for a model with a kind of 4 blocks or more; off with torchax",
+        accepted="auto, on or off (auto: on with torch_xla for models with 4 or more blocks of a kind)")
     compiled_graph_break_limit: int = setting(
         0, "graph breaks a captured model may have before it falls back to lazy", ge=0, scope="run")
     conv_kernel_layout: Literal["auto", "hwio", "native"] = setting(
