@@ -57,7 +57,8 @@ def depth_runs(nodes, family: str, steps: int = 3) -> dict:
 
 
 def lora_runs(nodes, family: str = "flux", steps: int = 3) -> dict:
-    """A deep model, then a LoRA clone of it at two strengths: parity, and compiles of each run."""
+    """A deep model, then a LoRA clone of it at three strengths: parity, compiles of each run, and the block
+    figures (the LoRA's new weight tensors have the shapes of the old: no block is traced again)."""
     import torch
 
     from bench import tiny_zoo
@@ -69,7 +70,7 @@ def lora_runs(nodes, family: str = "flux", steps: int = 3) -> dict:
     xla = tiny_zoo.build_patcher(family, seed=0, dtype=torch.float32, overrides=overrides)
     eager = tiny_zoo.build_patcher(family, seed=0, load_device=cpu, dtype=torch.float32, overrides=overrides)
     runs = []
-    for label, strength in (("base", None), ("lora", 1.0), ("lora@0.5", 0.5)):
+    for label, strength in (("base", None), ("lora", 1.0), ("lora@0.5", 0.5), ("lora@0.8", 0.8)):
         if strength is None:
             model, reference_model = xla, eager
         else:

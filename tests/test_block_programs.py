@@ -70,10 +70,14 @@ def test_without_block_programs_the_deeper_model_compiles_again():
 def test_a_lora_on_some_blocks_keeps_parity_and_compiles_nothing():
     result = run_child("cases_blocks:lora_runs", family="flux",
                        env={"COMFY_TPU_EXECUTION": "replay", "COMFY_TPU_BLOCK_PROGRAMS": "on"})
-    base, lora, half = result["runs"]
+    base, lora, half, other = result["runs"]
     for run in result["runs"]:
         assert run["diff"] <= PARITY, run
-    assert lora["compiles"] == 0 and half["compiles"] == 0, result["runs"]
+    # The model's programs are not traced again for the LoRA (its new weights have the old shapes). ComfyUI's
+    # patch graphs compile on the LoRA's first visit, and once more for 1.0 -> 0.5 (torch_xla makes the scalar
+    # 1.0 a constant: see test_model_switching); 0.5 -> 0.8 compiles nothing.
+    assert result["blocks"]["block_traces"] == KINDS["flux"], result["blocks"]
+    assert other["compiles"] == 0, result["runs"]
     # The LoRA changes the result far beyond the parity bound (it is applied, not ignored).
     assert max(abs(a - b) for a, b in zip(base["samples"], lora["samples"])) > 100 * PARITY
 

@@ -257,7 +257,7 @@ class XlaBackend:
 
     # -- replaying a traced program ----------------------------------------------------------------
     def capture_program(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor],
-                        input_ids: Optional[list[int]] = None) -> "XlaProgram":
+                        input_ids: Optional[list[Optional[int]]] = None) -> "XlaProgram":
         """Compile the graph that computes ``outputs`` (traced lazily from ``inputs``, which were
         device data when the trace began) as a program whose parameters are ``inputs``, in order.
 
@@ -274,7 +274,8 @@ class XlaBackend:
         if written and input_ids is None:
             raise ReplayUnsupported(f"the model writes {len(written)} of its inputs in place")
         self._xm.wait_device_ops()  # the inputs' data must exist (not placeholders) to be named
-        input_ids = {tensor_id: index for index, tensor_id in enumerate(input_ids or self.tensor_ids(inputs))}
+        input_ids = {tensor_id: index for index, tensor_id in enumerate(input_ids or self.tensor_ids(inputs))
+                     if tensor_id is not None}
         graph_ids, graph_values = xlac._get_tensors_xla_device_data_node(outputs)
         graph_hash = xlac._get_graph_hash(outputs)
         xlac._xla_warm_up_cache(outputs, [])  # compiles, unless XLA's cache has this graph already
@@ -302,6 +303,12 @@ class XlaBackend:
     def written_inputs(self, tensors: list[torch.Tensor]) -> list[bool]:
         """Per tensor: whether it has pending work (device data written in place since it was materialised)."""
         return list(self._torch_xla._XLAC._check_tensor_need_materialization(tensors)) if tensors else []
+
+    def alias(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Another tensor object holding ``tensor``'s device data (and id): a write to one leaves the other."""
+        alias = torch.empty_like(tensor)
+        self._torch_xla._XLAC._replace_xla_tensor(alias, tensor)
+        return alias
 
     def replace_data(self, tensor: torch.Tensor, source: torch.Tensor) -> None:
         """``tensor`` holds ``source``'s device data from now on (an in-place write done by a program)."""

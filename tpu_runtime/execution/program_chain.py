@@ -89,8 +89,10 @@ class ChainRecorder:
         self._add(list(outputs))
         self.steps.append(_Step(program, None))
 
-    def _known_ids(self) -> list[int]:
-        ids: list[int] = [-1] * len(self.values)
+    def _known_ids(self) -> list[Optional[int]]:
+        """Per value, the id it is known by (None: a repeat of another value; never a graph's id, which is -1
+        for device data no tensor owns, such as constants the trace uploaded)."""
+        ids: list[Optional[int]] = [None] * len(self.values)
         for tensor_id, index in self._index.items():
             ids[index] = tensor_id
         return ids
@@ -111,7 +113,9 @@ class ChainRecorder:
         outputs = list(self._backend.run_program(program, first_inputs))
         self._add(outputs)
         self.steps.append(_Step(program, sources))
-        return outputs
+        # The model gets aliases: it may write them in place (a ControlNet residual), the values keep the
+        # data later steps' first runs read.
+        return [self._backend.alias(output) for output in outputs]
 
     def finish(self, output: Any) -> ProgramChain:
         """The chain that computes ``output`` (the model's result): its pending tail is the last glue program."""
