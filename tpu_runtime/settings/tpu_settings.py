@@ -109,7 +109,8 @@ class TPUSettings(BaseSettings):
                 "Wan's blocks) compiled once and run once per block with its own weights, so the compile does not "
                 "grow with depth; `off`: the whole model as one program; see [docs/block_programs.md]"
                 "(docs/block_programs.md)", scope="run",
-        default_note="on with torch_xla for a model with a kind of 4 blocks or more; off with torchax",
+        default_note="on with torch_xla on one device for a model with a kind of 4 blocks or more; off with "
+                     "torchax or SPMD",
         accepted="auto, on or off (auto: on with torch_xla for models with 4 or more blocks of a kind)")
     compiled_graph_break_limit: int = setting(
         0, "graph breaks a captured model may have before it falls back to lazy", ge=0, scope="run")
