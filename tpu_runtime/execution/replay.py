@@ -158,8 +158,19 @@ class ReplayedDiffusionModel(ModelStandIn):
         transfers = backend.counters()["transfers_to_host"]
         compile_start = backend.compile_seconds()
         recorder = ChainRecorder(backend, tensors + weights)
-        with blocks.installed(recorder), self.trace_context(self.inner):
-            output = self.inner(*args, **kwargs)
+        try:
+            with blocks.installed(recorder), self.trace_context(self.inner):
+                output = self.inner(*args, **kwargs)
+        except Exception as exc:  # the pack's recording failed, or the model needs what the key leaves out
+            if _not_a_trace_failure(exc):
+                raise
+            log.debug("comfy-tpu: recording %s as a chain of programs failed", self._model_name, exc_info=True)
+            self._fall_back(f"its call could not be recorded as a chain of programs ({type(exc).__name__}: "
+                            f"{str(exc)[:300]}); COMFY_TPU_BLOCK_PROGRAMS=off replays it whole")
+            full = self._full_options
+            call_kwargs = kwargs if full is None else {**kwargs, "transformer_options": full}
+            with self.trace_context(self.inner):
+                return self.inner(*args, **call_kwargs)
         if backend.counters()["transfers_to_host"] != transfers:
             self._fall_back("its Python reads device values while it runs (a host sync in the model)")
             return output
