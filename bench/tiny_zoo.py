@@ -102,7 +102,7 @@ def fill_seeded(module: torch.nn.Module, seed: int) -> None:
             tensor.copy_(values)
 
 
-def build_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32):
+def build_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, overrides: Optional[dict] = None):
     """The family's ``comfy.model_base`` model on the CPU with seeded random weights and buffers.
 
     ``sd15`` is the architecture of ``tiny_model.build_sd15_model`` with the zoo's weight scale (that
@@ -113,6 +113,7 @@ def build_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32):
     config_class = getattr(comfy.supported_models, fam.config_class)
     config = dict(config_class.unet_config)
     config.update(fam.unet_config)
+    config.update(overrides or {})  # e.g. the depth (bench_depth)
     config["dtype"] = dtype
     model_config = config_class(config)
     model_config.unet_config = config  # over the class's ``unet_extra_config`` (head counts)
@@ -121,13 +122,14 @@ def build_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32):
     return model
 
 
-def build_patcher(name: str, seed: int = 0, load_device=None, dtype: Optional[torch.dtype] = None):
+def build_patcher(name: str, seed: int = 0, load_device=None, dtype: Optional[torch.dtype] = None,
+                  overrides: Optional[dict] = None):
     """The family's model wrapped as ComfyUI's loaders wrap it: loads on ``get_torch_device()`` (or
     ``load_device``), weights in ``dtype`` (default: the one ComfyUI picks for a diffusion model)."""
     import comfy.model_management as mm
     import comfy.model_patcher
 
-    model = build_model(name, seed, dtype=dtype or mm.unet_dtype())
+    model = build_model(name, seed, dtype=dtype or mm.unet_dtype(), overrides=overrides)
     return comfy.model_patcher.ModelPatcher(model, load_device=load_device or mm.get_torch_device(),
                                             offload_device=mm.unet_offload_device())
 
