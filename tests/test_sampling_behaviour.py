@@ -52,6 +52,7 @@ def test_progress_is_reported_after_the_device_ran_the_step(comfy, backend, tiny
         assert executed >= value + (0 if TORCHAX else 1), seen
 
 
+@pytest.mark.compat  # also in the compat layer (`make test-compat`)
 def test_interrupt_stops_cleanly_and_the_next_prompt_runs(comfy, backend, tiny):
     import comfy.model_management as mm
     import comfy.utils as comfy_utils
