@@ -23,7 +23,8 @@ BUILDS_DEFAULT_ITSELF = {"sample_euler_cfg_pp", "dpm_fast_function"}
 
 
 #: ``KSampler.SAMPLERS`` of ComfyUI 0.3.75, spelled out so collecting this file imports no ComfyUI
-#: (importing its core configures it for the whole session); the first test checks it is current.
+#: (importing its core configures it for the whole session); a newer ComfyUI's own list is checked by the
+#: probe test.
 SAMPLERS = ("euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2", "dpm_2",
             "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp",
             "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_cfg_pp", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu",
@@ -75,9 +76,22 @@ def comfy_samplers():
     return comfy.samplers
 
 
-def test_the_sampler_list_is_comfyuis(comfy_samplers):
-    """A sampler ComfyUI adds must be added here (and to the table) to be checked."""
-    assert tuple(comfy_samplers.KSampler.SAMPLERS) == SAMPLERS
+def test_every_sampler_of_the_running_comfyui_is_classified(comfy_samplers):
+    """The running ComfyUI's list, whatever it holds (2026 releases add samplers): each one's noise is found
+    by the probe the pack runs at start, agreeing with the table where the table knows the function."""
+    from tpu_runtime.comfyui.sampler_probe import probe
+
+    unclassified, disagreeing = [], []
+    for name in comfy_samplers.KSampler.SAMPLERS:
+        function = comfy_samplers.sampler_object(name).sampler_function
+        found = probe(function)
+        if found.error:
+            unclassified.append((name, found.error))
+        elif function.__name__ in noise.NOISE_KINDS and function.__name__ not in BUILDS_DEFAULT_ITSELF \
+                and found.kind != noise.NOISE_KINDS[function.__name__]:
+            disagreeing.append((name, found.kind, noise.NOISE_KINDS[function.__name__]))
+    assert not unclassified and not disagreeing, (unclassified, disagreeing)
+    assert set(SAMPLERS) - set(comfy_samplers.KSampler.SAMPLERS) == set(), "a checked sampler is gone"
 
 
 @pytest.fixture

@@ -85,30 +85,53 @@ def test_a_sampler_function_gets_the_latent_and_returns_a_plain_tensor():
     assert type(out) is torch.Tensor and isinstance(seen["s_in"], HostTensor)
 
 
-def test_pre_run_uses_the_host_schedule_for_xla_models_only():
+def _masters_pre_run_control(model, conds):
+    """Shaped like ComfyUI master's ``pre_run_control``: the schedule's ``percent_to_sigma`` read at call
+    time, each control pre-run and then its ``multigpu_clones``."""
+    s = model.model_sampling
+    percent_to_timestep_function = lambda a: s.percent_to_sigma(a)  # noqa: E731
+    for x in conds:
+        if "control" in x:
+            x["control"].pre_run(model, percent_to_timestep_function)
+            for device, clone in x["control"].multigpu_clones.items():
+                clone.pre_run(model, percent_to_timestep_function)
+
+
+def test_pre_run_runs_comfyuis_own_with_the_host_schedule_for_xla_models_only():
     calls = []
 
-    class Schedule:
+    class HostSchedule:
         def percent_to_sigma(self, percent):
             return torch.tensor(10.0 * (1 - percent))
 
+    class DeviceSchedule:
+        def percent_to_sigma(self, percent):
+            raise AssertionError("read the device schedule (an .item() of a device value)")
+
     class Model:
         device = "xla:0"
-        model_sampling = object()
+
+        def __init__(self):
+            self.model_sampling = DeviceSchedule()
 
     class Recorder(FakeControl):
+        def __init__(self, clones=()):
+            super().__init__()
+            self.multigpu_clones = dict(clones)
+
         def pre_run(self, model, percent_to_sigma):
             calls.append(percent_to_sigma(0.25))
 
-    original = []
-    pre_run = control.pre_run_control(lambda model, conds: original.append(conds), lambda ms: Schedule(),
+    pre_run = control.pre_run_control(_masters_pre_run_control, lambda ms: HostSchedule(),
                                       lambda device: device == "xla:0")
-    pre_run(Model(), [{"control": Recorder()}, {}])
-    assert calls == [7.5] and type(calls[0]) is float and original == []
+    model = Model()
+    pre_run(model, [{"control": Recorder(clones={"cuda:1": Recorder()})}, {}])
+    assert calls == [7.5, 7.5] and all(type(c) is float for c in calls)  # the control and its clone
+    assert "percent_to_sigma" not in vars(model.model_sampling)  # put back after the call
     cpu_model = Model()
     cpu_model.device = "cpu"
-    pre_run(cpu_model, [{}])
-    assert original == [[{}]]
+    with pytest.raises(AssertionError, match="device schedule"):  # ComfyUI's own, untouched
+        pre_run(cpu_model, [{"control": Recorder()}])
 
 
 def test_the_layout_names_chains_uncond_and_ranges_but_not_values():

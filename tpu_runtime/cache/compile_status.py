@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Callable, Optional
 
+from tpu_runtime.comfyui import server
+
 log = logging.getLogger("comfy_tpu")
 
 #: (text, node id) -> None
@@ -18,21 +20,11 @@ Sender = Callable[[str, str], None]
 
 
 def _executing_node() -> Optional[str]:
-    try:
-        from comfy_execution.utils import get_executing_context
-    except ImportError:  # outside ComfyUI
-        return None
-    context = get_executing_context()
-    return str(context.node_id) if context is not None and context.node_id is not None else None
+    return server.executing_node_id()
 
 
 def _server_sender() -> Optional[Sender]:
-    try:
-        from server import PromptServer
-    except ImportError:  # ComfyUI imported as a library, no server module
-        return None
-    instance = getattr(PromptServer, "instance", None)
-    return instance.send_progress_text if instance is not None else None
+    return server.progress_text_sender()
 
 
 class CompileStatus:

@@ -291,6 +291,9 @@ class TPUManager(RunObserver):
         stats["spmd"] = self.spmd_stats()
         stats["options"] = self.options.model_dump()
         stats["auto_warmup"] = self.auto_warmup
+        stats["comfyui"] = self.state.comfy.model_dump() if self.state.comfy is not None else None
+        if self.state.comfy is not None:
+            stats["comfyui"]["line"] = self.state.comfy.line()
         return stats
 
 

@@ -84,10 +84,9 @@ class SignatureRequest(BaseModel):
     def sampler_and_scheduler(self) -> tuple[str, str]:
         """The seed's example passes ``scheduler="euler"``, a sampler name: read as the sampler when
         no sampler is given and it names no ComfyUI scheduler."""
-        import comfy.samplers
+        from tpu_runtime.comfyui.samplers import sampler_names, scheduler_names
 
-        if self.sampler is None and self.scheduler in comfy.samplers.KSampler.SAMPLERS \
-                and self.scheduler not in comfy.samplers.KSampler.SCHEDULERS:
+        if self.sampler is None and self.scheduler in sampler_names() and self.scheduler not in scheduler_names():
             return self.scheduler, "normal"
         return self.sampler or "euler", self.scheduler
 
@@ -112,13 +111,12 @@ def build(request: SignatureRequest, manager: Any) -> ExecutionSignature:
 def resolve_model_id(model_id: str, manager: Any) -> Any:
     """A model named by class name or fingerprint: the loaded ComfyUI model on the device, else (for
     a model ComfyUI has unloaded) a signature recorded for it, which carries its fingerprint."""
-    import comfy.model_management as mm
+    from tpu_runtime.comfyui.samplers import loaded_patchers
 
     loaded: dict[str, Any] = {}
-    for entry in list(mm.current_loaded_models):
-        patcher = entry.model
+    for patcher in loaded_patchers():
         inner = getattr(patcher, "model", None)
-        if patcher is None or not hasattr(inner, "diffusion_model") \
+        if not hasattr(inner, "diffusion_model") \
                 or not manager.backend.is_device(getattr(patcher, "load_device", None)):
             continue
         fingerprint = cached_fingerprint(patcher)

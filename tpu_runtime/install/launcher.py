@@ -188,7 +188,24 @@ def doctor_data() -> dict[str, Any]:
             "problems": [problem.message() for problem in loaded.problems],
         },
         "decision": decision.model_dump(mode="json"),
+        "comfyui": _comfyui_data(),
     }
+
+
+def _comfyui_data() -> dict[str, Any]:
+    """What the ComfyUI the pack would run in has (its core imported here, in CPU mode), or why not."""
+    try:
+        comfy_dir = find_comfyui(None)
+    except ComfyUINotFound as exc:
+        return {"found": False, "reason": str(exc)}
+    from tpu_runtime.comfyui import capabilities
+
+    try:
+        found = capabilities.detect_in(str(comfy_dir))
+    except Exception as exc:  # noqa: BLE001 - the doctor reports it and goes on
+        return {"found": True, "path": str(comfy_dir), "reason": f"could not import its core: "
+                                                                  f"{type(exc).__name__}: {exc}"}
+    return {"found": True, "path": str(comfy_dir), "line": found.line(), **found.model_dump(mode="json")}
 
 
 def _model_axis(mesh: str) -> int:
@@ -239,6 +256,11 @@ def format_doctor(data: dict[str, Any]) -> str:
               f"  execution    {s['execution']}",
               f"  conv kernels {s.get('conv_kernel_layout', 'auto')} (COMFY_TPU_CONV_KERNEL_LAYOUT)"]
     lines += [f"  settings problem: {p}" for p in s["problems"]]
+    comfy = data.get("comfyui") or {}
+    if comfy.get("line"):
+        lines.append(f"  ComfyUI      {comfy['path']}: {comfy['line']}")
+    elif comfy:
+        lines.append(f"  ComfyUI      {comfy.get('path', 'not found')}: {comfy.get('reason', '?')}")
     lines.append(f"TPU path {'ON' if d['on'] else 'OFF'}: {d['reason']}")
     return "\n".join(lines)
 
