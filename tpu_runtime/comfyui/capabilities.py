@@ -175,12 +175,11 @@ def _unipc_feature() -> Feature:
             import comfy.extra_samplers.uni_pc as module  # noqa: PLC0415
         except ImportError:
             return Feature(name="uni_pc one-graph", status="absent", detail="no UniPC in this ComfyUI")
-    fingerprint = unipc.source_fingerprint(module)
-    if fingerprint == unipc.CHECKED_SOURCE:
-        return Feature(name="uni_pc one-graph", status="device", detail=f"source {fingerprint} as checked")
+    precision, why = unipc.formula_for(module)
+    if precision is not None:
+        return Feature(name="uni_pc one-graph", status="device", detail=why)
     return Feature(name="uni_pc one-graph", status="fallback",
-                   detail=f"ComfyUI's UniPC source {fingerprint} is not the checked {unipc.CHECKED_SOURCE}: "
-                          "ComfyUI's own runs (correct; a small graph per order of its steps, 7 on a first "
+                   detail=f"{why}: ComfyUI's own runs (correct; a small graph per order of its steps, 7 on a first "
                           "run, and its solves on the host: one host sync a step)")
 
 

@@ -126,23 +126,22 @@ def install(state: "PackState") -> Patches:
     orig_fp16 = mm.should_use_fp16
     orig_unet_dtype = mm.unet_dtype
 
-    def get_free_memory(*args, **kwargs):
-        call = Call.of(orig_free, args, kwargs, fallback=("dev", "torch_free_too"))
-        dev = call.get("dev")
-        dev = xla_device if dev is None else dev
-        if not is_xla(dev):
-            return call.forward(orig_free)
-        free = memory(dev)[0]
-        return (free, free) if call.get("torch_free_too", False) else free
+    def memory_query(original: Callable, which: int, both_flag: str) -> Callable:
+        """``get_free_memory`` (which=0) or ``get_total_memory`` (1): answered for an XLA device."""
 
-    def get_total_memory(*args, **kwargs):
-        call = Call.of(orig_total, args, kwargs, fallback=("dev", "torch_total_too"))
-        dev = call.get("dev")
-        dev = xla_device if dev is None else dev
-        if not is_xla(dev):
-            return call.forward(orig_total)
-        total = memory(dev)[1]
-        return (total, total) if call.get("torch_total_too", False) else total
+        def query(*args, **kwargs):
+            call = Call.of(original, args, kwargs, fallback=("dev", both_flag))
+            dev = call.get("dev")
+            dev = xla_device if dev is None else dev
+            if not is_xla(dev):
+                return call.forward(original)
+            value = memory(dev)[which]
+            return (value, value) if call.get(both_flag, False) else value
+
+        return query
+
+    get_free_memory = memory_query(orig_free, 0, "torch_free_too")
+    get_total_memory = memory_query(orig_total, 1, "torch_total_too")
 
     def should_use_bf16(*args, **kwargs):
         device = Call.of(orig_bf16, args, kwargs, fallback=("device",)).get("device")
