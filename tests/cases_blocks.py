@@ -8,6 +8,8 @@ model. Every run is compared with eager CPU on the same weights and inputs.
 """
 from __future__ import annotations
 
+import gc
+
 from tests.sampling_harness import ksample, max_abs_diff  # noqa: F401  (before ComfyUI's own ``tests``)
 
 #: Per family: the depth overrides (``unet_config``) of the shallow and the deep model.
@@ -50,8 +52,10 @@ def depth_runs(nodes, family: str, steps: int = 3) -> dict:
             result["runs"].append({"model": name, "visit": visit, "compiles": measured.compiles,
                                    "transfers": measured.transfers_to_host, "fallbacks": measured.fallbacks,
                                    "diff": max_abs_diff(measured.samples, reference.samples)})
+        if name == "deep":  # the deep model's figures, the shallow one (deleted) collected with its entries
+            gc.collect()
+            result["blocks"] = state.replayed_models.block_figures()
         del xla, eager
-    result["blocks"] = state.replayed_models.block_figures()
     result["replay_fallbacks"] = state.replayed_models.fallbacks()
     return result
 
