@@ -34,6 +34,7 @@ def flash_attention(call: HeadsCall) -> torch.Tensor:
     q, k, v = call.q, call.k, call.v
     batch, heads, q_tokens, dim = q.shape
     k_tokens = k.shape[2]
+    q, k, v = q.float(), k.float(), v.float()  # as under torchax: a bf16 kernel misses 2e-3 parity
     q_len, k_len = (blockwise._round_up(n, FLASH_TILE) for n in (q_tokens, k_tokens))
     width = blockwise._round_up(dim, FLASH_TILE)
     q, k, v = (blockwise._pad(t, 3, width) for t in (q, k, v))
@@ -48,4 +49,4 @@ def flash_attention(call: HeadsCall) -> torch.Tensor:
         ab = (call.mask.float() / call.scale).expand(batch, heads, q_tokens, k_tokens)
         ab = blockwise._pad(blockwise._pad(ab, 3, k_len, blockwise.PAD_SCORE), 2, q_len)
     out = pallas_flash(q, k, v, False, sm_scale=call.scale, ab=ab, **segments)
-    return out[:, :, :q_tokens, :dim]
+    return out[:, :, :q_tokens, :dim].to(call.q.dtype)
