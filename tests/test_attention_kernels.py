@@ -151,3 +151,18 @@ def test_host_tensors_keep_comfyuis_attention(comfy_attention):
     q, k, v, mask = _inputs(case, torch.float32)
     out = _through_the_hook(comfy_attention, route.router_for("blockwise", "torch_xla", "CPU"), case, q, k, v, mask)
     assert torch.equal(out, comfy_attention(q, k, v, case.heads, mask=mask))
+
+
+def test_sampling_calls_get_the_router_of_their_setting(comfy, backend):
+    """``attach`` installs the router for the setting in force (and a model's own override of it)."""
+    from tpu_runtime import runtime
+    from tpu_runtime.sampling.attach import attach
+    from tpu_runtime.settings.run_options import OPTIONS_KEY
+
+    state = runtime.current()
+    plain, forced = {}, {"transformer_options": {OPTIONS_KEY: {"attention": "blockwise"}}}
+    attach(plain, state)
+    attach(forced, state)
+    device_type = backend.device_type()
+    assert plain["transformer_options"][HOOK] is route.router_for(state.options.attention, backend.name, device_type)
+    assert forced["transformer_options"][HOOK] is route.router_for("blockwise", backend.name, device_type)
