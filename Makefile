@@ -8,10 +8,18 @@ STACK := torch==2.9.0 torch-xla==2.9.0 torchvision==0.24.0 torchaudio==2.9.0
 # Setup's stamp for a ComfyUI folder lives in the venv, one per folder: the only thing setup writes
 # into a ComfyUI (which may be the user's own) is the pack's link, custom_nodes/comfy-tpu.
 COMFYUI_STAMP := $(VENV)/.comfyui-$(shell printf '%s' '$(COMFYUI_PATH)' | cksum | cut -d' ' -f1)
+# The compat layer: ComfyUI 0.33.0 (Aug 2026) from a release tree beside the repository (CI has a
+# read-only one in ../shared), run in a second venv that sees this venv's torch 2.9.0 + torch_xla 2.9.0
+# through a .pth file and has 0.33's own requirements; the tree is copied (cp -a: its .gitignore'd
+# placeholder files are part of the release) to a writable folder.
+COMFYUI_COMPAT_SOURCE ?= $(abspath $(CURDIR)/../shared/ComfyUI-0.33.0)
+COMPAT_COMFYUI := $(CURDIR)/.cache/ComfyUI-0.33.0
+COMPAT_VENV := .venv-comfy033
+COMPAT_VPY := $(COMPAT_VENV)/bin/python
 export PJRT_DEVICE ?= CPU
 export COMFYUI_PATH
 
-.PHONY: setup demo test test-fast lint bench doctor clean chromium
+.PHONY: setup demo test test-fast lint bench doctor clean chromium setup-compat test-compat
 
 setup: $(VENV)/.stack $(COMFYUI_STAMP) $(VENV)/.pack
 
@@ -47,9 +55,54 @@ demo: setup
 	COMFY_TPU_ENABLE=$${COMFY_TPU_ENABLE:-1} $(VPY) -m bench.demo
 
 # Everything (what .ci/run runs): lint, then the unit tests and the integration tests, which count
-# compiles in child processes one at a time.
+# compiles in child processes one at a time, on ComfyUI 0.3.75; then the compat layer on 0.33.0.
 test: setup chromium lint
 	$(VPY) -m pytest -q -ra tests
+	$(MAKE) --no-print-directory test-compat
+
+# Without the 0.33.0 tree (a clone with no ../shared beside it) the layer is skipped, and says so.
+setup-compat: setup
+	@if [ -f "$(COMFYUI_COMPAT_SOURCE)/main.py" ]; then \
+	  $(MAKE) --no-print-directory $(COMPAT_VENV)/.comfyui; \
+	else \
+	  echo "comfy-tpu: no ComfyUI 0.33.0 tree at $(COMFYUI_COMPAT_SOURCE) (set COMFYUI_COMPAT_SOURCE):" \
+	       "the compat layer is skipped"; \
+	fi
+
+# The compat layer: the tests marked `compat` (the sampling path, the five families and a LoRA, the
+# server, a ControlNet, an interrupt, a warm-up, the ComfyUI version check), with the second venv,
+# COMFYUI_PATH = the copy, and the default backend (torch_xla).
+test-compat: setup-compat
+	@if [ -f "$(COMPAT_VENV)/.comfyui" ] && [ -f "$(COMFYUI_COMPAT_SOURCE)/main.py" ]; then \
+	  echo "comfy-tpu: the compat layer: ComfyUI at $(COMPAT_COMFYUI)"; \
+	  COMFYUI_PATH="$(COMPAT_COMFYUI)" COMFY_TPU_BACKEND=torch_xla $(COMPAT_VPY) -m pytest -q -ra -m compat tests; \
+	else \
+	  echo "comfy-tpu: the compat layer (ComfyUI 0.33.0) did not run: no tree at $(COMFYUI_COMPAT_SOURCE)"; \
+	fi
+
+# A venv of its own whose .pth file puts this venv's site-packages (torch, torch_xla, the test tools)
+# after its own: what 0.33 needs in other versions goes into it, never into .venv.
+$(COMPAT_VENV)/.base: $(VENV)/.stack $(VENV)/.pack
+	rm -rf $(COMPAT_VENV)
+	$(VPY) -m venv $(COMPAT_VENV)
+	$(VPY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" \
+	  > "$$($(COMPAT_VPY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/comfy-tpu-main-venv.pth"
+	$(COMPAT_VPY) -c "import torch, torch_xla; assert torch.__version__.startswith('2.9.0'), torch.__version__"
+	touch $@
+
+$(COMPAT_COMFYUI)/main.py:
+	rm -rf "$(COMPAT_COMFYUI).partial"
+	mkdir -p "$(dir $(COMPAT_COMFYUI))"
+	cp -a "$(COMFYUI_COMPAT_SOURCE)" "$(COMPAT_COMFYUI).partial"
+	chmod -R u+w "$(COMPAT_COMFYUI).partial"
+	rm -rf "$(COMPAT_COMFYUI)"
+	mv "$(COMPAT_COMFYUI).partial" "$(COMPAT_COMFYUI)"
+
+# 0.33's requirements (never torch: the installed stack is a constraint) and the pack's link.
+$(COMPAT_VENV)/.comfyui: $(COMPAT_VENV)/.base $(COMPAT_COMFYUI)/main.py
+	$(COMPAT_VPY) scripts/install_comfy_requirements.py "$(COMPAT_COMFYUI)/requirements.txt"
+	$(COMPAT_VPY) scripts/link_pack.py "$(COMPAT_COMFYUI)"
+	touch $@
 
 # The unit layer only: no ComfyUI, no XLA device (seconds).
 test-fast: setup
@@ -65,4 +118,4 @@ doctor: setup
 	COMFY_TPU_ENABLE=$${COMFY_TPU_ENABLE:-1} $(VPY) -m tpu_runtime doctor
 
 clean:
-	rm -rf $(VENV) .cache
+	rm -rf $(VENV) $(COMPAT_VENV) .cache

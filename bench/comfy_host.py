@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -16,6 +17,15 @@ def comfyui_path() -> Path:
         if candidate and (Path(candidate) / "main.py").is_file() and (Path(candidate) / "comfy").is_dir():
             return Path(candidate)
     raise RuntimeError("ComfyUI not found: set COMFYUI_PATH or run `make setup`")
+
+
+def tree_version(root: Path) -> str:
+    """The ComfyUI version a tree's ``comfyui_version.py`` states, read as text (nothing imported)."""
+    source = root / "comfyui_version.py"
+    found = re.search(r"""^__version__\s*=\s*["']([^"']+)["']""", source.read_text(), re.MULTILINE)
+    if not found:
+        raise RuntimeError(f"{source} states no __version__")
+    return found.group(1)
 
 
 def import_comfy_core() -> Path:

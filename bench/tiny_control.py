@@ -90,12 +90,13 @@ def family_controlnet(family: str, seed: int = 5, load_device=None):
     import comfy.ops
     import comfy.supported_models
 
-    from bench.tiny_zoo import FAMILIES, fill_seeded
+    from bench.tiny_zoo import FAMILIES, fill_seeded, running_comfyui_params
 
     fam = FAMILIES[family]
     config_class = getattr(comfy.supported_models, fam.config_class)
     config = dict(config_class.unet_config)
     config.update(fam.unet_config)
+    config = running_comfyui_params(fam, config)
     dtype = mm.unet_dtype()
     operations = comfy.ops.disable_weight_init
     if family == "sdxl":

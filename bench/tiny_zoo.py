@@ -14,6 +14,8 @@ is the shape of an empty latent for it.
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import math
 from dataclasses import dataclass, field
 from typing import Optional
@@ -41,6 +43,10 @@ class Family:
     pooled: Optional[int] = None           # width of ``pooled_output``, when the family reads one
     extras: dict = field(default_factory=dict)  # further conditioning entries (Flux ``guidance``)
     cfg: float = 7.0                       # a typical cfg for the family
+    #: The model's parameter dataclass (``module.Class``), and entries of ``unet_config`` given only when
+    #: the running ComfyUI's dataclass has that field (fields later releases added, as required ones).
+    params_class: Optional[str] = None
+    newer_params: dict = field(default_factory=dict)
 
 
 FAMILIES: dict[str, Family] = {
@@ -65,7 +71,9 @@ FAMILIES: dict[str, Family] = {
         dict(image_model="flux", guidance_embed=True, in_channels=16, out_channels=16, vec_in_dim=32,
              context_in_dim=64, hidden_size=64, mlp_ratio=4.0, num_heads=2, depth=1, depth_single_blocks=1,
              axes_dim=[8, 12, 12], theta=10000, patch_size=2, qkv_bias=True),
-        context_dim=64, tokens=16, latent_channels=16, pooled=32, extras={"guidance": 3.5}, cfg=1.0),
+        context_dim=64, tokens=16, latent_channels=16, pooled=32, extras={"guidance": 3.5}, cfg=1.0,
+        # 2026 ComfyUI: a required ``txt_ids_dims`` (which text-id axes get positions; none for Flux.1).
+        params_class="comfy.ldm.flux.model.FluxParams", newer_params={"txt_ids_dims": []}),
     "wan": Family(
         "wan", "WAN21_T2V",
         dict(image_model="wan2.1", model_type="t2v", patch_size=(1, 2, 2), in_dim=16, out_dim=16, dim=64,
@@ -80,6 +88,17 @@ def family(name: str) -> Family:
         return FAMILIES[name]
     except KeyError:
         raise ValueError(f"unknown family {name!r}; the zoo has {', '.join(FAMILIES)}") from None
+
+
+def running_comfyui_params(fam: Family, config: dict) -> dict:
+    """``config`` plus the family's ``newer_params`` that the running ComfyUI's parameter dataclass has
+    (detected from its fields, not from a version number): one builder for 0.3.75 and 2026 releases."""
+    if not fam.params_class or not fam.newer_params:
+        return config
+    module, name = fam.params_class.rsplit(".", 1)
+    fields = {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
+    return {**config, **{key: value for key, value in fam.newer_params.items()
+                         if key in fields and key not in config}}
 
 
 def fill_seeded(module: torch.nn.Module, seed: int) -> None:
@@ -102,7 +121,7 @@ def fill_seeded(module: torch.nn.Module, seed: int) -> None:
             tensor.copy_(values)
 
 
-def build_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32):
+def build_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, overrides: Optional[dict] = None):
     """The family's ``comfy.model_base`` model on the CPU with seeded random weights and buffers.
 
     ``sd15`` is the architecture of ``tiny_model.build_sd15_model`` with the zoo's weight scale (that
@@ -113,6 +132,8 @@ def build_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32):
     config_class = getattr(comfy.supported_models, fam.config_class)
     config = dict(config_class.unet_config)
     config.update(fam.unet_config)
+    config.update(overrides or {})  # e.g. the depth (bench_depth)
+    config = running_comfyui_params(fam, config)
     config["dtype"] = dtype
     model_config = config_class(config)
     model_config.unet_config = config  # over the class's ``unet_extra_config`` (head counts)
@@ -121,13 +142,14 @@ def build_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32):
     return model
 
 
-def build_patcher(name: str, seed: int = 0, load_device=None, dtype: Optional[torch.dtype] = None):
+def build_patcher(name: str, seed: int = 0, load_device=None, dtype: Optional[torch.dtype] = None,
+                  overrides: Optional[dict] = None):
     """The family's model wrapped as ComfyUI's loaders wrap it: loads on ``get_torch_device()`` (or
     ``load_device``), weights in ``dtype`` (default: the one ComfyUI picks for a diffusion model)."""
     import comfy.model_management as mm
     import comfy.model_patcher
 
-    model = build_model(name, seed, dtype=dtype or mm.unet_dtype())
+    model = build_model(name, seed, dtype=dtype or mm.unet_dtype(), overrides=overrides)
     return comfy.model_patcher.ModelPatcher(model, load_device=load_device or mm.get_torch_device(),
                                             offload_device=mm.unet_offload_device())
 

@@ -7,6 +7,8 @@ copy of the ControlNet).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 from tests.sampling_harness import ksample, max_abs_diff  # noqa: F401  (before ComfyUI's own ``tests``)
 
 #: One run's settings (the keyword arguments of ``ksample`` and of the control's application).
@@ -115,7 +117,8 @@ def warmed_control(nodes, warm_percent: list, run_percents: list, size: int = 12
     return result
 
 
-def family_runs(nodes, family: str, strengths: list, size: int = 64, steps: int = 6) -> dict:
+def family_runs(nodes, family: str, strengths: list, size: int = 64, steps: int = 6,
+                overrides: Optional[dict] = None) -> dict:
     """A control of another kind or model family, applied by ``ControlNetApplyAdvanced`` at each of
     ``strengths`` in turn: each run's counters and its parity with eager CPU (``t2i``: a T2I-Adapter on
     the tiny SD1.5-architecture UNet; ``sdxl``, ``flux``: the zoo's model with a ControlNet of its shape)."""
@@ -134,7 +137,8 @@ def family_runs(nodes, family: str, strengths: list, size: int = 64, steps: int 
         pos, neg = tiny_model.sd15_conditioning(1), tiny_model.sd15_conditioning(2)
         latent, cfg = torch.zeros(1, 4, size // 8, size // 8), 7.0
     else:
-        xla, cpu = tiny_zoo.build_patcher(family, seed=0), tiny_zoo.build_patcher(family, seed=0, load_device=cpu_device)
+        xla = tiny_zoo.build_patcher(family, seed=0, overrides=overrides)
+        cpu = tiny_zoo.build_patcher(family, seed=0, load_device=cpu_device, overrides=overrides)
         control = tiny_control.family_controlnet(family)
         control_cpu = tiny_control.family_controlnet(family, load_device=cpu_device)
         pos, neg = tiny_zoo.conditioning(family, 1, size=size), tiny_zoo.conditioning(family, 2, size=size)

@@ -23,6 +23,8 @@ def pytest_configure(config) -> None:
                                        "(torch_xla, torchax), unless COMFY_TPU_BACKEND names one")
     config.addinivalue_line("markers", "slow: a long test (the soak through the server); in `make test`, "
                                        "left out of `make test-fast`")
+    config.addinivalue_line("markers", "compat: also in the compat layer (`make test-compat`: the newest checked "
+                                       "ComfyUI, 0.33.0, in its own venv)")
     config.addinivalue_line("markers", "runs_last: run after every other test of the session, to see what "
                                        "the whole suite left behind")
 

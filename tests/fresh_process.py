@@ -25,6 +25,12 @@ BOTH_BACKENDS_MARKER = "both_backends"
 BACKENDS = ("torch_xla", "torchax")
 
 
+def selected_backends() -> tuple[str, ...]:
+    """The backend COMFY_TPU_BACKEND names (the compat layer runs one), else both."""
+    named = os.environ.get("COMFY_TPU_BACKEND", "").strip().lower()
+    return (named,) if named else BACKENDS
+
+
 def in_child() -> bool:
     return os.environ.get(IN_CHILD_ENV) == "1"
 

@@ -10,15 +10,17 @@ import time
 import pytest
 
 from tests.child import run_child
-from tests.fresh_process import BACKENDS
+from tests.fresh_process import selected_backends
 
 PARITY = 1e-3  # fp32 (the child runs with autocast off)
 MAX_TRANSFERS = 2
 #: The last visits: onto the LoRA clone, the same LoRA at strengths 0.5 and 0.8, and back to the base.
 LORA_VISITS = ["sdxl+lora", "sdxl+lora@0.5", "sdxl+lora@0.8", "sdxl"]
+#: Every family and a LoRA strength change: also in the compat layer (`make test-compat`).
+pytestmark = pytest.mark.compat
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="module", params=selected_backends())
 def session(request):
     if request.param == "torchax" and importlib.util.find_spec("torchax") is None:
         pytest.skip("torchax is not installed (make setup installs the comfy-tpu[torchax] extra)")

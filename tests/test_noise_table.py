@@ -8,13 +8,12 @@ no noise sampler must be the table's kind, and given one it must build neither. 
 from __future__ import annotations
 
 import inspect
-from types import SimpleNamespace
-from typing import Optional
 
 import pytest
 import torch
 
 from tests.comfy_env import import_comfy_core
+from tpu_runtime.comfyui.sampler_probe import _Built, _run
 from tpu_runtime.sampling import noise
 
 #: Samplers that take no ``noise_sampler`` yet build ComfyUI's default one themselves (with eta 0,
@@ -23,7 +22,8 @@ BUILDS_DEFAULT_ITSELF = {"sample_euler_cfg_pp", "dpm_fast_function"}
 
 
 #: ``KSampler.SAMPLERS`` of ComfyUI 0.3.75, spelled out so collecting this file imports no ComfyUI
-#: (importing its core configures it for the whole session); the first test checks it is current.
+#: (importing its core configures it for the whole session); a newer ComfyUI's own list is checked by the
+#: probe test.
 SAMPLERS = ("euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2", "dpm_2",
             "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp",
             "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_cfg_pp", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu",
@@ -44,28 +44,6 @@ def _function(comfy_samplers, name: str):
     return comfy_samplers.sampler_object(name).sampler_function
 
 
-class _Built(Exception):
-    """Raised by the watched constructors: the sampler built this kind of noise sampler."""
-
-
-class _Denoiser:
-    """What the k-diffusion samplers use of ``KSamplerX0Inpaint``: a call that runs the post-cfg
-    functions (cfg_pp samplers read the uncond prediction through them) and the model sampling."""
-
-    def __init__(self, model_sampling) -> None:
-        patcher = SimpleNamespace(get_model_object=lambda name: model_sampling)
-        self.inner_model = SimpleNamespace(inner_model=SimpleNamespace(model_sampling=model_sampling),
-                                           model_patcher=patcher)
-
-    def __call__(self, x, sigma, denoise_mask=None, model_options={}, seed=None):
-        denoised = x * 0.5
-        for function in model_options.get("sampler_post_cfg_function", []):
-            denoised = function({"denoised": denoised, "cond_denoised": denoised, "uncond_denoised": denoised,
-                                 "model": None, "sigma": sigma, "input": x, "model_options": model_options,
-                                 "cond": None, "uncond": None, "cond_scale": 1.0})
-        return denoised
-
-
 @pytest.fixture(scope="module")
 def comfy_samplers():
     """``comfy.samplers``, from ComfyUI's core only (configured as ``import_comfy`` does)."""
@@ -75,9 +53,22 @@ def comfy_samplers():
     return comfy.samplers
 
 
-def test_the_sampler_list_is_comfyuis(comfy_samplers):
-    """A sampler ComfyUI adds must be added here (and to the table) to be checked."""
-    assert tuple(comfy_samplers.KSampler.SAMPLERS) == SAMPLERS
+def test_every_sampler_of_the_running_comfyui_is_classified(comfy_samplers):
+    """The running ComfyUI's list, whatever it holds (2026 releases add samplers): each one's noise is found
+    by the probe the pack runs at start, agreeing with the table where the table knows the function."""
+    from tpu_runtime.comfyui.sampler_probe import probe
+
+    unclassified, disagreeing = [], []
+    for name in comfy_samplers.KSampler.SAMPLERS:
+        function = comfy_samplers.sampler_object(name).sampler_function
+        found = probe(function)
+        if found.error:
+            unclassified.append((name, found.error))
+        elif function.__name__ in noise.NOISE_KINDS and function.__name__ not in BUILDS_DEFAULT_ITSELF \
+                and found.kind != noise.NOISE_KINDS[function.__name__]:
+            disagreeing.append((name, found.kind, noise.NOISE_KINDS[function.__name__]))
+    assert not unclassified and not disagreeing, (unclassified, disagreeing)
+    assert set(SAMPLERS) - set(comfy_samplers.KSampler.SAMPLERS) == set(), "a checked sampler is gone"
 
 
 @pytest.fixture
@@ -94,21 +85,6 @@ def watched(comfy_samplers, monkeypatch):
     monkeypatch.setattr(k, "BrownianTreeNoiseSampler", built("brownian"))
 
 
-def _run(comfy_samplers, function, **options) -> Optional[str]:
-    """Run the sampler a few steps; the kind of noise sampler it built, None if it built none."""
-    import comfy.model_sampling as ms
-
-    model_sampling = type("ModelSampling", (ms.EPS, ms.ModelSamplingDiscrete), {})()
-    x = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
-    sigmas = torch.tensor([3.0, 1.5, 0.7, 0.3, 0.0])
-    try:
-        function(_Denoiser(model_sampling), x, sigmas, extra_args={"seed": 7, "model_options": {}}, callback=None,
-                 disable=True, **options)
-    except _Built as exc:
-        return exc.args[0]
-    return None
-
-
 def _accepts_noise_sampler(function) -> bool:
     parameters = inspect.signature(function).parameters.values()
     return any(p.name == "noise_sampler" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
@@ -121,7 +97,7 @@ def test_noise_table_entry_matches_the_sampler(comfy_samplers, watched, name, ca
     kind = noise.noise_kind(function)
     assert not [r for r in caplog.records if r.name == "comfy_tpu"], "a known sampler is not logged as unknown"
 
-    built_alone = _run(comfy_samplers, function)
+    built_alone = _run(function)
     if kind is None:
         assert not _accepts_noise_sampler(function), f"{name} takes a noise sampler the pack would not give"
         expected = "default" if function.__name__ in BUILDS_DEFAULT_ITSELF else None
@@ -136,7 +112,7 @@ def test_noise_table_entry_matches_the_sampler(comfy_samplers, watched, name, ca
         draws.append((float(sigma), float(sigma_next)))
         return torch.zeros(1, 4, 4, 4)
 
-    assert _run(comfy_samplers, function, noise_sampler=given) is None, f"{name} ignored the given noise sampler"
+    assert _run(function, noise_sampler=given) is None, f"{name} ignored the given noise sampler"
     assert draws, f"{name} never drew from the given noise sampler"  # (eta-0 samplers too: noise times 0)
 
 

@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from tests.comfy_env import tree_version
 from tests.server import ComfyServer, txt2img_prompt
 
 ENV_ON = {"COMFY_TPU_ENABLE": "1", "PJRT_DEVICE": "CPU", "COMFY_TPU_AUTOCAST_BF16": "0"}
@@ -21,6 +22,7 @@ def server(tmp_path_factory):
         srv.stop()
 
 
+@pytest.mark.compat
 def test_system_stats_lists_the_xla_device_with_memory(server):
     stats = server.get("/system_stats")
     device = stats["devices"][0]
@@ -28,6 +30,13 @@ def test_system_stats_lists_the_xla_device_with_memory(server):
     assert device["vram_total"] > 0 and device["vram_free"] > 0
 
 
+@pytest.mark.compat
+def test_the_server_runs_the_comfyui_at_comfyui_path(server):
+    """main.py of COMFYUI_PATH's tree, with its own modules (the compat layer: 0.33.0's, not 0.3.75's)."""
+    assert server.get("/system_stats")["system"]["comfyui_version"] == tree_version(server.root)
+
+
+@pytest.mark.compat
 def test_startup_log_line_names_device_and_versions(server):
     log = server.log()
     line = next(text for text in log.splitlines() if "TPU path on" in text)
@@ -35,11 +44,18 @@ def test_startup_log_line_names_device_and_versions(server):
     assert "IMPORT FAILED" not in log
 
 
+@pytest.mark.compat
 def test_ksampler_runs_on_the_device_through_prompt(server):
     entry = server.run_prompt(txt2img_prompt(steps=2))
     assert entry["status"]["status_str"] == "success", entry["status"]
     saved = list(server.output.glob("latents/tpu_test*.latent")) or list(server.output.rglob("tpu_test*"))
     assert saved, "SaveLatent wrote nothing"
+    # Another seed and step count: the same graphs (the first prompt warmed its signature up).
+    before = server.get("/tpu/stats")["xla"]
+    again = server.run_prompt(txt2img_prompt(steps=3, seed=6))
+    assert again["status"]["status_str"] == "success", again["status"]
+    after = server.get("/tpu/stats")["xla"]
+    assert after["compiles"] == before["compiles"], (before, after)
 
 
 def _start_and_read_log(tmp_path, env: dict, pythonpath_prefix: str = "", extra_args=None):

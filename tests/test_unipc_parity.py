@@ -64,3 +64,29 @@ def test_the_same_results_as_comfyuis_own(comfy_unipc, name, steps, to_zero):
     assert (ours - theirs).abs().max().item() <= BOUND
     assert torch.equal(ours_sigmas, theirs_sigmas)  # the schedule left as ComfyUI's leaves it
     assert ours_steps == theirs_steps == list(range(steps))  # one callback a step, for the progress bar
+
+
+def test_a_unipc_of_another_source_is_probed_against_comfyuis_own(comfy_unipc, monkeypatch):
+    """A ComfyUI whose UniPC source is not the checked one (ComfyUI master computes its ``b`` in float64)
+    keeps the one-graph form where it gives that UniPC's own results on the CPU probe."""
+    monkeypatch.setattr(unipc, "CHECKED_SOURCE", "another-release")
+    unipc._formula_matching.cache_clear()
+    precision, why = unipc.formula_for(comfy_unipc)
+    assert precision in ("float32", "float64") and "probe" in why
+    replacement = unipc.replacement_for(comfy_unipc.sample_unipc)
+    model, sigmas = _denoiser(5), _schedule(6, True)
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5)) * 14.6
+    theirs = comfy_unipc.sample_unipc(model, x.clone(), sigmas.clone(), {}, None, True)
+    assert (replacement(model, x.clone(), sigmas.clone(), {}, None, True) - theirs).abs().max().item() <= BOUND
+    unipc._formula_matching.cache_clear()
+
+
+def test_a_unipc_that_computes_something_else_runs_as_comfyuis_own(comfy_unipc, caplog):
+    """The probe catches a UniPC that is not the reproduced formula: ComfyUI's own runs, said once."""
+    import types
+
+    changed = types.ModuleType("comfy.extra_samplers.uni_pc")
+    changed.sample_unipc = lambda *a, **k: comfy_unipc.sample_unipc(*a, **k) + 0.01
+    changed.sample_unipc_bh2 = lambda *a, **k: comfy_unipc.sample_unipc_bh2(*a, **k) + 0.01
+    precision, why = unipc.formula_for(changed)
+    assert precision is None and "differ" in why

@@ -70,7 +70,8 @@ class TPUManualWarmup(TPUNode):
                 io.Combo.Input("scheduler", options=_schedulers(), default="normal",
                                tooltip="Schedulers are data, not graphs: any choice serves every scheduler."),
                 io.Conditioning.Input("positive", optional=True,
-                                      tooltip="Optional: conditioning of the real token length (else 77 zeros)."),
+                                      tooltip="Optional: the workflow's conditioning (its shapes are warmed); else "
+                                              "zeros of the shapes the model's config gives."),
                 io.Conditioning.Input("negative", optional=True, tooltip="Optional negative conditioning."),
                 io.Boolean.Input("force_recompile", default=False,
                                  tooltip="Run the warm-up even if the signature is already cached."),
@@ -81,6 +82,11 @@ class TPUManualWarmup(TPUNode):
                                tooltip="The control's start; a range short of 0-1 also warms the steps it is off."),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001, optional=True,
                                tooltip="The control's end."),
+                io.Int.Input("frames", default=1, min=1, max=1024, optional=True,
+                             tooltip="Latent frames of a video model (Wan: (length - 1) / 4 + 1); image models "
+                                     "ignore it."),
+                io.Int.Input("context_tokens", default=0, min=0, max=16384, optional=True,
+                             tooltip="Without positive: the prompts' text tokens (0: from the model's config)."),
             ],
             outputs=[io.Model.Output(display_name="MODEL", tooltip="The same model, warmed."),
                      io.String.Output(display_name="status", tooltip="Signature, graphs compiled, seconds.")],
@@ -88,11 +94,13 @@ class TPUManualWarmup(TPUNode):
 
     @classmethod
     def execute(cls, model, width, height, batch_size, cfg, sampler_name, scheduler, positive=None, negative=None,
-                force_recompile=False, control_net=None, start_percent=0.0, end_percent=1.0) -> io.NodeOutput:
+                force_recompile=False, control_net=None, start_percent=0.0, end_percent=1.0, frames=1,
+                context_tokens=0, **kwargs) -> io.NodeOutput:
         try:
             result = cls.manager().warmup(model, width, height, batch_size, cfg, sampler_name, scheduler,
                                           positive, negative, force_recompile, control_net=control_net,
-                                          control_percent=(start_percent, end_percent))
+                                          control_percent=(start_percent, end_percent), frames=frames,
+                                          context_tokens=context_tokens or None)
             status = result.status()
         except (TPUPathOff, WarmupArgumentError) as exc:
             status = str(exc)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from tpu_runtime.backends import xla as backend_mod
 from tpu_runtime.backends.device import DeviceReport, decide_path, describe, detect
 from tpu_runtime.settings.run_options import RunOptions
 from tpu_runtime.settings.tpu_settings import TPUSettings, env_var, load_settings
 from tpu_runtime.state import PackState, current, set_current
+
+if TYPE_CHECKING:
+    from tpu_runtime.comfyui.capabilities import ComfyCapabilities
 
 log = logging.getLogger("comfy_tpu")
 
@@ -19,11 +22,10 @@ __all__ = ["current", "start", "stop"]
 
 def default_cache_dir() -> Path:
     """``<ComfyUI user dir>/comfy-tpu`` inside ComfyUI, else ``~/.cache/comfy-tpu``."""
-    try:
-        import folder_paths
-    except ImportError:  # not inside ComfyUI (a script, the doctor)
-        return Path.home() / ".cache" / "comfy-tpu"
-    return Path(folder_paths.get_user_directory()) / "comfy-tpu"
+    from tpu_runtime.comfyui.server import user_directory
+
+    user = user_directory()  # None outside ComfyUI (a script, the doctor)
+    return user / "comfy-tpu" if user is not None else Path.home() / ".cache" / "comfy-tpu"
 
 
 def xla_cache_subdir(cache_dir: Path, backend: str = "torch_xla") -> Path:
@@ -127,6 +129,7 @@ def _assemble(state: PackState, backend: Any, cache_dir: Path) -> None:
     from tpu_runtime.sampling.schedule import HostSchedules
     from tpu_runtime.install.versions import libtpu_version, torch_xla_version
     from tpu_runtime.backends.weight_shard import Placement
+    from tpu_runtime.comfyui.sampler_probe import SamplerProbes
 
     settings = state.settings
     state.backend = backend
@@ -148,8 +151,25 @@ def _assemble(state: PackState, backend: Any, cache_dir: Path) -> None:
         if backend.persistent_cache_dir else None, persistent_cache_note=persistent_cache_note(state.report),
         rewarm=settings.rewarm)
     state.observers.append(state.manager)
+    state.sampler_probes = SamplerProbes()
     patches.install(state)
     seed_api.register()  # only with the path on: a seed script then fails loudly when it is off
+    state.comfy = _comfy_capabilities(state)
+
+
+def _comfy_capabilities(state: PackState) -> Optional["ComfyCapabilities"]:
+    """What the running ComfyUI has, said in one line (a failure to look is said, never fatal)."""
+    from tpu_runtime.comfyui import capabilities
+    from tpu_runtime.sampling.noise import noise_kind
+
+    try:
+        found = capabilities.detect(lambda function: noise_kind(function, state.sampler_probes))
+    except Exception as exc:  # noqa: BLE001 - the pack runs without the report
+        log.warning("comfy-tpu: could not read what this ComfyUI has: %s: %s", type(exc).__name__, exc)
+        return None
+    say = log.warning if found.newer_than_checked or found.older_than_checked else log.info
+    say("comfy-tpu: %s", found.line())
+    return found
 
 
 def stop() -> None:

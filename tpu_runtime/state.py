@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from tpu_runtime.comfyui.patches import Patches
     from tpu_runtime.sampling import RunObserver
     from tpu_runtime.sampling.schedule import HostSchedules
+    from tpu_runtime.comfyui.capabilities import ComfyCapabilities
+    from tpu_runtime.comfyui.sampler_probe import SamplerProbes
 
 log = logging.getLogger("comfy_tpu")
 
@@ -75,6 +77,10 @@ class PackState:
     placement: Optional["Placement"] = None
     compiled_models: Optional["CompiledModels"] = None
     replayed_models: Optional["ReplayedModels"] = None
+    #: How the running ComfyUI's samplers draw noise, probed once per function (comfyui.sampler_probe).
+    sampler_probes: Optional["SamplerProbes"] = None
+    #: What the running ComfyUI has and what the pack does about it (comfyui.capabilities), found at start.
+    comfy: Optional["ComfyCapabilities"] = None
 
     @property
     def settings(self) -> TPUSettings:

@@ -85,30 +85,53 @@ def test_a_sampler_function_gets_the_latent_and_returns_a_plain_tensor():
     assert type(out) is torch.Tensor and isinstance(seen["s_in"], HostTensor)
 
 
-def test_pre_run_uses_the_host_schedule_for_xla_models_only():
+def _masters_pre_run_control(model, conds):
+    """Shaped like ComfyUI master's ``pre_run_control``: the schedule's ``percent_to_sigma`` read at call
+    time, each control pre-run and then its ``multigpu_clones``."""
+    s = model.model_sampling
+    percent_to_timestep_function = lambda a: s.percent_to_sigma(a)  # noqa: E731
+    for x in conds:
+        if "control" in x:
+            x["control"].pre_run(model, percent_to_timestep_function)
+            for device, clone in x["control"].multigpu_clones.items():
+                clone.pre_run(model, percent_to_timestep_function)
+
+
+def test_pre_run_runs_comfyuis_own_with_the_host_schedule_for_xla_models_only():
     calls = []
 
-    class Schedule:
+    class HostSchedule:
         def percent_to_sigma(self, percent):
             return torch.tensor(10.0 * (1 - percent))
 
+    class DeviceSchedule:
+        def percent_to_sigma(self, percent):
+            raise AssertionError("read the device schedule (an .item() of a device value)")
+
     class Model:
         device = "xla:0"
-        model_sampling = object()
+
+        def __init__(self):
+            self.model_sampling = DeviceSchedule()
 
     class Recorder(FakeControl):
+        def __init__(self, clones=()):
+            super().__init__()
+            self.multigpu_clones = dict(clones)
+
         def pre_run(self, model, percent_to_sigma):
             calls.append(percent_to_sigma(0.25))
 
-    original = []
-    pre_run = control.pre_run_control(lambda model, conds: original.append(conds), lambda ms: Schedule(),
+    pre_run = control.pre_run_control(_masters_pre_run_control, lambda ms: HostSchedule(),
                                       lambda device: device == "xla:0")
-    pre_run(Model(), [{"control": Recorder()}, {}])
-    assert calls == [7.5] and type(calls[0]) is float and original == []
+    model = Model()
+    pre_run(model, [{"control": Recorder(clones={"cuda:1": Recorder()})}, {}])
+    assert calls == [7.5, 7.5] and all(type(c) is float for c in calls)  # the control and its clone
+    assert "percent_to_sigma" not in vars(model.model_sampling)  # put back after the call
     cpu_model = Model()
     cpu_model.device = "cpu"
-    pre_run(cpu_model, [{}])
-    assert original == [[{}]]
+    with pytest.raises(AssertionError, match="device schedule"):  # ComfyUI's own, untouched
+        pre_run(cpu_model, [{"control": Recorder()}])
 
 
 def test_the_layout_names_chains_uncond_and_ranges_but_not_values():
@@ -129,16 +152,16 @@ def test_the_warmup_applies_a_control_like_the_node_and_warms_its_off_steps_when
     previous = FakeControl()
     positive = [[torch.zeros(1, 77, 768), {"control": previous}]]
     negative = [[torch.zeros(1, 77, 768), {}]]
-    pos, neg = with_control(None, positive, negative, net, 64, 64, (0.0, 1.0))
+    pos, neg = with_control(positive, negative, net, 64, 64, (0.0, 1.0))
     assert pos[0][1]["control"].previous_controlnet is previous and neg[0][1]["control"].previous_controlnet is None
     assert tuple(pos[0][1]["control"].hint.shape) == (1, 3, 64, 64) and "control" not in negative[0][1]
     assert control_states(pos, neg) == [(pos, neg)]
-    ranged = with_control(None, positive, negative, net, 64, 64, (0.2, 0.8))
+    ranged = with_control(positive, negative, net, 64, 64, (0.2, 0.8))
     states = control_states(*ranged)
     assert len(states) == 2
     off = states[1][0][0][1]["control"]  # every step off: a copy at start = end = 100%
     assert off.timestep_percent_range == (1.0, 1.0) and off.previous_controlnet.timestep_percent_range == (1.0, 1.0)
-    shared = with_control(None, positive, positive, net, 64, 64, (0.2, 0.8))
+    shared = with_control(positive, positive, net, 64, 64, (0.2, 0.8))
     for state in control_states(*shared):  # a control shared by cond and uncond stays one object
         assert state[0][0][1]["control"] is state[1][0][1]["control"]
     on = states[0][0][0][1]["control"]  # every step on: a copy at the full range, its chain copied too
@@ -151,7 +174,7 @@ def test_the_warmup_applies_a_control_like_the_node_and_warms_its_off_steps_when
                                           (FakeControl(), (0.0, 1.5))])
 def test_the_warmup_says_what_is_wrong_with_a_control_argument(bad, percent):
     with pytest.raises(WarmupArgumentError, match="control"):
-        with_control(None, [[torch.zeros(1), {}]], [[torch.zeros(1), {}]], bad, 64, 64, percent)
+        with_control([[torch.zeros(1), {}]], [[torch.zeros(1), {}]], bad, 64, 64, percent)
 
 
 def test_an_adapter_model_stays_on_the_device_during_a_call_only():

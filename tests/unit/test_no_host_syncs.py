@@ -23,6 +23,8 @@ PER_STEP_MODULES = ("sampling/run", "sampling/outer", "sampling/steps", "samplin
 #: (module, call as ``ast.unparse`` writes it) -> why it reads no device value.
 ALLOWED: dict[tuple[str, str], str] = {
     ("sampling/run", "float(cfg)"): "the guider's cfg scale: a Python number from the node's input",
+    ("sampling/unipc", "float((ours - theirs).abs().max())"): "the probe of another ComfyUI's UniPC compares two "
+                                                                "runs on a CPU latent, once a process, no step",
     ("execution/host_values", "bool(written)"): "a list of the tensors an op writes: its length, not their values",
     ("execution/host_values", "bool(written - {'self'})"): "a set of argument names from the op's schemas",
 }

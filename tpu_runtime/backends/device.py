@@ -124,6 +124,10 @@ def detect(backend: str = "torch_xla") -> DeviceReport:
         if missing:
             report.error = (f"{env_var('backend')}=torchax but {' and '.join(missing)} is not installed "
                             "(python install.py --backend torchax, or pip install 'comfy-tpu[torchax]')")
+        else:
+            from tpu_runtime.install.plan import torchax_torch_problem
+
+            report.error = torchax_torch_problem(report.torch_version, report.torchax_version)
         return report
     if not report.torch_xla_importable:
         report.error = "torch_xla is not installed"

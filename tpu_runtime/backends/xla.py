@@ -256,7 +256,8 @@ class XlaBackend:
         return result
 
     # -- replaying a traced program ----------------------------------------------------------------
-    def capture_program(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor]) -> "XlaProgram":
+    def capture_program(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor],
+                        input_ids: Optional[list[Optional[int]]] = None) -> "XlaProgram":
         """Compile the graph that computes ``outputs`` (traced lazily from ``inputs``, which were
         device data when the trace began) as a program whose parameters are ``inputs``, in order.
 
@@ -264,14 +265,17 @@ class XlaBackend:
         runs with :meth:`run_program`, which costs one list of device handles and one launch: no
         Python of the model, no re-trace. Graph inputs that are not among ``inputs`` are values the
         trace made (constants) and are kept; the RNG seed is taken fresh at each run, as torch_xla's
-        dynamo bridge does. Raises :class:`ReplayUnsupported` when ``inputs`` were written in place."""
+        dynamo bridge does. Raises :class:`ReplayUnsupported` when ``inputs`` were written in place, unless
+        the caller gives ``input_ids`` (:meth:`tensor_ids` of the inputs before the trace: a write renews a
+        tensor's id), has made the written inputs outputs too, and runs the program first on
+        :meth:`traced_inputs` (the inputs' data as the trace read it)."""
         xlac = self._torch_xla._XLAC
-        written = [index for index, pending in enumerate(xlac._check_tensor_need_materialization(inputs))
-                   if pending]
-        if written:
+        written = [index for index, pending in enumerate(self.written_inputs(inputs)) if pending]
+        if written and input_ids is None:
             raise ReplayUnsupported(f"the model writes {len(written)} of its inputs in place")
         self._xm.wait_device_ops()  # the inputs' data must exist (not placeholders) to be named
-        input_ids = {xlac._xla_get_tensor_id(tensor): index for index, tensor in enumerate(inputs)}
+        input_ids = {tensor_id: index for index, tensor_id in enumerate(input_ids or self.tensor_ids(inputs))
+                     if tensor_id is not None}
         graph_ids, graph_values = xlac._get_tensors_xla_device_data_node(outputs)
         graph_hash = xlac._get_graph_hash(outputs)
         xlac._xla_warm_up_cache(outputs, [])  # compiles, unless XLA's cache has this graph already
@@ -279,7 +283,36 @@ class XlaBackend:
         slots = [input_ids.get(tensor_id) for tensor_id in graph_ids]
         constants = [None if slot is not None else value for slot, value in zip(slots, graph_values)]
         seed_slots = [index for index, tensor_id in enumerate(graph_ids) if tensor_id == seed_id]
-        return XlaProgram(graph_hash, slots, constants, seed_slots, len(outputs))
+        program = XlaProgram(graph_hash, slots, constants, seed_slots, len(outputs))
+        if written:
+            program.traced = dict(zip(slots, graph_values))
+        return program
+
+    def tensor_ids(self, tensors: list[torch.Tensor]) -> list[int]:
+        """torch_xla's ids of ``tensors`` (what a graph's parameters are matched by)."""
+        return [self._torch_xla._XLAC._xla_get_tensor_id(tensor) for tensor in tensors]
+
+    def traced_inputs(self, program: "XlaProgram", inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``inputs`` with the data the trace read in place of what the trace wrote (a program's first run
+        after a trace that wrote its inputs); forgotten after this call."""
+        traced, program.traced = program.traced, None
+        if not traced:
+            return inputs
+        return [traced.get(index, tensor) for index, tensor in enumerate(inputs)]
+
+    def written_inputs(self, tensors: list[torch.Tensor]) -> list[bool]:
+        """Per tensor: whether it has pending work (device data written in place since it was materialised)."""
+        return list(self._torch_xla._XLAC._check_tensor_need_materialization(tensors)) if tensors else []
+
+    def alias(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Another tensor object holding ``tensor``'s device data (and id): a write to one leaves the other."""
+        alias = torch.empty_like(tensor)
+        self._torch_xla._XLAC._replace_xla_tensor(alias, tensor)
+        return alias
+
+    def replace_data(self, tensor: torch.Tensor, source: torch.Tensor) -> None:
+        """``tensor`` holds ``source``'s device data from now on (an in-place write done by a program)."""
+        self._torch_xla._XLAC._replace_xla_tensor(tensor, source)
 
     def capture_function(self, function: Callable[[list[torch.Tensor]], list[torch.Tensor]],
                          inputs: list[torch.Tensor], weight_count: int) -> Any:
@@ -469,7 +502,7 @@ class XlaProgram:
     """A compiled graph and how to feed it: per graph parameter, the index of the run's input that
     fills it (None: a constant the trace made, kept in ``constants``)."""
 
-    __slots__ = ("graph_hash", "slots", "constants", "seed_slots", "output_count")
+    __slots__ = ("graph_hash", "slots", "constants", "seed_slots", "output_count", "traced")
 
     def __init__(self, graph_hash: bytes, slots: list[Optional[int]], constants: list[Any], seed_slots: list[int],
                  output_count: int) -> None:
@@ -478,6 +511,7 @@ class XlaProgram:
         self.constants = constants
         self.seed_slots = seed_slots
         self.output_count = output_count
+        self.traced: Optional[dict[Optional[int], Any]] = None  # input index -> its data as traced (see traced_inputs)
 
 
 def counters_total_frames() -> int:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Callable, Optional
 
+from tpu_runtime.comfyui import server
+
 log = logging.getLogger("comfy_tpu")
 
 #: (text, node id) -> None
@@ -18,21 +20,11 @@ Sender = Callable[[str, str], None]
 
 
 def _executing_node() -> Optional[str]:
-    try:
-        from comfy_execution.utils import get_executing_context
-    except ImportError:  # outside ComfyUI
-        return None
-    context = get_executing_context()
-    return str(context.node_id) if context is not None and context.node_id is not None else None
+    return server.executing_node_id()
 
 
 def _server_sender() -> Optional[Sender]:
-    try:
-        from server import PromptServer
-    except ImportError:  # ComfyUI imported as a library, no server module
-        return None
-    instance = getattr(PromptServer, "instance", None)
-    return instance.send_progress_text if instance is not None else None
+    return server.progress_text_sender()
 
 
 class CompileStatus:
@@ -65,3 +57,7 @@ class CompileStatus:
     def rewarming(self, count: int, estimate_s: Optional[float]) -> bool:
         eta = f", ~{estimate_s:.0f} s (recorded)" if estimate_s else ""
         return self.show(f"comfy-tpu: re-compiling {count} signature(s) recorded in an earlier session{eta}")
+
+    def rewarm_failed(self, what: str, reason: str) -> bool:
+        return self.show(f"comfy-tpu: re-warm failed, set aside (not retried)\n{what}\n{reason}\n"
+                         "the prompt runs; its first step compiles")

@@ -7,7 +7,10 @@ and re-warms signatures recorded in an earlier session before a model's first st
 A re-warm is bounded: each recorded signature is tried at most once per process, one this process
 cannot reproduce (another mesh, compute dtype, execution mode or runtime version) is skipped with the
 reason, and one line says how many were re-warmed and how long it took. ``COMFY_TPU_REWARM=0``
-turns it off.
+turns it off. A re-warm replays the recorded conditioning's layout (zeros of its shapes, through
+ComfyUI's own ``extra_conds``), so it compiles what the real prompt runs, for every model family; one
+that fails is logged once with the reason and set aside in the warm set (never retried), and the
+user's prompt runs.
 """
 from __future__ import annotations
 
@@ -21,8 +24,11 @@ from pydantic import BaseModel
 
 from tpu_runtime.backends import kernel_layout
 from tpu_runtime.cache import warmup as warmup_mod
+from tpu_runtime.cache.layout import comfy_form, layout_of, rebuild
 from tpu_runtime.cache.registry import SignatureRegistry
 from tpu_runtime.cache.compile_status import CompileStatus
+from tpu_runtime.comfyui import conditioning as model_conditioning
+from tpu_runtime.comfyui import sampler_calls, server
 from tpu_runtime.settings.run_options import RunOptions, for_model
 from tpu_runtime.sampling import RunObserver, SamplingRun, padded_shape
 from tpu_runtime.sampling.control import control_layout
@@ -115,21 +121,31 @@ class TPUManager(RunObserver):
                      run.figures.compiles, run.figures.compile_s, outcome.reason)
 
     def _prompt_warmup(self, patcher: Any, signature: Optional[ExecutionSignature]) -> None:
-        """A ``tpu_warmup`` block sent with this prompt: warm its signature before the first step."""
-        from comfy_execution.utils import get_executing_context
-
-        context = get_executing_context()
-        request = self.state.pending_warmups.take(getattr(context, "prompt_id", None))
+        """A ``tpu_warmup`` block sent with this prompt: warm its signature before the first step (with
+        this prompt's conditioning layout); a failure is logged and the prompt runs."""
+        request = self.state.pending_warmups.take(server.executing_prompt_id())
         if request is None or not request.enabled:
             return
         width, height = request.target_resolution
-        sampler_name = (_sampler_name(signature.sampler) if signature else None) or "euler"
+        sampler_name = (sampler_calls.sampler_name_for(signature.sampler) if signature else None) or "euler"
         cfg = signature.cfg_scale if signature and signature.uncond_pass else (1.0 if signature else 7.0)
-        tokens = max(signature.context_tokens) if signature and signature.context_tokens else 77
-        conditioning = warmup_mod.zero_conditioning(patcher, tokens)
-        result = self.warmup(patcher, width, height, request.batch_size, cfg=cfg, sampler_name=sampler_name,
-                             positive=conditioning, negative=conditioning)
+        frames = signature.input_shape[2] if signature and len(signature.input_shape) == 5 else 1
+        try:
+            positive, negative = self._conditioning_of(patcher, signature)
+            result = self.warmup(patcher, width, height, request.batch_size, cfg=cfg, sampler_name=sampler_name,
+                                 positive=positive, negative=negative, frames=frames)
+        except Exception as exc:  # the pack's extra work never fails the user's prompt
+            log.warning("comfy-tpu: prompt warm-up not done: %s", exc)
+            return
         log.info("comfy-tpu: prompt warm-up: %s", result.status())
+
+    def _conditioning_of(self, patcher: Any, signature: Optional[ExecutionSignature]) -> tuple[list, list]:
+        """Zero (positive, negative) of ``signature``'s recorded layout, else of the model's config."""
+        if signature is not None and signature.conditioning is not None:
+            return rebuild(signature.conditioning)
+        tokens = max(signature.context_tokens) if signature and signature.context_tokens else None
+        positive = model_conditioning.config_conditioning(patcher, tokens or None)
+        return positive, positive
 
     def _rewarm(self, patcher: Any, options: RunOptions) -> None:
         pending = [s for s in self.registry.pending_rewarm(self._fingerprint(patcher)) if s not in self._rewarm_tried]
@@ -147,12 +163,32 @@ class TPUManager(RunObserver):
         if reproducible:
             self.status.rewarming(len(reproducible),
                                   sum(self.registry.estimate_compile_seconds(s) or 0.0 for s in reproducible))
+        failed = 0
         for signature in reproducible:
             log.info("comfy-tpu: re-warming %s (recorded in an earlier session) before the first step",
                      signature.short())
-            log.info("comfy-tpu: %s", self._warm_signature(patcher, signature).status())
-        log.info("comfy-tpu: re-warmed %d recorded signature(s) in %.1f s (%d skipped)", len(reproducible),
-                 time.perf_counter() - start, len(pending) - len(reproducible))
+            try:
+                result = self._warm_signature(patcher, signature)
+            except Exception as exc:  # the pack's extra work never fails the user's prompt
+                failed += 1
+                self._set_aside(signature, exc)
+                continue
+            log.info("comfy-tpu: %s", result.status())
+            if signature.conditioning is None and result.signature != signature:
+                # recorded before layouts were: the run just recorded it again, with its layout
+                self.registry.forget(signature)
+        log.info("comfy-tpu: re-warmed %d recorded signature(s) in %.1f s (%d skipped, %d failed)",
+                 len(reproducible) - failed, time.perf_counter() - start, len(pending) - len(reproducible), failed)
+
+    def _set_aside(self, signature: ExecutionSignature, exc: BaseException) -> None:
+        """A re-warm that failed: logged once, kept out of every later re-warm, shown on the node."""
+        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        log.warning("comfy-tpu: re-warm of %s failed and is set aside (not retried; the prompt runs and "
+                    "compiles what it needs): %s\n  signature: %s", signature.short(), reason,
+                    signature.model_dump_json(exclude={"model_fingerprint"}))
+        log.debug("comfy-tpu: re-warm failure", exc_info=exc)
+        self.registry.set_aside(signature, reason)
+        self.status.rewarm_failed(signature.short(), reason)
 
     def _cannot_reproduce(self, signature: ExecutionSignature, patcher: Any,
                           options: RunOptions) -> Optional[str]:
@@ -172,18 +208,28 @@ class TPUManager(RunObserver):
         if signature.controls:
             return f"its conditioning held {len(signature.controls)} control(s) (ControlNet, T2I-Adapter) that a " \
                    "re-warm does not have; a warm-up with the ControlNet compiles them"
-        if _sampler_name(signature.sampler) is None:
+        if signature.conditioning is not None:
+            reason = signature.conditioning.unreproducible()
+            if reason:
+                return reason
+        else:
+            try:
+                self._conditioning_of(patcher, signature)
+            except warmup_mod.WarmupArgumentError as exc:
+                return f"recorded without its conditioning's layout (an older warm set), and {exc}"
+        if sampler_calls.sampler_name_for(signature.sampler) is None:
             return f"no sampler of this ComfyUI runs {signature.sampler}"
         return None
 
     def _warm_signature(self, patcher: Any, signature: ExecutionSignature) -> WarmupResult:
-        _, height, width = signature.latent_shape
-        sampler_name = _sampler_name(signature.sampler) or "euler"
-        tokens = max(signature.context_tokens or (77,))
-        conditioning = warmup_mod.zero_conditioning(patcher, tokens)
-        return self.warmup(patcher, width * 8, height * 8, signature.batch_size,
-                           cfg=7.0 if signature.uncond_pass else 1.0, sampler_name=sampler_name,
-                           positive=conditioning, negative=conditioning, force_recompile=True)
+        """Sample ``signature``'s recorded latent and conditioning layout (zeros) with its sampler."""
+        shape = signature.input_shape if len(signature.input_shape) == len(signature.latent_shape) + 1 \
+            else (signature.batch_size, *signature.latent_shape)
+        positive, negative = self._conditioning_of(patcher, signature)
+        cfg = (signature.cfg_scale if not math.isclose(signature.cfg_scale, 1.0) and signature.cfg_scale else 7.0) \
+            if signature.uncond_pass else 1.0
+        return self._warm_one(patcher, tuple(shape), cfg, sampler_calls.sampler_name_for(signature.sampler) or "euler",
+                              signature.scheduler or "normal", positive, negative, force_recompile=True)
 
     @staticmethod
     def _fingerprint(patcher: Any) -> str:
@@ -195,18 +241,25 @@ class TPUManager(RunObserver):
     def create_execution_signature(self, model: Any, width: int, height: int, batch_size: int = 1,
                                    cfg_scale: float = 7.0, scheduler: str = "normal", sampler: str = "euler",
                                    steps: int = 20, dtype: Optional[str] = None, context_tokens: int = 77,
-                                   controls: tuple[str, ...] = ()) -> ExecutionSignature:
-        """``controls``: the conditioning's controls as ``control.control_layout`` gives them."""
-        inner = getattr(model, "model", model)
-        channels = int(getattr(getattr(inner, "latent_format", None), "latent_channels", 4))
-        user_shape = (batch_size, channels, height // 8, width // 8)
+                                   controls: tuple[str, ...] = (), frames: int = 1,
+                                   conditioning: Optional[Any] = None) -> ExecutionSignature:
+        """``controls``: the conditioning's controls as ``control.control_layout`` gives them;
+        ``frames``: latent frames of a video model; ``conditioning``: its layout (``layout.layout_of``)."""
+        user_shape = model_conditioning.latent_shape(model, width, height, batch_size, frames)
+        return self._signature_at(model, user_shape, cfg_scale, scheduler, sampler, steps, dtype, context_tokens,
+                                  controls, conditioning)
+
+    def _signature_at(self, model: Any, user_shape: tuple[int, ...], cfg_scale: float, scheduler: str,
+                      sampler: str, steps: int, dtype: Optional[str], context_tokens: int,
+                      controls: tuple[str, ...], conditioning: Optional[Any]) -> ExecutionSignature:
         options = self.options_for(model)
         padded = padded_shape(user_shape, options)
         if dtype is None:
             dtype = "bfloat16" if options.autocast_bf16 else str(model.model_dtype()).removeprefix("torch.")
         return build_signature(model, user_shape, padded, (context_tokens,), not math.isclose(cfg_scale, 1.0),
-                               dtype, _sampler_function_name(sampler), mesh=self.mesh, cfg_scale=cfg_scale,
-                               scheduler=scheduler, steps=steps, execution=options.execution, controls=controls)
+                               dtype, sampler_calls.sampler_function_name(sampler), mesh=self.mesh,
+                               cfg_scale=cfg_scale, scheduler=scheduler, steps=steps, execution=options.execution,
+                               controls=controls, conditioning=conditioning)
 
     def options_for(self, model: Any) -> RunOptions:
         """The run options a model's runs use: the pack's, with the model's own overrides (the
@@ -219,31 +272,39 @@ class TPUManager(RunObserver):
     def warmup(self, model: Any, width: int, height: int, batch_size: int = 1, cfg: float = 7.0,
                sampler_name: str = "euler", scheduler: str = "normal", positive: Optional[list] = None,
                negative: Optional[list] = None, force_recompile: bool = False, control_net: Any = None,
-               control_percent: tuple[float, float] = (0.0, 1.0)) -> WarmupResult:
+               control_percent: tuple[float, float] = (0.0, 1.0), frames: int = 1,
+               context_tokens: Optional[int] = None) -> WarmupResult:
         """Compile every graph of this signature now; later runs at it compile nothing.
         ``sampler_name=warmup.ALL_SAMPLERS`` warms each of ``warmup.WARMED_BY_ALL`` in turn.
+        The conditioning's shapes come from ``positive``/``negative`` (the workflow's own), else from
+        the model's config (``context_tokens`` where it does not say its token count), else a
+        ``WarmupArgumentError`` says what is needed; ``frames``: latent frames of a video model.
         Controls in ``positive``/``negative`` are warmed with them; ``control_net`` (a ControlNet or
         T2I-Adapter as its loader gives it) is applied to both as ``ControlNetApplyAdvanced`` would, with
         a blank hint and ``control_percent`` as its start/end range."""
+        if positive is None:
+            positive = model_conditioning.config_conditioning(model, context_tokens, 1)
+        if negative is None:
+            negative = positive
         if control_net is not None:
-            positive, negative = warmup_mod.with_control(model, positive, negative, control_net, width, height,
+            positive, negative = warmup_mod.with_control(positive, negative, control_net, width, height,
                                                          control_percent)
+        shape = model_conditioning.latent_shape(model, width, height, batch_size, frames)
         if sampler_name == warmup_mod.ALL_SAMPLERS:
-            results = [self._warm_one(model, width, height, batch_size, cfg, name, scheduler, positive, negative,
-                                      force_recompile) for name in warmup_mod.WARMED_BY_ALL]
+            results = [self._warm_one(model, shape, cfg, name, scheduler, positive, negative, force_recompile)
+                       for name in warmup_mod.WARMED_BY_ALL]
             return WarmupResult(signature=results[0].signature, graphs_compiled=sum(r.graphs_compiled for r in results),
                                 seconds=sum(r.seconds for r in results), steps_run=sum(r.steps_run for r in results),
                                 already_cached=all(r.already_cached for r in results), samplers=len(results))
-        return self._warm_one(model, width, height, batch_size, cfg, sampler_name, scheduler, positive, negative,
-                              force_recompile)
+        return self._warm_one(model, shape, cfg, sampler_name, scheduler, positive, negative, force_recompile)
 
-    def _warm_one(self, model: Any, width: int, height: int, batch_size: int, cfg: float, sampler_name: str,
-                  scheduler: str, positive: Optional[list], negative: Optional[list],
-                  force_recompile: bool) -> WarmupResult:
-        tokens = int(positive[0][0].shape[1]) if positive else 77
-        controls = control_layout({"positive": positive or [], "negative": negative or []})
-        signature = self.create_execution_signature(model, width, height, batch_size, cfg, scheduler,
-                                                    sampler_name, context_tokens=tokens, controls=controls)
+    def _warm_one(self, model: Any, shape: tuple[int, ...], cfg: float, sampler_name: str, scheduler: str,
+                  positive: list, negative: list, force_recompile: bool) -> WarmupResult:
+        tokens = int(positive[0][0].shape[1]) if positive and positive[0][0] is not None else 77
+        controls = control_layout({"positive": positive, "negative": negative})
+        uncond = not math.isclose(cfg, 1.0)
+        layout = layout_of({"positive": comfy_form(positive), "negative": comfy_form(negative)}, uncond)
+        signature = self._signature_at(model, shape, cfg, scheduler, sampler_name, 20, None, tokens, controls, layout)
         steps = warmup_mod.warmup_steps(sampler_name, self.warmup_steps)
         if self.registry.is_cached(signature) and not force_recompile:
             return WarmupResult(signature=signature, graphs_compiled=0, seconds=0.0, steps_run=0,
@@ -252,10 +313,10 @@ class TPUManager(RunObserver):
         start = time.perf_counter()
         self._warming = True
         self._warming_controls = controls
+        self.last_outcome = None
         try:
             for conds in warmup_mod.control_states(positive, negative):
-                warmup_mod.run_warmup_sampling(model, width, height, batch_size, cfg, sampler_name, scheduler,
-                                               *conds, steps)
+                sampler_calls.sample_zeros(model, shape, cfg, sampler_name, scheduler, *conds, steps)
         finally:
             self._warming = False
             self._warming_controls = None
@@ -291,6 +352,9 @@ class TPUManager(RunObserver):
         stats["spmd"] = self.spmd_stats()
         stats["options"] = self.options.model_dump()
         stats["auto_warmup"] = self.auto_warmup
+        stats["comfyui"] = self.state.comfy.model_dump() if self.state.comfy is not None else None
+        if self.state.comfy is not None:
+            stats["comfyui"]["line"] = self.state.comfy.line()
         return stats
 
 
@@ -307,28 +371,6 @@ class TPUManager(RunObserver):
         return {"on": bool(plan and plan.on), "mesh": self.mesh, "devices": plan.devices if plan else 1,
                 "data_axis": self.backend.shard_count(), "reason": plan.reason if plan else "",
                 "memory_per_chip": {"free": memory[0], "total": memory[1]} if memory else "unknown", **weights}
-
-
-def _sampler_function_name(sampler_name: str) -> str:
-    import comfy.samplers
-
-    sampler = comfy.samplers.sampler_object(sampler_name)
-    function = getattr(sampler, "sampler_function", None)
-    return getattr(function, "__name__", type(sampler).__name__)
-
-
-def _sampler_name(function_name: str) -> Optional[str]:
-    """The sampler name that produces this sampler function (for re-warming a recorded signature),
-    None when no sampler of this ComfyUI does."""
-    import comfy.samplers
-
-    for name in comfy.samplers.KSampler.SAMPLERS:
-        try:
-            if _sampler_function_name(name) == function_name:
-                return name
-        except Exception as exc:  # a sampler another pack registered may fail to build without its inputs
-            log.debug("comfy-tpu: sampler %s not inspected for re-warm: %s", name, exc)
-    return None
 
 
 def _versions(runtime: dict[str, Optional[str]]) -> str:

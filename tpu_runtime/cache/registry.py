@@ -52,6 +52,8 @@ class SignatureStats(BaseModel):
     warm_in_this_process: bool = False
     #: torch / torch_xla / libtpu of the process that recorded it: graphs only reload into the same.
     runtime: dict[str, Optional[str]] = {}
+    #: Why a re-warm of it failed ("" when none did): set aside, never re-warmed again.
+    rewarm_failed: str = ""
 
 
 class WarmSet(BaseModel):
@@ -143,11 +145,30 @@ class SignatureRegistry:
         return list(self._entries)
 
     def get(self, signature: ExecutionSignature) -> Optional[SignatureStats]:
-        return self._entries.get(signature)
+        """The entry of ``signature``; for one without a conditioning layout, the entry recorded with
+        the same other graph fields (warm here first, then the most recently used)."""
+        entry = self._entries.get(signature)
+        if entry is not None or signature.conditioning is not None:
+            return entry
+        key = signature.key_without_conditioning()
+        same = [e for s, e in self._entries.items() if s.key_without_conditioning() == key]
+        return max(same, key=lambda e: (e.warm_in_this_process, e.last_used)) if same else None
 
     def is_cached(self, signature: ExecutionSignature) -> bool:
-        entry = self._entries.get(signature)
+        entry = self.get(signature)
         return bool(entry and entry.warm_in_this_process)
+
+    def set_aside(self, signature: ExecutionSignature, reason: str) -> None:
+        """A re-warm of ``signature`` failed: keep it out of every later re-warm (persisted)."""
+        entry = self._entries.get(signature)
+        if entry is not None:
+            entry.rewarm_failed = reason or "failed"
+            self.save()
+
+    def forget(self, signature: ExecutionSignature) -> None:
+        """Drop ``signature`` (an older warm set's entry that a re-warm recorded again with its layout)."""
+        if self._entries.pop(signature, None) is not None:
+            self.save()
 
     def record(self, signature: ExecutionSignature, compiles: int, compile_seconds: float,
                model_program_seconds: float = 0.0) -> RunOutcome:
@@ -234,9 +255,10 @@ class SignatureRegistry:
         return max(entry.compile_seconds - entry.model_program_seconds, 0.0)
 
     def pending_rewarm(self, model_fingerprint: str) -> list[ExecutionSignature]:
-        """Recorded signatures of this model that are not compiled in this process yet."""
+        """Recorded signatures of this model that are not compiled in this process yet (less those
+        whose re-warm failed once)."""
         return [s for s, e in self._entries.items() if s.model_fingerprint == model_fingerprint
-                and not e.warm_in_this_process]
+                and not e.warm_in_this_process and not e.rewarm_failed]
 
     def clear(self, xla_cache_dir: Optional[Path] = None) -> None:
         """Forget every signature and delete the pack's own files (nothing else in cache_dir)."""

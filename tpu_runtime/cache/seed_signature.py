@@ -84,10 +84,9 @@ class SignatureRequest(BaseModel):
     def sampler_and_scheduler(self) -> tuple[str, str]:
         """The seed's example passes ``scheduler="euler"``, a sampler name: read as the sampler when
         no sampler is given and it names no ComfyUI scheduler."""
-        import comfy.samplers
+        from tpu_runtime.comfyui.samplers import sampler_names, scheduler_names
 
-        if self.sampler is None and self.scheduler in comfy.samplers.KSampler.SAMPLERS \
-                and self.scheduler not in comfy.samplers.KSampler.SCHEDULERS:
+        if self.sampler is None and self.scheduler in sampler_names() and self.scheduler not in scheduler_names():
             return self.scheduler, "normal"
         return self.sampler or "euler", self.scheduler
 
@@ -112,13 +111,12 @@ def build(request: SignatureRequest, manager: Any) -> ExecutionSignature:
 def resolve_model_id(model_id: str, manager: Any) -> Any:
     """A model named by class name or fingerprint: the loaded ComfyUI model on the device, else (for
     a model ComfyUI has unloaded) a signature recorded for it, which carries its fingerprint."""
-    import comfy.model_management as mm
+    from tpu_runtime.comfyui.samplers import loaded_patchers
 
     loaded: dict[str, Any] = {}
-    for entry in list(mm.current_loaded_models):
-        patcher = entry.model
+    for patcher in loaded_patchers():
         inner = getattr(patcher, "model", None)
-        if patcher is None or not hasattr(inner, "diffusion_model") \
+        if not hasattr(inner, "diffusion_model") \
                 or not manager.backend.is_device(getattr(patcher, "load_device", None)):
             continue
         fingerprint = cached_fingerprint(patcher)
@@ -143,7 +141,7 @@ def _from_recorded(template: ExecutionSignature, request: SignatureRequest, mana
     """Signature of a model that is not loaded, from one recorded for it: the fields below as
     :meth:`TPUManager.create_execution_signature` makes them, any other (the fingerprint, the
     model id) the recorded signature's."""
-    from tpu_runtime.cache.manager import _sampler_function_name
+    from tpu_runtime.comfyui.sampler_calls import sampler_function_name
     from tpu_runtime.sampling import padded_shape
 
     channels = request.input_shape[1] if request.input_shape else (
@@ -154,5 +152,5 @@ def _from_recorded(template: ExecutionSignature, request: SignatureRequest, mana
     return template.model_copy(update=dict(
         latent_shape=tuple(padded[1:]), batch_size=int(padded[0]), context_tokens=(request.context_tokens,),
         uncond_pass=not math.isclose(request.cfg_scale, 1.0), compute_dtype=dtype,
-        sampler=_sampler_function_name(sampler), mesh=manager.mesh, input_shape=user_shape,
+        sampler=sampler_function_name(sampler), mesh=manager.mesh, input_shape=user_shape, conditioning=None,
         cfg_scale=float(request.cfg_scale), scheduler=scheduler, steps=request.steps))

@@ -5,9 +5,11 @@ host and enters each step as runtime values), so they are not part of the signat
 one step count serves every step count. What does change the graphs: the model's structure, the
 padded latent shape and batch, the conditioning's token length, whether cfg runs an uncond pass,
 the compute dtype, the sampler (its step update and model calls per step), the device mesh, the
-execution mode (lazy and compiled trace different graphs) and the controls in the conditioning (their
+execution mode (lazy and compiled trace different graphs), the controls in the conditioning (their
 models, how they chain, whether they reach the uncond pass, whether a start/end range switches them
-off for some steps; never their strength or range values, which are data or host decisions).
+off for some steps; never their strength or range values, which are data or host decisions) and the
+conditioning's layout (:mod:`.layout`: every conditioning tensor's shape and dtype, which options
+``extra_conds`` sees), which a re-warm rebuilds. Signatures recorded before the layout was have none.
 
 In replay execution the sampler decides only its own small graphs: the diffusion model's program
 depends on every graph field but the sampler (:meth:`ExecutionSignature.model_program_key`), so one
@@ -20,9 +22,11 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict
 
+from tpu_runtime.cache.layout import ConditioningLayout
+
 #: Fields that decide the graphs; the display fields below are for people only.
 GRAPH_FIELDS = ("model_fingerprint", "latent_shape", "batch_size", "context_tokens", "uncond_pass",
-                "compute_dtype", "sampler", "mesh", "execution", "controls")
+                "compute_dtype", "sampler", "mesh", "execution", "controls", "conditioning")
 #: Execution modes that compile the diffusion model as its own program, apart from the sampler's math.
 SAMPLER_FREE_MODEL_PROGRAM = ("replay",)
 
@@ -42,6 +46,7 @@ class ExecutionSignature(BaseModel):
     mesh: str = "single"
     execution: str = "lazy"
     controls: tuple[str, ...] = ()  # see control.control_layout
+    conditioning: Optional[ConditioningLayout] = None  # None: recorded before layouts were
     # Display fields (the seed document's), not matched on:
     model_id: str = ""
     input_shape: tuple[int, ...] = ()   # the user's latent (B, C, H, W) before padding
@@ -57,6 +62,11 @@ class ExecutionSignature(BaseModel):
 
     def __eq__(self, other: Any) -> bool:
         return isinstance(other, ExecutionSignature) and self.key() == other.key()
+
+    def key_without_conditioning(self) -> tuple:
+        """The graph fields but the layout: how a signature asked without a layout (the public API's
+        ``create_execution_signature``, an older warm set) names the recorded ones it stands for."""
+        return tuple(getattr(self, name) for name in GRAPH_FIELDS if name != "conditioning")
 
     def model_program_key(self) -> Optional[tuple]:
         """What the diffusion model's own program depends on where it is compiled apart from the
@@ -75,8 +85,12 @@ class ExecutionSignature(BaseModel):
 
     def differences(self, other: "ExecutionSignature") -> list[str]:
         """The graph fields that differ, in words: 'batch_size 1 -> 2'."""
-        return [f"{name} {getattr(other, name)} -> {getattr(self, name)}" for name in GRAPH_FIELDS
+        return [f"{name} {_text(getattr(other, name))} -> {_text(getattr(self, name))}" for name in GRAPH_FIELDS
                 if getattr(self, name) != getattr(other, name)]
+
+
+def _text(value: Any) -> str:
+    return value.text() if isinstance(value, ConditioningLayout) else str(value)
 
 
 def model_fingerprint(model: Any) -> str:
@@ -116,13 +130,14 @@ def cached_fingerprint(model: Any) -> str:
 def build_signature(model: Any, latent_shape: tuple[int, ...], padded_shape: tuple[int, ...],
                     context_tokens: tuple[int, ...], uncond_pass: bool, compute_dtype: str, sampler: str,
                     mesh: str = "single", cfg_scale: float = 0.0, scheduler: str = "", steps: int = 0,
-                    execution: str = "lazy", controls: tuple[str, ...] = ()) -> ExecutionSignature:
+                    execution: str = "lazy", controls: tuple[str, ...] = (),
+                    conditioning: Optional[ConditioningLayout] = None) -> ExecutionSignature:
     """The one way signatures are made (by the sampling wrapper and by the public API alike)."""
     inner = getattr(model, "model", model)
     return ExecutionSignature(
         model_fingerprint=cached_fingerprint(model), latent_shape=tuple(padded_shape[1:]),
         batch_size=int(padded_shape[0]), context_tokens=tuple(sorted(set(context_tokens))),
         uncond_pass=uncond_pass, compute_dtype=compute_dtype, sampler=sampler, mesh=mesh, execution=execution,
-        controls=tuple(controls),
+        controls=tuple(controls), conditioning=conditioning,
         model_id=type(inner).__name__, input_shape=tuple(latent_shape), cfg_scale=float(cfg_scale),
         scheduler=scheduler, steps=int(steps))

@@ -1,4 +1,4 @@
-"""Warm-up: compile a signature's graphs by sampling a few steps at it, with zero conditioning.
+"""Warm-up: compile a signature's graphs by sampling a few steps at it, with conditioning of its shapes.
 
 Because the per-step graph does not depend on the step index or count, a warm-up needs only the
 steps that reach every distinct graph of a sampler: the latent preparation, each kind of step
@@ -33,20 +33,8 @@ def warmup_steps(sampler_name: str, minimum: int = 1) -> int:
     return max(STEPS_TO_COVER.get(sampler_name, DEFAULT_STEPS), minimum)
 
 
-def zero_conditioning(model: Any, tokens: int = 77, batch: int = 1) -> list:
-    """Conditioning of the model's own context shape (zeros): the graph only cares about shapes."""
-    inner = getattr(model, "model", model)
-    unet_config = getattr(getattr(inner, "model_config", None), "unet_config", {}) or {}
-    context_dim = int(unet_config.get("context_dim") or 768)
-    extra: dict[str, Any] = {}
-    adm = int(getattr(inner, "adm_channels", 0) or 0)
-    if adm:
-        extra["pooled_output"] = torch.zeros(batch, 1280)
-    return [[torch.zeros(batch, tokens, context_dim), extra]]
-
-
-def with_control(model: Any, positive: Optional[list], negative: Optional[list], control_net: Any, width: int,
-                 height: int, percent: tuple[float, float] = (0.0, 1.0)) -> tuple[list, list]:
+def with_control(positive: list, negative: list, control_net: Any, width: int, height: int,
+                 percent: tuple[float, float] = (0.0, 1.0)) -> tuple[list, list]:
     """(positive, negative) with ``control_net`` applied as ``ControlNetApplyAdvanced`` applies it: a
     copy per chain, a blank hint of the image's size (the graphs see only its shape), strength 1 (the
     strength is data)."""
@@ -59,8 +47,7 @@ def with_control(model: Any, positive: Optional[list], negative: Optional[list],
     hint = torch.zeros(1, 3, height, width)
     applied: dict[int, Any] = {}
     out = []
-    for conditioning in (positive if positive is not None else zero_conditioning(model),
-                         negative if negative is not None else zero_conditioning(model)):
+    for conditioning in (positive, negative):
         conds = []
         for tensor, options in conditioning:
             options = dict(options)
@@ -115,21 +102,3 @@ def _with_range(conditioning: Optional[list], percent: tuple[float, float], copi
             options["control"] = copied(options["control"])
         out.append([tensor, options])
     return out
-
-
-def run_warmup_sampling(model: Any, width: int, height: int, batch_size: int, cfg: float, sampler_name: str,
-                        scheduler: str, positive: Optional[list], negative: Optional[list], steps: int) -> None:
-    """One sampling call through ComfyUI's own ``comfy.sample.sample`` (so the real wrappers run)."""
-    import comfy.sample
-    import latent_preview
-
-    inner = getattr(model, "model", model)
-    channels = int(getattr(getattr(inner, "latent_format", None), "latent_channels", 4))
-    latent = torch.zeros(batch_size, channels, height // 8, width // 8)
-    positive = positive if positive is not None else zero_conditioning(model)
-    negative = negative if negative is not None else zero_conditioning(model)
-    noise = comfy.sample.prepare_noise(latent, 0)
-    callback = latent_preview.prepare_callback(model, steps)  # ComfyUI's progress bar, in the UI too
-    with torch.inference_mode():
-        comfy.sample.sample(model, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent,
-                            denoise=1.0, seed=0, callback=callback)

@@ -11,8 +11,9 @@ Only what ComfyUI offers no hook for is patched here:
 * ``comfy.model_patcher.ModelPatcher.partially_load``: when a model loaded on the XLA device gets
   other weight patches (a LoRA added, removed or changed), ComfyUI unpatches it to the offload device
   (the CPU) and loads it back: every weight to the host and back. In lazy execution (the default)
-  the pack keeps the unpatched model on the device; only the patched weights' backups live on the
-  host, as ComfyUI keeps them.
+  the pack keeps the unpatched model on the device.
+* ``comfy.model_patcher.ModelPatcher.patch_weight_to_device``: ComfyUI's backup of a weight a patch
+  replaces is a copy on the device, not a device-to-host transfer (``weight_backup``).
 * ``comfy.model_patcher.ModelPatcher.load`` and ``patch_weight_to_device``: under a mesh with a
   ``model`` axis, the diffusion model's weights are split over it as they land on the device
   (``weight_shard.Placement``): a weight moved there holds its host data until first used, so
@@ -33,8 +34,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from tpu_runtime.comfyui import weight_backup
 from tpu_runtime.sampling import control
 from tpu_runtime import sampling
+from tpu_runtime.comfyui.calls import Call, positional_names
 from tpu_runtime.backends.chip_memory import chip_memory
 from tpu_runtime.execution.host_values import as_host
 from tpu_runtime.backends.weight_shard import auto_model_axis
@@ -103,7 +106,7 @@ def install(state: "PackState") -> Patches:
     def is_xla(device: Any) -> bool:
         return device is not None and backend.is_device(device)
 
-    def get_torch_device():
+    def get_torch_device(*args, **kwargs):
         return xla_device
 
     def memory(device: Any) -> tuple[int, int]:
@@ -125,40 +128,47 @@ def install(state: "PackState") -> Patches:
     orig_fp16 = mm.should_use_fp16
     orig_unet_dtype = mm.unet_dtype
 
-    def get_free_memory(dev=None, torch_free_too=False):
-        dev = xla_device if dev is None else dev
-        if not is_xla(dev):
-            return orig_free(dev, torch_free_too)
-        free = memory(dev)[0]
-        return (free, free) if torch_free_too else free
+    def memory_query(original: Callable, which: int, both_flag: str) -> Callable:
+        """``get_free_memory`` (which=0) or ``get_total_memory`` (1): answered for an XLA device."""
 
-    def get_total_memory(dev=None, torch_total_too=False):
-        dev = xla_device if dev is None else dev
-        if not is_xla(dev):
-            return orig_total(dev, torch_total_too)
-        total = memory(dev)[1]
-        return (total, total) if torch_total_too else total
+        def query(*args, **kwargs):
+            call = Call.of(original, args, kwargs, fallback=("dev", both_flag))
+            dev = call.get("dev")
+            dev = xla_device if dev is None else dev
+            if not is_xla(dev):
+                return call.forward(original)
+            value = memory(dev)[which]
+            return (value, value) if call.get(both_flag, False) else value
 
-    def should_use_bf16(device=None, model_params=0, prioritize_performance=True, manual_cast=False):
+        return query
+
+    get_free_memory = memory_query(orig_free, 0, "torch_free_too")
+    get_total_memory = memory_query(orig_total, 1, "torch_total_too")
+
+    def should_use_bf16(*args, **kwargs):
+        device = Call.of(orig_bf16, args, kwargs, fallback=("device",)).get("device")
         if device is None or is_xla(device):
             return True
-        return orig_bf16(device, model_params, prioritize_performance, manual_cast)
+        return orig_bf16(*args, **kwargs)
 
-    def should_use_fp16(device=None, model_params=0, prioritize_performance=True, manual_cast=False):
+    def should_use_fp16(*args, **kwargs):
+        device = Call.of(orig_fp16, args, kwargs, fallback=("device",)).get("device")
         if device is None or is_xla(device):
             return False  # TPUs compute in bf16; fp16 would only add casts
-        return orig_fp16(device, model_params, prioritize_performance, manual_cast)
+        return orig_fp16(*args, **kwargs)
 
-    def unet_dtype(device=None, model_params=0, supported_dtypes=(torch.float16, torch.bfloat16, torch.float32),
-                   weight_dtype=None):
+    def unet_dtype(*args, **kwargs):
+        call = Call.of(orig_unet_dtype, args, kwargs, fallback=("device", "model_params", "supported_dtypes"))
+        device = call.get("device")
+        supported = call.get("supported_dtypes", (torch.float16, torch.bfloat16, torch.float32))
         explicit = any(getattr(mm.args, flag, False) for flag in (
             "fp32_unet", "fp64_unet", "bf16_unet", "fp16_unet", "fp8_e4m3fn_unet", "fp8_e5m2_unet",
             "fp8_e8m0fnu_unet"))
         if (device is None or is_xla(device)) and not explicit:
-            if state.options.autocast_bf16 and torch.bfloat16 in supported_dtypes:
+            if state.options.autocast_bf16 and torch.bfloat16 in supported:
                 return torch.bfloat16
             return torch.float32
-        return orig_unet_dtype(device, model_params, list(supported_dtypes), weight_dtype)
+        return orig_unet_dtype(*args, **kwargs)
 
     patches.set(mm_name, "get_torch_device", get_torch_device)
     patches.set(mm_name, "get_free_memory", get_free_memory)
@@ -169,21 +179,26 @@ def install(state: "PackState") -> Patches:
     for name, device in stock.items():
         patches.set(mm_name, name, (lambda d: (lambda *a, **k: d))(device))
 
+    import comfy.model_patcher
     import comfy.samplers
     import comfy.sampler_helpers
 
     orig_calculate_sigmas = comfy.samplers.calculate_sigmas
     host_schedules = state.host_schedules
 
-    def calculate_sigmas(model_sampling, scheduler_name, steps):
-        sigmas = orig_calculate_sigmas(host_schedules.host_model_sampling(model_sampling), scheduler_name, steps)
+    def calculate_sigmas(*args, **kwargs):
+        call = Call.of(orig_calculate_sigmas, args, kwargs, fallback=("model_sampling", "scheduler_name", "steps"))
+        call.set("model_sampling", host_schedules.host_model_sampling(call.get("model_sampling")))
+        sigmas = call.forward(orig_calculate_sigmas)
         # Tagged: when ComfyUI moves it to the device, the copy keeps these host values (DeviceTwin).
         return as_host(sigmas) if sigmas.device.type == "cpu" else sigmas
 
     orig_prepare = comfy.sampler_helpers.prepare_model_patcher
 
-    def prepare_model_patcher(model, conds, model_options):
-        result = orig_prepare(model, conds, model_options)
+    def prepare_model_patcher(*args, **kwargs):
+        call = Call.of(orig_prepare, args, kwargs, fallback=("model", "conds", "model_options"))
+        model, model_options = call.get("model"), call.get("model_options")
+        result = orig_prepare(*args, **kwargs)
         if is_xla(getattr(model, "load_device", None)):
             _choose_model_axis(state, model)  # before ComfyUI sizes the load against the free memory
             host_schedules.remember(model.get_model_object("model_sampling"))
@@ -195,6 +210,8 @@ def install(state: "PackState") -> Patches:
                 control.pre_run_control(comfy.samplers.pre_run_control, host_schedules.host_model_sampling, is_xla))
     patches.set("comfy.sampler_helpers", "prepare_model_patcher", prepare_model_patcher)
     patches.set("comfy.model_patcher.ModelPatcher", "partially_load", _repatch_on_device(is_xla, state))
+    patches.set("comfy.model_patcher.ModelPatcher", "patch_weight_to_device",
+                weight_backup.backup_on_device(comfy.model_patcher.ModelPatcher.patch_weight_to_device, is_xla))
     if backend.device_total() > 1:  # under SPMD (auto mode may add a 'model' axis later)
         patches.set("comfy.model_patcher.ModelPatcher", "load", _split_on_load(is_xla, state))
         patches.set("comfy.model_patcher.ModelPatcher", "patch_weight_to_device", _split_before_patch(is_xla, state))
@@ -209,24 +226,27 @@ def _repatch_on_device(is_xla: Callable[[Any], bool], state: "PackState") -> Cal
 
     load = comfy.model_patcher.ModelPatcher.partially_load
 
-    def partially_load(self, device_to, extra_memory=0, force_patch_weights=False):
-        chip = device_to
+    def partially_load(self, *args, **kwargs):
+        chip = Call.of(load, (self, *args), kwargs, fallback=("self", "device_to")).get("device_to")
         fully_on_chip = is_xla(getattr(self.model, "device", None)) and not getattr(self.model, "model_lowvram", False)
         # A partly loaded (low-VRAM) model keeps ComfyUI's path, and so does compiled execution: a model
         # captured by dynamo kept computing with the patched weights after they were restored in place
         # on the chip (tests/test_kernel_layout.py); a full reload makes it see them.
         on_chip = state.options.execution != "compiled"
         if not (is_xla(chip) and fully_on_chip and on_chip):
-            return load(self, device_to, extra_memory, force_patch_weights)
+            return load(self, *args, **kwargs)
         unpatch = self.unpatch_model
 
-        def unpatch_on_chip(device_to=None, unpatch_weights=True):
+        def unpatch_on_chip(*unpatch_args, **unpatch_kwargs):
             # ComfyUI's partially_load unpatches to self.offload_device; the weights stay on the chip.
-            return unpatch(chip if device_to is not None else None, unpatch_weights=unpatch_weights)
+            call = Call(unpatch_args, unpatch_kwargs, positional_names(unpatch), fallback=("device_to",))
+            if call.get("device_to") is not None:
+                call.set("device_to", chip)
+            return call.forward(unpatch)
 
         self.unpatch_model = unpatch_on_chip
         try:
-            return load(self, device_to, extra_memory, force_patch_weights)
+            return load(self, *args, **kwargs)
         finally:
             del self.unpatch_model
 
@@ -264,8 +284,9 @@ def _split_on_load(is_xla: Callable[[Any], bool], state: "PackState") -> Callabl
 
     load = comfy.model_patcher.ModelPatcher.load
 
-    def split_load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
-        result = load(self, device_to, lowvram_model_memory, force_patch_weights, full_load)
+    def split_load(self, *args, **kwargs):
+        device_to = Call.of(load, (self, *args), kwargs, fallback=("self", "device_to")).get("device_to")
+        result = load(self, *args, **kwargs)
         if is_xla(device_to):
             config = type(getattr(self.model, "model_config", None)).__name__
             state.placement.shard_model(self.model, f"{config} ({type(self.model).__name__})")
@@ -286,10 +307,14 @@ def _split_before_patch(is_xla: Callable[[Any], bool], state: "PackState") -> Ca
     patch = comfy.model_patcher.ModelPatcher.patch_weight_to_device
     Backup = collections.namedtuple("Dimension", ["weight", "inplace_update"])  # ComfyUI's own backup record
 
-    def split_patch(self, key, device_to=None, inplace_update=False):
+    def split_patch(self, *args, **kwargs):
+        call = Call.of(patch, (self, *args), kwargs, fallback=("self", "key", "device_to", "inplace_update"))
+        key, device_to, inplace_update = call.get("key"), call.get("device_to"), call.get("inplace_update", False)
         placement = state.placement
-        if not placement.on or key not in self.patches or not is_xla(device_to):
-            return patch(self, key, device_to, inplace_update)
+        if not placement.on or key not in self.patches or not is_xla(device_to) or call.get("return_weight", False):
+            # ``return_weight`` (checkpoint saving, 2026 ComfyUI): ComfyUI computes the patched weight and
+            # returns it without placing it in the model: nothing to split.
+            return patch(self, *args, **kwargs)
         backend = state.backend
         weight, set_func, convert_func = comfy.model_patcher.get_key_weight(self.model, key)
         plain = set_func is None and convert_func is None and placement.placement(self.model).plan.spec(key)
@@ -304,7 +329,7 @@ def _split_before_patch(is_xla: Callable[[Any], bool], state: "PackState") -> Ca
             comfy.utils.set_attr_param(self.model, key, weight.to(device_to))
             weight = comfy.utils.get_attr(self.model, key)
         placement.shard(self.model, key, weight)
-        result = patch(self, key, device_to, inplace_update)
+        result = patch(self, *args, **kwargs)
         placement.shard(self.model, key, comfy.utils.get_attr(self.model, key))
         return result
 
@@ -319,11 +344,13 @@ def _parts_to_host_on_unload(is_xla: Callable[[Any], bool], state: "PackState") 
 
     unpatch = comfy.model_patcher.ModelPatcher.unpatch_model
 
-    def unpatch_to_host(self, device_to=None, unpatch_weights=True):
-        leaving = unpatch_weights and device_to is not None and not is_xla(device_to)
+    def unpatch_to_host(self, *args, **kwargs):
+        call = Call.of(unpatch, (self, *args), kwargs, fallback=("self", "device_to", "unpatch_weights"))
+        device_to = call.get("device_to")
+        leaving = call.get("unpatch_weights", True) and device_to is not None and not is_xla(device_to)
         if leaving:
             state.placement.bring_to_host(self.model)
-        result = unpatch(self, device_to, unpatch_weights)
+        result = unpatch(self, *args, **kwargs)
         if leaving:
             state.placement.remeasure(self.model)
         return result

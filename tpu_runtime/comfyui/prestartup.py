@@ -42,6 +42,21 @@ def prepare_comfy_args() -> None:
         args.cpu = True
         log.info("comfy-tpu: no CUDA here; ComfyUI runs in CPU mode (the diffusion model goes to XLA "
                  "when the TPU path is on)")
+    if path_may_be_on():
+        _dynamic_vram_off(args)
     if path_may_be_on() and not any(getattr(args, flag, False) for flag in ("use_split_cross_attention", "use_quad_cross_attention",
                                                         "use_sage_attention", "use_flash_attention")):
         args.use_pytorch_cross_attention = True
+
+
+def _dynamic_vram_off(args) -> None:
+    """2026 ComfyUI's dynamic VRAM (comfy-aimdo) is CUDA-only: its ``ModelPatcherDynamic`` would route the
+    pack's models through CUDA paths. ComfyUI decides it after the prestartup scripts run (from these
+    flags), so turning it off here keeps the legacy ModelPatcher. A ComfyUI without the flags is left alone."""
+    if not hasattr(args, "disable_dynamic_vram"):
+        return
+    if getattr(args, "enable_dynamic_vram", False):
+        log.warning("comfy-tpu: --enable-dynamic-vram is CUDA-only (comfy-aimdo); on the TPU path it is turned "
+                    "off (models on the XLA device load through ComfyUI's ModelPatcher)")
+        args.enable_dynamic_vram = False
+    args.disable_dynamic_vram = True

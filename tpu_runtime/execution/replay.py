@@ -21,123 +21,22 @@ that model run lazily, said once in the log.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from tpu_runtime.backends.xla import ReplayUnsupported
+from tpu_runtime.execution.call_keys import (  # noqa: F401  (re-exported: tests import them from here)
+    CHAIN, HOST_VALUES_IN_KEY, IGNORED_OPTIONS, PER_CALL_PATCHES, NotReplayable, _distinct, _layout, _Program,
+    call_key)
+from tpu_runtime.execution.block_programs import BlockPrograms
 from tpu_runtime.execution.host_values import without_twins
+from tpu_runtime.execution.program_chain import ChainRecorder
 from tpu_runtime.execution.stand_in import STEP_DEPENDENT_OPTIONS, ModelStandIn, StandIns
 
 log = logging.getLogger("comfy_tpu")
-
-#: transformer_options entries that do not reach the model's graph (identifiers ComfyUI renews per run).
-IGNORED_OPTIONS = ("uuids",)
-#: transformer_options entries through which other code changes what the model computes per call.
-PER_CALL_PATCHES = ("patches", "patches_replace")
-#: CPU tensors up to this many elements are part of the key by value (larger ones: not replayed).
-HOST_VALUES_IN_KEY = 4096
-
-
-class NotReplayable(Exception):
-    """This call cannot be replayed (the reason is its message); it runs lazily."""
-
-
-def _device_data(tensor: torch.Tensor) -> bool:
-    """torch_xla's rule (the default): device tensors are program inputs, host tensors are values."""
-    return tensor.device.type != "cpu"
-
-
-def _leaf_key(leaf: Any, data_tensor: Callable[[torch.Tensor], bool] = _device_data) -> Any:
-    if isinstance(leaf, torch.Tensor):
-        if not data_tensor(leaf):
-            if leaf.numel() > HOST_VALUES_IN_KEY:
-                raise NotReplayable(f"a host tensor of {leaf.numel()} elements among the model's inputs")
-            plain = leaf.detach().as_subclass(torch.Tensor).contiguous()
-            return ("host", tuple(plain.shape), str(plain.dtype), hashlib.sha1(plain.numpy().tobytes()).hexdigest())
-        return ("device", tuple(leaf.shape), str(leaf.dtype))
-    if leaf is None or isinstance(leaf, (bool, int, float, str, bytes, torch.dtype, torch.device)):
-        return leaf
-    if callable(leaf):
-        return ("callable", id(leaf))
-    return ("object", type(leaf).__qualname__, id(leaf))
-
-
-def call_key(args: tuple, kwargs: dict, own_wrappers: str,
-             data_tensor: Callable[[torch.Tensor], bool] = _device_data) -> tuple[tuple, list[torch.Tensor]]:
-    """(key, device tensors of the call in order): what decides the traced graph, and its inputs.
-
-    The key holds every tensor's shape and dtype, Python values by value, small host tensors by value,
-    and other objects (patches, callables) by identity; the pack's own per-run wrappers and ComfyUI's
-    per-run cond ids are left out, so a new run reuses the program. ``data_tensor`` says which tensors
-    are program inputs (the backend's rule: on torchax every tensor is)."""
-    options = kwargs.get("transformer_options")
-    if isinstance(options, dict):
-        for name in PER_CALL_PATCHES:
-            if options.get(name):
-                raise NotReplayable(f"transformer_options[{name!r}] patches the model's forward ({sorted(options[name])})")
-        kept = {k: v for k, v in options.items() if k not in IGNORED_OPTIONS and k not in ("wrappers", "callbacks")}
-        for name in ("wrappers", "callbacks"):
-            others = {kind: {key: fns for key, fns in by_key.items() if key != own_wrappers}
-                      for kind, by_key in (options.get(name) or {}).items()}
-            kept[name] = {kind: by_key for kind, by_key in others.items() if by_key}
-        kwargs = {**kwargs, "transformer_options": kept}
-    leaves, spec = tree_flatten((args, kwargs))
-    tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor) and data_tensor(leaf)]
-    return (str(spec), tuple(_leaf_key(leaf, data_tensor) for leaf in leaves)), tensors
-
-
-class _Program:
-    """One traced call shape: the backend's program, the output's structure, the weights it read.
-    ``positions``: for each output leaf, which of the program's outputs it is (a model may return one
-    tensor in several places, as Flux ControlNets repeat their block outputs; the program has it once)."""
-
-    def __init__(self, program: Any, out_spec: Any, weight_layout: tuple, weight_ids: tuple,
-                 positions: Optional[list[int]] = None) -> None:
-        self.program = program
-        self.out_spec = out_spec
-        self.weight_layout = weight_layout
-        self.weight_ids = weight_ids  # the weight objects last seen: unchanged, no layout check needed
-        self.positions = positions
-
-    def output(self, outputs: list[torch.Tensor]) -> Any:
-        """The call's result from the program's outputs."""
-        leaves = list(outputs) if self.positions is None else [outputs[index] for index in self.positions]
-        return tree_unflatten(leaves, self.out_spec)
-
-    def fits(self, weights: list[torch.Tensor], backend) -> bool:
-        """Whether ``weights`` have the shapes, dtypes, device and shardings the program was traced with."""
-        ids = tuple(map(id, weights))
-        if ids == self.weight_ids:
-            return True
-        if _layout(weights, backend) != self.weight_layout:
-            return False
-        self.weight_ids = ids
-        return True
-
-
-def _distinct(leaves: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[int]]:
-    """The distinct tensors of ``leaves`` (by identity, in order), and each leaf's index among them."""
-    distinct: list[torch.Tensor] = []
-    index_of: dict[int, int] = {}
-    positions = []
-    for leaf in leaves:
-        if id(leaf) not in index_of:
-            index_of[id(leaf)] = len(distinct)
-            distinct.append(leaf)
-        positions.append(index_of[id(leaf)])
-    return distinct, positions
-
-
-def _layout(weights: list[torch.Tensor], backend) -> tuple:
-    """Shapes, dtypes and shardings of the weights (a program is compiled for its parameters' shardings);
-    raises NotReplayable when one is off the device."""
-    if any(tensor is None or not backend.data_tensor(tensor) for tensor in weights):
-        raise NotReplayable("some of its weights are on the CPU (a partly loaded model)")
-    return tuple((tuple(w.shape), w.dtype, backend.tensor_sharding(w)) for w in weights)
 
 
 class ReplayedDiffusionModel(ModelStandIn):
@@ -161,6 +60,11 @@ class ReplayedDiffusionModel(ModelStandIn):
         self.trace_context: Callable[[torch.nn.Module], Any] = lambda module: contextlib.nullcontext()
         self.traces = 0  # calls traced (first call of each key): tests and stats read it
         self.replays = 0
+        #: Set by the wrapper each call (``COMFY_TPU_BLOCK_PROGRAMS`` resolved, ``block_programs.resolve``): the
+        #: least blocks of a kind that make the model's calls chains of programs with its repeated blocks
+        #: compiled once (``execution.program_chain``) instead of one program; 0: never.
+        self.block_programs = 0
+        self.__dict__["_blocks"] = None  # (model token, BlockPrograms) of the model as last seen
 
     def _weight_slots(self) -> list[tuple[dict, str]]:
         """Every parameter and buffer of the model as (its owner's parameter or buffer dict, name): read
@@ -214,12 +118,17 @@ class ReplayedDiffusionModel(ModelStandIn):
         try:
             key, tensors = call_key(args, kwargs, self._own_wrappers, data_tensor)
             # The mesh: the inputs' shardings follow it (auto mode may re-plan it while the process runs).
-            key = (key, self.model_token, self._layer_functions(), self._backend.mesh_description())
+            key = (key, self.model_token, self._layer_functions(), self._backend.mesh_description(),
+                   self.block_programs)
             weights = self._current_weights()
             entry = self._programs.get(key)
             if entry is None or not entry.fits(weights, self._backend):
                 self.__dict__["_weights"] = None  # buffers may have come since (kernel twins): look again
                 weights = self._current_weights()
+                blocks = self._block_programs() if self.block_programs else None
+                if blocks:
+                    return self._trace_chain(blocks, key, args, kwargs, tensors, weights,
+                                             _layout(weights, self._backend))
                 trace = self._trace_function if self._backend.traces_functions else self._trace
                 return trace(key, args, kwargs, tensors, weights, _layout(weights, self._backend))
         except NotReplayable as exc:
@@ -228,7 +137,53 @@ class ReplayedDiffusionModel(ModelStandIn):
             with self.trace_context(self.inner):
                 return self.inner(*args, **kwargs)
         self.replays += 1
+        if entry.positions == CHAIN:  # recorded as a chain of programs (repeated blocks)
+            return entry.program.run(self._backend, tensors + weights)
         return entry.output(self._backend.run_program(entry.program, tensors + weights))
+
+    def _block_programs(self) -> Any:
+        """The model's repeated blocks as shared programs (found again when modules were swapped in or out)."""
+        known = self._blocks
+        if known is None or known[0] != (self.model_token, self.block_programs):
+            known = ((self.model_token, self.block_programs),
+                     BlockPrograms(self.inner, self._backend, self._model_name, self._own_wrappers, self._on_compiled,
+                                   self.block_programs))
+            self.__dict__["_blocks"] = known
+        return known[1]
+
+    def _trace_chain(self, blocks, key, args, kwargs, tensors, weights, layout) -> Any:
+        """First call of a key with repeated blocks: run the model lazily, its blocks as their shared programs
+        and the work between them as glue programs, recorded as a chain that later calls replay."""
+        backend = self._backend
+        transfers = backend.counters()["transfers_to_host"]
+        compile_start = backend.compile_seconds()
+        recorder = ChainRecorder(backend, tensors + weights)
+        try:
+            with blocks.installed(recorder), self.trace_context(self.inner):
+                output = self.inner(*args, **kwargs)
+        except Exception as exc:  # the pack's recording failed, or the model needs what the key leaves out
+            if _not_a_trace_failure(exc):
+                raise
+            log.debug("comfy-tpu: recording %s as a chain of programs failed", self._model_name, exc_info=True)
+            self._fall_back(f"its call could not be recorded as a chain of programs ({type(exc).__name__}: "
+                            f"{str(exc)[:300]}); COMFY_TPU_BLOCK_PROGRAMS=off replays it whole")
+            full = self._full_options
+            call_kwargs = kwargs if full is None else {**kwargs, "transformer_options": full}
+            with self.trace_context(self.inner):
+                return self.inner(*args, **call_kwargs)
+        if backend.counters()["transfers_to_host"] != transfers:
+            self._fall_back("its Python reads device values while it runs (a host sync in the model)")
+            return output
+        try:
+            chain = recorder.finish(output)
+        except NotReplayable as exc:
+            self._fall_back(str(exc))
+            return output
+        self._on_compiled(backend.compile_seconds() - compile_start)
+        self._programs[key] = _Program(chain, chain.out_spec, layout, tuple(map(id, weights)), CHAIN)
+        self.traces += 1
+        self.replays += 1
+        return tree_unflatten([recorder.values[index] for index in chain.output_indices], chain.out_spec)
 
     def _trace(self, key, args, kwargs, tensors, weights, layout) -> Any:
         """First call of a key: trace the model lazily, compile its graph as a program, run it."""
@@ -340,3 +295,12 @@ class ReplayedModels(StandIns):
         entries = self.entries()
         return {"programs": sum(len(e._programs) for e in entries), "traces": sum(e.traces for e in entries),
                 "replays": sum(e.replays for e in entries)}
+
+    def block_figures(self) -> dict[str, int]:
+        """Repeated blocks run as shared programs, all models: kinds, programs, traces, block calls."""
+        totals: dict[str, int] = {}
+        for entry in self.entries():
+            if entry._blocks is not None:
+                for name, value in entry._blocks[1].figures().items():
+                    totals[name] = totals.get(name, 0) + value
+        return totals

@@ -185,10 +185,28 @@ def doctor_data() -> dict[str, Any]:
             "execution": settings.execution,
             "backend": settings.backend,
             "conv_kernel_layout": settings.conv_kernel_layout,
+            "attention": settings.attention,
             "problems": [problem.message() for problem in loaded.problems],
         },
         "decision": decision.model_dump(mode="json"),
+        "comfyui": _comfyui_data(),
     }
+
+
+def _comfyui_data() -> dict[str, Any]:
+    """What the ComfyUI the pack would run in has (its core imported here, in CPU mode), or why not."""
+    try:
+        comfy_dir = find_comfyui(None)
+    except ComfyUINotFound as exc:
+        return {"found": False, "reason": str(exc)}
+    from tpu_runtime.comfyui import capabilities
+
+    try:
+        found = capabilities.detect_in(str(comfy_dir))
+    except Exception as exc:  # noqa: BLE001 - the doctor reports it and goes on
+        return {"found": True, "path": str(comfy_dir), "reason": f"could not import its core: "
+                                                                  f"{type(exc).__name__}: {exc}"}
+    return {"found": True, "path": str(comfy_dir), "line": found.line(), **found.model_dump(mode="json")}
 
 
 def _model_axis(mesh: str) -> int:
@@ -237,10 +255,23 @@ def format_doctor(data: dict[str, Any]) -> str:
     lines += [f"  settings     changed from defaults: {changed}",
               f"  cache dir    {s['cache_dir'] or '<ComfyUI user dir>/comfy-tpu (default)'}",
               f"  execution    {s['execution']}",
-              f"  conv kernels {s.get('conv_kernel_layout', 'auto')} (COMFY_TPU_CONV_KERNEL_LAYOUT)"]
+              f"  conv kernels {s.get('conv_kernel_layout', 'auto')} (COMFY_TPU_CONV_KERNEL_LAYOUT)",
+              f"  attention    {_attention_line(s.get('attention', 'auto'), backend, r['device_type'])}"
+              " (COMFY_TPU_ATTENTION)"]
     lines += [f"  settings problem: {p}" for p in s["problems"]]
+    comfy = data.get("comfyui") or {}
+    if comfy.get("line"):
+        lines.append(f"  ComfyUI      {comfy['path']}: {comfy['line']}")
+    elif comfy:
+        lines.append(f"  ComfyUI      {comfy.get('path', 'not found')}: {comfy.get('reason', '?')}")
     lines.append(f"TPU path {'ON' if d['on'] else 'OFF'}: {d['reason']}")
     return "\n".join(lines)
+
+
+def _attention_line(setting: str, backend: str, device_type: str) -> str:
+    from tpu_runtime.execution.attention import choice
+
+    return choice.describe(setting, backend, device_type)
 
 
 def doctor(as_json: bool) -> int:

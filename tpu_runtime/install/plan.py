@@ -102,6 +102,25 @@ def plan_install(torch_version: Optional[str], torch_xla_version: Optional[str],
 TORCHAX_PINS = {"torchax": "0.0.13", "jax": "0.10.2"}
 
 
+#: torchax releases -> the newest torch minor they import on (measured: torchax 0.0.13 imports on torch 2.12.1 and
+#: fails at import on 2.13.0 and 2.14.1 with ``AttributeError: aten.prod has no overload 'dim_Dimname'`` in
+#: torchax/amp.py; fixed in torchax's repository, not released). CI runs it on torch 2.9.
+TORCHAX_NEWEST_TORCH = {"0.0.13": (2, 12)}
+
+
+def torchax_torch_problem(torch_version: Optional[str], torchax_version: Optional[str]) -> Optional[str]:
+    """Why this torchax cannot run on this torch (None when it can, or when nothing is known against it)."""
+    minor = minor_of(torch_version)
+    newest = TORCHAX_NEWEST_TORCH.get(torchax_version or TORCHAX_PINS["torchax"])
+    if minor is None or newest is None or tuple(int(p) for p in minor.split(".")) <= newest:
+        return None
+    return (f"torchax {torchax_version or TORCHAX_PINS['torchax']} fails at import on torch {torch_version} "
+            f"(AttributeError: aten.prod has no overload 'dim_Dimname', in torchax/amp.py; fixed in torchax's "
+            f"repository, not released): the torchax backend needs torch <= {newest[0]}.{newest[1]} "
+            f"(CI: torch 2.9.0 with torchax {TORCHAX_PINS['torchax']}, jax {TORCHAX_PINS['jax']}); torch_xla "
+            f"needs torch {supported_torch()}")
+
+
 def torchax_requirements(platform_tpu: bool) -> list[str]:
     """The pip requirements of the ``torchax`` extra; ``jax[tpu]`` (with its libtpu) on a TPU host."""
     return [f"torchax=={TORCHAX_PINS['torchax']}", f"jax[{'tpu' if platform_tpu else 'cpu'}]=={TORCHAX_PINS['jax']}"]
@@ -113,6 +132,9 @@ def plan_torchax_install(torch_version: Optional[str], torchax_version: Optional
     if not torch_version:
         return InstallPlan(action="refuse", message=(
             "torch is not installed: install ComfyUI and its requirements (which bring its torch) first"))
+    problem = torchax_torch_problem(torch_version, TORCHAX_PINS["torchax"])
+    if problem:  # installing it would leave an install that fails at import: nothing is installed
+        return InstallPlan(action="refuse", message=f"not installing: {problem}")
     if torchax_version == TORCHAX_PINS["torchax"] and jax_version == TORCHAX_PINS["jax"]:
         return InstallPlan(action="nothing", message=(
             f"torchax {torchax_version} and jax {jax_version} are installed; nothing to install"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from tpu_runtime.comfyui import hooks
 from tpu_runtime.execution.attention import choice, route
 from tpu_runtime.settings.run_options import for_model
 from tpu_runtime.sampling import model_call, outer, steps
@@ -20,9 +21,7 @@ WRAPPER_KEY = "comfy_tpu"
 def attach(model_options: dict, state: "PackState") -> None:
     """Add the wrappers (and the pack's attention router), with the run options in force now and this
     model's own overrides; a call that has them already is left alone."""
-    import comfy.patcher_extension as pe
-
-    if pe.get_wrappers_with_key(pe.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, model_options, is_model_options=True):
+    if hooks.has_wrapper(model_options, "OUTER_SAMPLE", WRAPPER_KEY):
         return
     modes = state.backend.execution_modes
     options = for_model(state.options, model_options, modes)
@@ -37,16 +36,14 @@ def attach(model_options: dict, state: "PackState") -> None:
     apply_model = {"compiled": model_call.compiled_apply_model_wrapper,
                    "replay": model_call.replayed_apply_model_wrapper}.get(options.execution,
                                                                          model_call.apply_model_wrapper)
-    wrappers = {
-        pe.WrappersMP.OUTER_SAMPLE: outer.outer_sample_wrapper(state, options),
-        pe.WrappersMP.PREPARE_SAMPLING: outer.prepare_sampling,
-        pe.WrappersMP.SAMPLER_SAMPLE: steps.sampler_sample,
-        pe.WrappersMP.PREDICT_NOISE: steps.predict_noise_wrapper(boundary=not boundary_in_model),
-        pe.WrappersMP.CALC_COND_BATCH: steps.calc_cond_batch,
-        pe.WrappersMP.APPLY_MODEL: apply_model(state, options),
-    }
-    for kind, wrapper in wrappers.items():
-        pe.add_wrapper_with_key(kind, WRAPPER_KEY, wrapper, model_options, is_model_options=True)
+    hooks.add_wrappers(model_options, WRAPPER_KEY, {
+        "OUTER_SAMPLE": outer.outer_sample_wrapper(state, options),
+        "PREPARE_SAMPLING": outer.prepare_sampling,
+        "SAMPLER_SAMPLE": steps.sampler_sample,
+        "PREDICT_NOISE": steps.predict_noise_wrapper(boundary=not boundary_in_model),
+        "CALC_COND_BATCH": steps.calc_cond_batch,
+        "APPLY_MODEL": apply_model(state, options),
+    })
     transformer_options = model_options.setdefault("transformer_options", {})
     transformer_options.setdefault("optimized_attention_override", attention_router(state, options.attention))
 

@@ -193,16 +193,26 @@ def host_percent_to_sigma(host_model_sampling: Any) -> Callable[[float], float]:
 
 def pre_run_control(original: Callable, host_model_sampling: Callable[[Any], Any],
                     is_xla: Callable[[Any], bool]) -> Callable:
-    """``comfy.samplers.pre_run_control`` that, for a model on the XLA device, converts the start/end
-    percents with the host copy of its schedule; elsewhere ComfyUI's own."""
+    """``comfy.samplers.pre_run_control`` that, for a model on the XLA device, runs ComfyUI's own with the
+    schedule's ``percent_to_sigma`` answered from its host copy for the length of the call: whatever
+    ComfyUI's pre-run does (2026 ComfyUI also pre-runs each control's ``multigpu_clones``), it does, without
+    an ``.item()`` of a device value. Elsewhere ComfyUI's own, untouched."""
 
-    def pre_run(model, conds):
-        if not is_xla(getattr(model, "device", None)):
-            return original(model, conds)
-        percent_to_sigma = host_percent_to_sigma(host_model_sampling(model.model_sampling))
-        for cond in conds:
-            if "control" in cond:
-                cond["control"].pre_run(model, percent_to_sigma)
+    def pre_run(*args, **kwargs):
+        model = args[0] if args else kwargs.get("model")
+        sampling = getattr(model, "model_sampling", None)
+        if not is_xla(getattr(model, "device", None)) or sampling is None:
+            return original(*args, **kwargs)
+        had_own = "percent_to_sigma" in vars(sampling)
+        saved = vars(sampling).get("percent_to_sigma")
+        vars(sampling)["percent_to_sigma"] = host_percent_to_sigma(host_model_sampling(sampling))
+        try:
+            return original(*args, **kwargs)
+        finally:
+            if had_own:
+                vars(sampling)["percent_to_sigma"] = saved
+            else:
+                del vars(sampling)["percent_to_sigma"]
 
     return pre_run
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from tpu_runtime.backends import batch_shard, kernel_layout
+from tpu_runtime.execution import block_programs
 from tpu_runtime.execution.host_values import without_twins
 from tpu_runtime.execution.stand_in import ModelStandIn
 from tpu_runtime.settings.run_options import RunOptions
@@ -106,6 +107,7 @@ def replayed_apply_model_wrapper(state: "PackState", options: RunOptions):
         stand_in = state.replayed_models.for_module(original, _model_label(base_model))
         stand_in.trace_context = trace_context
         stand_in.model_token = _object_patches(base_model)
+        stand_in.block_programs = block_programs.resolve(options.block_programs, state.backend)
         refresh(original)
         return stand_in, contextlib.nullcontext()
 

@@ -8,14 +8,18 @@ padded: the same noise as stock ComfyUI where the user's latent is, none in the 
 """
 from __future__ import annotations
 
-import inspect
 import logging
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 
+from tpu_runtime.comfyui import samplers
+from tpu_runtime.comfyui.sampler_probe import takes_noise_sampler
 from tpu_runtime.sampling import padding
 from tpu_runtime.execution.host_values import plain
+
+if TYPE_CHECKING:
+    from tpu_runtime.comfyui.sampler_probe import NoiseProbe
 
 log = logging.getLogger("comfy_tpu")
 
@@ -29,16 +33,12 @@ def _to_bucket(noise: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def host_default_noise_sampler(like: torch.Tensor, seed: Optional[int],
                                shape: Optional[tuple[int, ...]] = None) -> NoiseSampler:
-    """Same draws as ComfyUI's ``default_noise_sampler`` on a CPU latent of ``shape`` (default: like's),
-    uploaded to ``like.device``."""
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device="cpu")
-        generator.manual_seed(seed)
-    shape, dtype = tuple(shape or like.shape), like.dtype
+    """ComfyUI's own ``default_noise_sampler`` on a CPU latent of ``shape`` (default: like's): the draws
+    (and the seeding) of that ComfyUI's CPU run, uploaded to ``like.device``."""
+    draw = samplers.default_noise_sampler(tuple(shape or like.shape), like.dtype, seed)
 
     def sample(sigma, sigma_next):
-        return _to_bucket(torch.randn(shape, dtype=dtype, generator=generator, device="cpu"), like)
+        return _to_bucket(draw(sigma, sigma_next), like)
 
     return sample
 
@@ -46,12 +46,9 @@ def host_default_noise_sampler(like: torch.Tensor, seed: Optional[int],
 def host_brownian_noise_sampler(like: torch.Tensor, sigmas: torch.Tensor, seed: Optional[int],
                                 shape: Optional[tuple[int, ...]] = None) -> NoiseSampler:
     """ComfyUI's ``BrownianTreeNoiseSampler`` built on a host stand-in for the latent (of ``shape``)."""
-    from comfy.k_diffusion.sampling import BrownianTreeNoiseSampler
-
     host_sigmas = plain(sigmas)
     sigma_min, sigma_max = host_sigmas[host_sigmas > 0].min(), host_sigmas.max()
-    stand_in = torch.zeros(tuple(shape or like.shape), dtype=like.dtype)
-    tree = BrownianTreeNoiseSampler(stand_in, sigma_min, sigma_max, seed=seed, cpu=True)
+    tree = samplers.brownian_noise_sampler(tuple(shape or like.shape), like.dtype, sigma_min, sigma_max, seed)
 
     def sample(sigma, sigma_next):
         return _to_bucket(tree(plain(sigma), plain(sigma_next)), like)
@@ -124,31 +121,49 @@ COMFY_MODULE_PREFIXES = ("comfy.", "comfy_extras.")
 _UNKNOWN_LOGGED: set[str] = set()
 
 
-def noise_kind(sampler_function: Callable) -> Optional[str]:
-    """'brownian', 'default' or None (give the sampler no noise sampler), from :data:`NOISE_KINDS`.
+def noise_kind(sampler_function: Callable, probe: Optional[Callable[[Callable], "NoiseProbe"]] = None) -> Optional[str]:
+    """'brownian', 'default' or None (give the sampler no noise sampler).
 
-    A sampler the table does not know (another pack's) gets host default noise when it declares a
-    ``noise_sampler`` parameter: left without one, a sampler that falls back to ComfyUI's
-    ``default_noise_sampler`` fails on XLA (no device generator), and independent Gaussian draws are
-    valid noise for any sampler, Brownian or not (only bit-parity with a CPU run is lost). One that
-    declares none gets nothing: passing it an unknown keyword would raise. Either way the decision
-    is logged once per function.
+    With ``probe`` (the running ComfyUI's sampler run on a tiny CPU latent, see
+    :mod:`tpu_runtime.comfyui.sampler_probe`), what the sampler really builds decides: a table entry that
+    disagrees with it (a ComfyUI that changed the sampler) is said once and the probe wins, and a sampler
+    the table does not know gets the noise it would build itself, so its draws are a CPU run's. Where the
+    probe cannot run the sampler, and without one, :data:`NOISE_KINDS` decides, and a sampler it does not
+    know gets host default noise when it declares a ``noise_sampler`` parameter: left without one, a sampler
+    that falls back to ComfyUI's ``default_noise_sampler`` fails on XLA (no device generator), and
+    independent Gaussian draws are valid noise for any sampler (only bit-parity with a CPU run is lost). One
+    that declares none gets nothing: passing it an unknown keyword would raise. Each decision about a
+    sampler outside the table, or against it, is logged once per function.
     """
     name = getattr(sampler_function, "__name__", None)
     module = getattr(sampler_function, "__module__", None) or ""
-    if name in NOISE_KINDS and module.startswith(COMFY_MODULE_PREFIXES):
-        return NOISE_KINDS[name]
-    try:
-        takes = "noise_sampler" in inspect.signature(sampler_function).parameters
-    except (TypeError, ValueError):
-        takes = False
     label = f"{module}.{name}" if name else repr(sampler_function)
+    in_table = name in NOISE_KINDS and module.startswith(COMFY_MODULE_PREFIXES)
+    probed = probe(sampler_function) if probe is not None else None
+    if probed is not None and not probed.error:
+        if in_table and probed.kind == NOISE_KINDS[name]:
+            return probed.kind
+        if label not in _UNKNOWN_LOGGED:
+            _UNKNOWN_LOGGED.add(label)
+            if in_table:
+                log.warning("comfy-tpu: ComfyUI's sampler %s draws %s noise, not %s as in the pack's table "
+                            "(checked on ComfyUI 0.3.75): it gets what it draws now", label,
+                            probed.kind or "no", NOISE_KINDS[name] or "no")
+            else:
+                log.info("comfy-tpu: sampler %s is not in the pack's noise table; probed on the CPU: it gets %s",
+                         label, f"host {probed.kind} noise, as it draws itself" if probed.kind else "no noise sampler")
+        return probed.kind
+    if in_table:
+        return NOISE_KINDS[name]
+    takes = takes_noise_sampler(sampler_function)
     if label not in _UNKNOWN_LOGGED:
         _UNKNOWN_LOGGED.add(label)
+        reason = f" (the probe could not run it: {probed.error})" if probed is not None else ""
         if takes:
-            log.warning("comfy-tpu: sampler %s is not in the pack's noise table: it gets host default noise "
-                        "(valid noise, though not bit-identical to a CPU run if it draws a Brownian tree)", label)
+            log.warning("comfy-tpu: sampler %s is not in the pack's noise table%s: it gets host default noise "
+                        "(valid noise, though not bit-identical to a CPU run if it draws a Brownian tree)", label,
+                        reason)
         else:
-            log.info("comfy-tpu: sampler %s is not in the pack's noise table and takes no noise_sampler: "
-                     "none is given", label)
+            log.info("comfy-tpu: sampler %s is not in the pack's noise table and takes no noise_sampler%s: "
+                     "none is given", label, reason)
     return "default" if takes else None

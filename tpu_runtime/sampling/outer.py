@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from tpu_runtime.comfyui.calls import Call
 from tpu_runtime.sampling import control, padding
 from tpu_runtime.backends import metrics
 from tpu_runtime.execution.host_values import as_host, host_copy
@@ -17,14 +18,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("comfy_tpu")
 
+#: ``CFGGuider.outer_sample``'s parameters in ComfyUI 0.3.75 (used only where the running one cannot be read).
+OUTER_SAMPLE_FORM = ("noise", "latent_image", "sampler", "sigmas", "denoise_mask", "callback", "disable_pbar",
+                     "seed", "latent_shapes")
+
 
 def outer_sample_wrapper(state: "PackState", options: RunOptions):
     backend = state.backend
 
-    def outer_sample(executor, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None,
-                     disable_pbar=False, seed=None, latent_shapes=None):
+    def outer_sample(executor, *args, **kwargs):
+        call = Call.through(executor, args, kwargs, fallback=OUTER_SAMPLE_FORM)
         guider = executor.class_obj
         patcher = guider.model_patcher
+        noise, latent_image, sampler, sigmas = (call.get(name) for name in ("noise", "latent_image", "sampler",
+                                                                            "sigmas"))
+        denoise_mask = call.get("denoise_mask")
         if host_copy(sigmas) is None:
             log.info("comfy-tpu: the sigmas given to the sampler are on %s; copying them to the host once",
                      sigmas.device)
@@ -32,7 +40,13 @@ def outer_sample_wrapper(state: "PackState", options: RunOptions):
         padded = padded_shape(user_shape, options)
         if padded != user_shape:
             noise, latent_image, denoise_mask = _pad_inputs(noise, latent_image, denoise_mask, padded)
-            latent_shapes = [latent_image.shape]
+            call.set("noise", noise)
+            if denoise_mask is not None:
+                call.set("denoise_mask", denoise_mask)
+            if call.given("latent_shapes") or "latent_shapes" in call.names:
+                call.set("latent_shapes", [latent_image.shape])
+        call.set("latent_image", _host_tagged(latent_image))
+        call.set("sigmas", as_host(sigmas))
         run = SamplingRun(state=state, options=options, host_sigmas=as_host(sigmas),
                           model_name=type(patcher.model).__name__, user_shape=user_shape)
         run.controlled = control.has_controls(guider)
@@ -53,8 +67,7 @@ def outer_sample_wrapper(state: "PackState", options: RunOptions):
             # outside it (grad on, or only no_grad) traces other graphs than a warm-up did (autograd
             # and view tracking change what each step boundary materialises: measured, 2 new graphs).
             with torch.inference_mode():
-                output = executor(noise, _host_tagged(latent_image), sampler, as_host(sigmas), denoise_mask,
-                                  callback, disable_pbar, seed, latent_shapes=latent_shapes)
+                output = call.forward(executor)
             completed = True
             # The result comes to the host here (once), then is cropped there: cropping on the device
             # would make one more graph for every size of a bucket.
@@ -63,6 +76,8 @@ def outer_sample_wrapper(state: "PackState", options: RunOptions):
             # A caller outside inference mode gets an ordinary tensor, as stock ComfyUI would give it.
             return result if torch.is_inference_mode_enabled() else result.clone()
         finally:
+            # ``finally`` runs for ComfyUI's interrupt too (a BaseException in 2026 ComfyUI): the run is
+            # always closed and its figures kept; only a completed run is recorded.
             _RUN.reset(token)
             run.figures = meter.stop().without(run.load_figures).model_copy(update={
                 "model_calls": sum(p.boundaries for p in run.pacers),
@@ -82,14 +97,15 @@ def _program_compile_s(state: "PackState") -> float:
     return state.replayed_models.program_compile_s if state.replayed_models is not None else 0.0
 
 
-def prepare_sampling(executor, model, noise_shape, conds, model_options=None):
-    """ComfyUI loads the model here (and applies or removes weight patches): metered apart."""
+def prepare_sampling(executor, *args, **kwargs):
+    """ComfyUI loads the model here (and applies or removes weight patches): metered apart. Every argument
+    (0.8 adds ``force_full_load``, 0.33 ``force_offload``) goes on as given."""
     run = _RUN.get()
     if run is None:
-        return executor(model, noise_shape, conds, model_options=model_options)
+        return executor(*args, **kwargs)
     meter = metrics.RunMeter(run.backend)
     try:
-        return executor(model, noise_shape, conds, model_options=model_options)
+        return executor(*args, **kwargs)
     finally:
         run.load_figures = meter.stop()
         if run.load_figures.transfers_to_host or run.load_figures.compiles:
@@ -98,12 +114,12 @@ def prepare_sampling(executor, model, noise_shape, conds, model_options=None):
 
 def _pad_inputs(noise, latent_image, denoise_mask, padded: tuple[int, ...]):
     """Pad the run's inputs (on the host, before ComfyUI moves them) to the bucket shape."""
-    import comfy.sampler_helpers
+    from tpu_runtime.comfyui.samplers import prepare_mask
 
     height, width = padded[-2], padded[-1]
     if denoise_mask is not None:
         # At latent resolution first (as ComfyUI would), so the padding does not stretch the mask.
-        denoise_mask = padding.pad(comfy.sampler_helpers.prepare_mask(denoise_mask, noise.shape, "cpu"),
+        denoise_mask = padding.pad(prepare_mask(denoise_mask, noise.shape, "cpu"),
                                    height, width, mode="replicate")
     return padding.pad(noise, height, width), padding.pad(latent_image, height, width), denoise_mask
 

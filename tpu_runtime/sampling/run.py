@@ -13,6 +13,7 @@ from tpu_runtime.sampling.control import control_layout
 from tpu_runtime.execution.host_values import HostTensor
 from tpu_runtime.execution.pacing import StepPacer
 from tpu_runtime.settings.run_options import RunOptions
+from tpu_runtime.cache.layout import layout_of
 from tpu_runtime.cache.signature import ExecutionSignature, build_signature
 
 if TYPE_CHECKING:
@@ -76,18 +77,20 @@ def sampler_function_name(sampler: Any) -> str:
 
 def run_signature(guider: Any, sampler: Any, user_shape: tuple[int, ...], padded: tuple[int, ...],
                   options: RunOptions, steps: int, mesh: str = "single") -> ExecutionSignature:
-    """The signature of the run a guider is about to make."""
+    """The signature of the run a guider is about to make, with its conditioning's layout (what a
+    re-warm rebuilds)."""
+    original = getattr(guider, "original_conds", {}) or {}
     tokens = []
-    for conds in getattr(guider, "original_conds", {}).values():
+    for conds in original.values():
         for cond in conds:
             cross_attn = cond.get("cross_attn") if isinstance(cond, dict) else None
             if isinstance(cross_attn, torch.Tensor) and cross_attn.dim() >= 2:
                 tokens.append(int(cross_attn.shape[1]))
     cfg = getattr(guider, "cfg", 1.0)
-    uncond = "negative" in getattr(guider, "original_conds", {}) and not math.isclose(float(cfg), 1.0)
+    uncond = "negative" in original and not math.isclose(float(cfg), 1.0)
     model_dtype = guider.model_patcher.model_dtype()
     dtype = "bfloat16" if options.autocast_bf16 else str(model_dtype).removeprefix("torch.")
     return build_signature(guider.model_patcher, user_shape, padded, tuple(tokens) or (0,), uncond, dtype,
                            sampler_function_name(sampler), cfg_scale=float(cfg), steps=steps, mesh=mesh,
                            execution=options.execution,
-                           controls=control_layout(getattr(guider, "original_conds", {}) or {}))
+                           controls=control_layout(original), conditioning=layout_of(original, uncond))

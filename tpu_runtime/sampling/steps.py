@@ -7,11 +7,19 @@ from typing import Optional
 
 import torch
 
+from tpu_runtime.comfyui.calls import Call
 from tpu_runtime.sampling import control, unipc
 from tpu_runtime.execution.host_values import HostTensor, as_host, device_twin, host_copy, plain, upload
 from tpu_runtime.sampling.noise import host_brownian_noise_sampler, host_default_noise_sampler, noise_kind
 from tpu_runtime.execution.pacing import StepPacer
 from tpu_runtime.sampling.run import _RUN
+
+
+#: The wrapped functions' parameters in ComfyUI 0.3.75 (used only where the running one cannot be read).
+SAMPLER_SAMPLE_FORM = ("model_wrap", "sigmas", "extra_args", "callback", "noise", "latent_image", "denoise_mask",
+                       "disable_pbar")
+PREDICT_NOISE_FORM = ("x", "timestep", "model_options", "seed")
+CALC_COND_BATCH_FORM = ("model", "conds", "x_in", "timestep", "model_options")
 
 
 class _HostModelWrap:
@@ -23,10 +31,12 @@ class _HostModelWrap:
 
 @contextlib.contextmanager
 def _host_sampler(sampler, model_wrap, noise: torch.Tensor, host_sigmas: HostTensor, seed, host_schedules, backend,
-                  notices, user_shape: Optional[tuple[int, ...]] = None, host_timesteps: bool = False):
+                  notices, user_shape: Optional[tuple[int, ...]] = None, host_timesteps: bool = False,
+                  probe=None):
     """Point a KSAMPLER at host-side helpers for the length of one call, then restore it: host noise,
     UniPC in its one-graph form (:mod:`..unipc`), host timesteps when controls read them.
-    ``host_timesteps``: the model's timesteps are computed on the host (see :mod:`..control`)."""
+    ``host_timesteps``: the model's timesteps are computed on the host (see :mod:`..control`); ``probe``: how
+    the running ComfyUI's samplers draw noise (:class:`tpu_runtime.comfyui.sampler_probe.SamplerProbes`)."""
     saved = dict(vars(sampler))
     try:
         if hasattr(sampler, "max_denoise"):
@@ -35,7 +45,7 @@ def _host_sampler(sampler, model_wrap, noise: torch.Tensor, host_sigmas: HostTen
             sampler.max_denoise = lambda _wrap, sigmas: unbound(sampler, _HostModelWrap(ms), sigmas)
         function = getattr(sampler, "sampler_function", None)
         extra = getattr(sampler, "extra_options", None)
-        kind = noise_kind(function) if function is not None else None
+        kind = noise_kind(function, probe) if function is not None else None
         if kind and isinstance(extra, dict) and extra.get("noise_sampler") is None:
             noise_sampler = (host_brownian_noise_sampler(noise, host_sigmas, seed, user_shape) if kind == "brownian"
                              else host_default_noise_sampler(noise, seed, user_shape))
@@ -51,25 +61,30 @@ def _host_sampler(sampler, model_wrap, noise: torch.Tensor, host_sigmas: HostTen
         vars(sampler).update(saved)
 
 
-def sampler_sample(executor, model_wrap, sigmas, extra_args, callback, noise, latent_image=None,
-                   denoise_mask=None, disable_pbar=False):
+def sampler_sample(executor, *args, **kwargs):
     run = _RUN.get()
     if run is None:
-        return executor(model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar)
+        return executor(*args, **kwargs)
+    call = Call.through(executor, args, kwargs, fallback=SAMPLER_SAMPLE_FORM)
+    model_wrap, sigmas, extra_args, callback, noise = (call.get(name) for name in (
+        "model_wrap", "sigmas", "extra_args", "callback", "noise"))
+    latent_image, disable_pbar = call.get("latent_image"), call.get("disable_pbar", False)
     host_sigmas = run.host_sigmas
     if host_sigmas is None or host_sigmas.shape != sigmas.shape:
         host_sigmas = as_host(sigmas)  # another wrapper changed the schedule: one transfer
     total_steps = max(len(host_sigmas) - 1, 0)
-    latent_image = _as_device_data(latent_image)
+    call.set("latent_image", _as_device_data(latent_image))
+    call.set("sigmas", host_sigmas)
+    call.set("disable_pbar", True)  # the pacer shows the bar
     pacer = StepPacer(run.backend, total_steps, wait_every=run.options.sync_steps, show_bar=not disable_pbar)
     run.pacer = pacer
     run.pacers.append(pacer)
     try:
         with _host_sampler(executor.class_obj, model_wrap, noise, host_sigmas, extra_args.get("seed"),
                            run.state.host_schedules, run.backend, run.state.notices, run.user_shape or None,
-                           host_timesteps=run.controlled):
-            samples = executor(model_wrap, host_sigmas, extra_args, pacer.step_callback(callback), noise,
-                               latent_image, denoise_mask, True)
+                           host_timesteps=run.controlled, probe=run.state.sampler_probes):
+            call.set("callback", pacer.step_callback(callback))
+            samples = call.forward(executor)
         samples = plain(control.plain_latent(samples))
         pacer.finish()
         return samples
@@ -92,19 +107,22 @@ def predict_noise_wrapper(boundary: bool):
     """Lazy mode cuts the graph before each model evaluation; compiled mode cuts it later, right
     before the captured graph runs (see :mod:`..compiled`)."""
 
-    def predict_noise(executor, x, timestep, model_options={}, seed=None):
+    def predict_noise(executor, *args, **kwargs):
         run = _RUN.get()
-        if run is not None and run.pacer is not None:
-            x = control.plain_latent(x)
-            if boundary:
-                run.pacer.boundary()
-            if isinstance(timestep, torch.Tensor) and timestep.device != x.device:
-                # Samplers that pass a host sigma straight to the model (uni_pc, and every sampler when
-                # a control is in the conditioning): upload it as data, or ComfyUI's
-                # ``timestep(...).to(sigma.device)`` would bring the model's timestep back to the host.
-                # With a control, it keeps its host values: ``get_control``'s range check reads them.
-                timestep = device_twin(timestep, x.device) if run.controlled else upload(timestep, x.device)
-        return executor(x, timestep, model_options, seed)
+        if run is None or run.pacer is None:
+            return executor(*args, **kwargs)
+        call = Call.through(executor, args, kwargs, fallback=PREDICT_NOISE_FORM)
+        x, timestep = control.plain_latent(call.get("x")), call.get("timestep")
+        if boundary:
+            run.pacer.boundary()
+        if isinstance(timestep, torch.Tensor) and timestep.device != x.device:
+            # Samplers that pass a host sigma straight to the model (uni_pc, and every sampler when
+            # a control is in the conditioning): upload it as data, or ComfyUI's
+            # ``timestep(...).to(sigma.device)`` would bring the model's timestep back to the host.
+            # With a control, it keeps its host values: ``get_control``'s range check reads them.
+            call.set("timestep", device_twin(timestep, x.device) if run.controlled else upload(timestep, x.device))
+        call.set("x", x)
+        return call.forward(executor)
 
     return predict_noise
 
@@ -122,9 +140,11 @@ def _control_replay(run):
     return replayed.for_module, run.backend.step_boundary
 
 
-def calc_cond_batch(executor, model, conds, x_in, timestep, model_options):
+def calc_cond_batch(executor, *args, **kwargs):
     """Batch every compatible cond together, always: the graph must not follow free memory. Controls'
     strengths are data, T2I-Adapters stay on the device (:func:`..control.during_model_call`)."""
+    call = Call.through(executor, args, kwargs, fallback=CALC_COND_BATCH_FORM)
+    model, conds = call.get("model"), call.get("conds")
     had_own = "memory_required" in vars(model)
     saved = vars(model).get("memory_required")
     model.memory_required = _zero_memory_required
@@ -133,7 +153,7 @@ def calc_cond_batch(executor, model, conds, x_in, timestep, model_options):
                 else contextlib.nullcontext())
     try:
         with controls:
-            return executor(model, conds, x_in, timestep, model_options)
+            return executor(*args, **kwargs)
     finally:
         if had_own:
             model.memory_required = saved

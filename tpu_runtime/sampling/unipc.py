@@ -66,13 +66,13 @@ def _as_is(tensor: torch.Tensor) -> torch.Tensor:
 
 def sample(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: Optional[dict] = None,
            callback: Optional[Callable] = None, disable: Any = None, *, variant: str = "bh1",
-           shard_batch: Callable[[torch.Tensor], torch.Tensor] = _as_is) -> torch.Tensor:
+           shard_batch: Callable[[torch.Tensor], torch.Tensor] = _as_is, b_precision: str = "float32") -> torch.Tensor:
     """UniPC multistep (``variant`` bh1 or bh2) as a k-diffusion sampler function; ``sigmas`` on the host,
     at least two steps (ComfyUI's own handles one). ``shard_batch`` places the empty slots as the
     latents are placed (split over the mesh's data axis under SPMD): a slot's sharding is part of the graph."""
     extra_args = {} if extra_args is None else extra_args
     end_schedule_as_comfyui(sigmas)
-    weights = step_weights(sigmas, variant)
+    weights = step_weights(sigmas, variant, b_precision)
     s_in = x.new_ones([x.shape[0]])
     slots = [shard_batch(upload(torch.zeros(x.shape, dtype=x.dtype), x.device)) for _ in range(SLOTS)]
     model_input = x
@@ -106,22 +106,77 @@ def source_fingerprint(module: ModuleType) -> str:
     return hashlib.sha256("\n".join(sources).encode()).hexdigest()[:16]
 
 
+#: How far the one-graph form may be from ComfyUI's own on the probe (|x| ~ 1 there): float32 rounding of two
+#: orderings of one sum is ~1e-5; a different formula is off by far more on its small-step schedule.
+PROBE_BOUND = 1e-4
+
+
+def _probe_denoiser(x: torch.Tensor, sigma: torch.Tensor, **kwargs) -> torch.Tensor:
+    s = sigma.view(-1, 1, 1, 1)
+    return torch.tanh(0.7 * x.flip(1) / (1 + s) + 0.1 * s)
+
+
+def _probe_schedules() -> list[torch.Tensor]:
+    """An ordinary schedule ending at 0, and one of small steps (as high-shift flow schedules make: there
+    float32 and float64 ``b`` differ)."""
+    return [torch.cat([torch.exp(torch.linspace(2.7, -3.5, 7)), torch.zeros(1)]),
+            torch.linspace(0.98, 0.90, 9)]
+
+
+@functools.lru_cache(maxsize=None)
+def _formula_matching(module: ModuleType) -> Optional[str]:
+    """The ``b`` precision with which this module's UniPC gives ComfyUI's own results on the probe (a few
+    milliseconds on a 1x4x4x4 CPU latent), None when neither does."""
+    errors: dict[str, float] = {}
+    for precision in ("float32", "float64"):
+        worst = 0.0
+        for variant_function, variant in (("sample_unipc", "bh1"), ("sample_unipc_bh2", "bh2")):
+            for schedule in _probe_schedules():
+                x = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(3))
+                with torch.inference_mode():
+                    theirs = getattr(module, variant_function)(_probe_denoiser, x.clone(), schedule.clone(), {}, None,
+                                                               True)
+                    ours = sample(_probe_denoiser, x.clone(), schedule.clone(), {}, None, True, variant=variant,
+                                  b_precision=precision)
+                worst = max(worst, float((ours - theirs).abs().max()))
+        errors[precision] = worst
+    best = min(errors, key=errors.get)
+    return best if errors[best] <= PROBE_BOUND else None
+
+
+def formula_for(module: Optional[ModuleType]) -> tuple[Optional[str], str]:
+    """(the ``b`` precision the one-graph form uses for this ComfyUI's UniPC, or None: ComfyUI's own runs;
+    why). The source this was checked against needs no probe; another is probed against ComfyUI's own."""
+    if module is None:
+        return None, "ComfyUI's UniPC is not imported"
+    fingerprint = source_fingerprint(module)
+    if fingerprint == CHECKED_SOURCE:
+        return "float32", f"source {fingerprint} as checked (ComfyUI 0.3.75 to 0.33)"
+    try:
+        precision = _formula_matching(module)
+    except Exception as exc:  # noqa: BLE001 - a UniPC the probe cannot run: ComfyUI's own runs
+        return None, f"source {fingerprint}; the probe could not run it ({type(exc).__name__}: {exc})"
+    if precision is None:
+        return None, (f"source {fingerprint} is not the checked {CHECKED_SOURCE} and its results differ from the "
+                      f"one-graph form's by more than {PROBE_BOUND} on the probe")
+    return precision, f"source {fingerprint}: matches the one-graph form with b in {precision} on the probe"
+
+
 def replacement_for(function: Callable, shard_batch: Callable[[torch.Tensor], torch.Tensor] = _as_is,
                     notices: Optional["Notices"] = None) -> Optional[Callable]:
     """For ComfyUI's ``sample_unipc``/``sample_unipc_bh2``, this module's sampler (ComfyUI's own for runs
     of one step, which have no update, and for options it does not know); None for every other sampler
-    function, and for ComfyUI's UniPC when its source is not the one this was checked against (said once)."""
+    function, and for a ComfyUI UniPC this form does not reproduce (:func:`formula_for`, said once)."""
     variant = VARIANTS.get(getattr(function, "__name__", ""))
     if variant is None or getattr(function, "__module__", "") != "comfy.extra_samplers.uni_pc":
         return None
     module = sys.modules.get(function.__module__)
-    fingerprint = source_fingerprint(module) if module is not None else "not imported"
-    if fingerprint != CHECKED_SOURCE:
-        if notices is None or notices.first_time("unipc source", fingerprint):
-            log.warning("comfy-tpu: ComfyUI's UniPC (%s, source %s) is not the one comfy-tpu's one-graph UniPC "
-                        "was checked against (ComfyUI 0.3.75, %s): ComfyUI's own runs, correct but slower on "
-                        "XLA (a small graph for each order of its steps, its solves on the host)",
-                        getattr(module, "__file__", function.__module__), fingerprint, CHECKED_SOURCE)
+    precision, why = formula_for(module)
+    if precision is None:
+        if notices is None or notices.first_time("unipc source", why):
+            log.warning("comfy-tpu: ComfyUI's UniPC (%s): %s: ComfyUI's own runs, correct but slower on XLA (a "
+                        "small graph for each order of its steps, its solves on the host)",
+                        getattr(module, "__file__", function.__module__), why)
         return None
 
     def sample_fixed_graph(model, noise, sigmas, extra_args=None, callback=None, disable=None, **options):
@@ -129,6 +184,7 @@ def replacement_for(function: Callable, shard_batch: Callable[[torch.Tensor], to
         reproduced = not set(options) - {"variant"} and chosen in VARIANTS.values()
         if not reproduced or len(sigmas) < 3 or sigmas.device.type != "cpu":
             return function(model, noise, sigmas, extra_args, callback, disable, **options)
-        return sample(model, noise, sigmas, extra_args, callback, disable, variant=chosen, shard_batch=shard_batch)
+        return sample(model, noise, sigmas, extra_args, callback, disable, variant=chosen, shard_batch=shard_batch,
+                      b_precision=precision)
 
     return sample_fixed_graph

@@ -2,7 +2,10 @@
 
 Everything here reads host values: the schedule is on the host, and the weights go to the device as
 one row of data a step (:mod:`.unipc`). The formulas are ComfyUI's, in float32 as it computes them,
-carried to k-diffusion units (``x = x_vp / alpha(sigma)``) and to a fixed three-slot history.
+carried to k-diffusion units (``x = x_vp / alpha(sigma)``) and to a fixed three-slot history. ComfyUI
+master computes the corrector's right-hand side ``b`` in float64 (its near-cancelling recurrence for the
+small steps of high-shift flow schedules): ``b_precision="float64"`` is that formula; which one the running
+ComfyUI has is found by a probe (:func:`tpu_runtime.sampling.unipc.formula_for`).
 """
 from __future__ import annotations
 
@@ -58,7 +61,23 @@ def step_orders(steps: int) -> list[int]:
     return [step if step < order else min(order, steps + 1 - step) for step in range(1, steps + 1)]
 
 
-def _coefficients(timesteps: torch.Tensor, step: int, order: int, variant: str
+def _b_values(hh: torch.Tensor, b_h: torch.Tensor, order: int, variant: str, precision: str) -> torch.Tensor:
+    """The ``b`` of ComfyUI's bh update: the recurrence ``h_phi_k * k! / B(h)``, in ``precision``, as float32."""
+    if precision == "float64":
+        hh = hh.double()
+        b_h = hh if variant == "bh1" else torch.expm1(hh)
+    elif precision != "float32":
+        raise ValueError(f"UniPC b precision {precision!r}: float32 or float64")
+    h_phi_k = torch.expm1(hh) / hh - 1
+    b, factorial = [], 1
+    for i in range(1, order + 1):
+        b.append(h_phi_k * factorial / b_h)
+        factorial *= i + 1
+        h_phi_k = h_phi_k / hh - 1 / factorial
+    return torch.stack(b).to(torch.float32)
+
+
+def _coefficients(timesteps: torch.Tensor, step: int, order: int, variant: str, b_precision: str = "float32"
                   ) -> tuple[float, float, float, list[float], Optional[list[float]], list[float]]:
     """ComfyUI's ``multistep_uni_pc_bh_update`` quantities for the update to ``timesteps[step]``, in float32:
     the latent's factor in k-diffusion units, h*phi_1(h), B(h), the ``rk`` ratios, and the predictor's
@@ -69,7 +88,6 @@ def _coefficients(timesteps: torch.Tensor, step: int, order: int, variant: str
     rks = [float((_lambda(timesteps[step - 1 - i]) - lambda_prev) / h) for i in range(1, order)]
     hh = -h
     h_phi_1 = torch.expm1(hh)
-    h_phi_k = h_phi_1 / hh - 1
     if variant == "bh1":
         b_h = hh
     elif variant == "bh2":
@@ -77,13 +95,8 @@ def _coefficients(timesteps: torch.Tensor, step: int, order: int, variant: str
     else:
         raise ValueError(f"UniPC variant {variant!r}: bh1 or bh2")
     all_rks = torch.tensor(rks + [1.], dtype=timesteps.dtype)
-    big_r, b, factorial = [], [], 1
-    for i in range(1, order + 1):
-        big_r.append(torch.pow(all_rks, i - 1))
-        b.append(h_phi_k * factorial / b_h)
-        factorial *= i + 1
-        h_phi_k = h_phi_k / hh - 1 / factorial
-    big_r, b = torch.stack(big_r), torch.stack(b)
+    big_r = torch.stack([torch.pow(all_rks, i - 1) for i in range(1, order + 1)])
+    b = _b_values(hh, b_h, order, variant, b_precision)
     rhos_p = None if order == 1 else [0.5] if order == 2 else torch.linalg.solve(big_r[:-1, :-1], b[:-1]).tolist()
     rhos_c = [0.5] if order == 1 else torch.linalg.solve(big_r, b).tolist()
     # x_vp = alpha(sigma) * x: the VP update's factor sigma_t / sigma_prev, carried to k-diffusion units.
@@ -102,14 +115,14 @@ def _differences_on_slots(b_h: float, rhos: list[float], rks: list[float]) -> li
     return weights
 
 
-def step_weights(sigmas: torch.Tensor, variant: str = "bh1") -> list[StepWeights]:
+def step_weights(sigmas: torch.Tensor, variant: str = "bh1", b_precision: str = "float32") -> list[StepWeights]:
     """The weights of the graph after each model call 0..steps-1 (``sigmas`` on the host, ending where
     the sampling ends). Slots hold the last three predictions, oldest first; slot 2 is the newest."""
     steps = len(sigmas) - 1
     timesteps = sigmas.detach().to("cpu", torch.float32)
     predictors, corrections = [], [(0.0, 0.0, 0.0, 0.0)]
     for step, order in enumerate(step_orders(steps), start=1):
-        x_factor, h_phi_1, b_h, rks, rhos_p, rhos_c = _coefficients(timesteps, step, order, variant)
+        x_factor, h_phi_1, b_h, rks, rhos_p, rhos_c = _coefficients(timesteps, step, order, variant, b_precision)
         # Predictor: x_t = x_factor x - h_phi_1 m0 - B(h) sum_i rhos_p[i] (m_i - m0) / rk_i.
         predicted = _differences_on_slots(b_h, rhos_p or [], rks)
         predictors.append((x_factor, predicted[0], predicted[1], predicted[2] - h_phi_1))

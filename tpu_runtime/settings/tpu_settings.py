@@ -104,6 +104,14 @@ class TPUSettings(BaseSettings):
                 "the sampler's math (see below)", scope="run", metavar="MODE",
         accepted="replay (traced once, replayed), compiled (dynamo + openxla) or lazy (lazy tensor tracing every "
                  "step)")
+    block_programs: Literal["auto", "on", "off"] = setting(
+        "auto", "replay execution: each kind of repeated block (Flux's double/single blocks, MMDiT's joint blocks, "
+                "Wan's blocks) compiled once and run once per block with its own weights, so the compile does not "
+                "grow with depth; `off`: the whole model as one program; see [docs/block_programs.md]"
+                "(docs/block_programs.md)", scope="run",
+        default_note="on with torch_xla on one device for a model with a kind of 4 blocks or more; off with "
+                     "torchax or SPMD",
+        accepted="auto, on or off (auto: on with torch_xla for models with 4 or more blocks of a kind)")
     compiled_graph_break_limit: int = setting(
         0, "graph breaks a captured model may have before it falls back to lazy", ge=0, scope="run")
     conv_kernel_layout: Literal["auto", "hwio", "native"] = setting(
@@ -137,7 +145,7 @@ class TPUSettings(BaseSettings):
         gt=0, metavar="GIB", default_note="the runtime's figure, else the TPU type's (v5e 16, v6e 32...)",
         accepted="a positive number of GiB, e.g. 16 or 31.25")
 
-    @field_validator("spmd", "backend", mode="before")
+    @field_validator("spmd", "backend", "block_programs", mode="before")
     @classmethod
     def _spmd_word(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value

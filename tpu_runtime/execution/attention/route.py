@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import torch
 
+from tpu_runtime.comfyui import attention as comfy_attention
 from tpu_runtime.execution.attention import choice, layout
 
 log = logging.getLogger("comfy_tpu")
@@ -18,9 +19,7 @@ log = logging.getLogger("comfy_tpu")
 
 def comfy_sdpa(*args: Any, **kwargs: Any) -> torch.Tensor:
     """ComfyUI's own SDPA attention (what XLA lowers well at short lengths)."""
-    from comfy.ldm.modules.attention import attention_pytorch
-
-    return attention_pytorch(*args, **kwargs)
+    return comfy_attention.attention_pytorch(*args, **kwargs)
 
 
 def _kernels(backend: str) -> dict[str, Callable[[layout.HeadsCall], torch.Tensor]]:

@@ -1,0 +1,84 @@
+"""Bodies run in fresh processes (``tests/child.py``) by tests/test_block_programs.py: repeated blocks
+compiled once per kind (``COMFY_TPU_BLOCK_PROGRAMS``), through ComfyUI's own ``common_ksampler``.
+
+Each family of the tiny zoo is built at two depths of the same width; the shallower one samples first,
+then the deeper one (other weights): its blocks are the same kinds with the same call shapes, so with
+block programs it compiles nothing new, where a whole-model program would compile the whole deeper
+model. Every run is compared with eager CPU on the same weights and inputs.
+"""
+from __future__ import annotations
+
+from tests.sampling_harness import ksample, max_abs_diff  # noqa: F401  (before ComfyUI's own ``tests``)
+
+#: Per family: the depth overrides (``unet_config``) of the shallow and the deep model.
+DEPTHS = {
+    "flux": ({"depth": 2, "depth_single_blocks": 2}, {"depth": 4, "depth_single_blocks": 6}),
+    "sd3": ({"depth": 2, "num_blocks": 3}, {"depth": 2, "num_blocks": 5}),  # the last joint block is another kind
+    "wan": ({"num_layers": 2}, {"num_layers": 5}),
+}
+
+
+def _sample(nodes, family: str, patcher, steps: int, backend=None, seed: int = 42):
+    import torch
+
+    from bench import tiny_zoo
+
+    fam = tiny_zoo.family(family)
+    pos, neg = tiny_zoo.conditioning(family, 1), tiny_zoo.conditioning(family, 2)
+    latent = torch.zeros(tiny_zoo.latent_shape(family, size=64))
+    return ksample(nodes, patcher, pos, neg, steps=steps, cfg=fam.cfg, seed=seed, latent=latent, backend=backend)
+
+
+def depth_runs(nodes, family: str, steps: int = 3) -> dict:
+    """Shallow model: first run, a second run; deep model: first run, a second run. Each: compiles,
+    transfers, parity; and the block figures after all."""
+    import torch
+
+    from bench import tiny_zoo
+    from tpu_runtime import runtime
+
+    state = runtime.current()
+    backend = state.backend
+    cpu = torch.device("cpu")
+    result: dict = {"runs": []}
+    for name, overrides, seed in (("shallow", DEPTHS[family][0], 0), ("deep", DEPTHS[family][1], 3)):
+        xla = tiny_zoo.build_patcher(family, seed=seed, dtype=torch.float32, overrides=overrides)
+        eager = tiny_zoo.build_patcher(family, seed=seed, load_device=cpu, dtype=torch.float32, overrides=overrides)
+        reference = _sample(nodes, family, eager, steps)
+        for visit in ("first", "again"):
+            measured = _sample(nodes, family, xla, steps, backend)
+            result["runs"].append({"model": name, "visit": visit, "compiles": measured.compiles,
+                                   "transfers": measured.transfers_to_host, "fallbacks": measured.fallbacks,
+                                   "diff": max_abs_diff(measured.samples, reference.samples)})
+        del xla, eager
+    result["blocks"] = state.replayed_models.block_figures()
+    result["replay_fallbacks"] = state.replayed_models.fallbacks()
+    return result
+
+
+def lora_runs(nodes, family: str = "flux", steps: int = 3) -> dict:
+    """A deep model, then a LoRA clone of it at three strengths: parity, compiles of each run, and the block
+    figures (the LoRA's new weight tensors have the shapes of the old: no block is traced again)."""
+    import torch
+
+    from bench import tiny_zoo
+    from tpu_runtime import runtime
+
+    backend = runtime.current().backend
+    cpu = torch.device("cpu")
+    overrides = DEPTHS[family][1]
+    xla = tiny_zoo.build_patcher(family, seed=0, dtype=torch.float32, overrides=overrides)
+    eager = tiny_zoo.build_patcher(family, seed=0, load_device=cpu, dtype=torch.float32, overrides=overrides)
+    runs = []
+    for label, strength in (("base", None), ("lora", 1.0), ("lora@0.5", 0.5), ("lora@0.8", 0.8)):
+        if strength is None:
+            model, reference_model = xla, eager
+        else:
+            model, _ = tiny_zoo.lora_clone(xla, strength=strength, limit=8)
+            reference_model, _ = tiny_zoo.lora_clone(eager, strength=strength, limit=8)
+        reference = _sample(nodes, family, reference_model, steps)
+        measured = _sample(nodes, family, model, steps, backend)
+        runs.append({"label": label, "compiles": measured.compiles, "transfers": measured.transfers_to_host,
+                     "diff": max_abs_diff(measured.samples, reference.samples),
+                     "samples": measured.samples.flatten()[:64].tolist()})
+    return {"runs": runs, "blocks": runtime.current().replayed_models.block_figures()}
