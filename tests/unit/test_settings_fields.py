@@ -14,11 +14,11 @@ RUN_FIELDS = {"autocast_bf16": (bool, True), "sync_steps": (int, 0), "debug_metr
 
 def test_run_options_are_the_run_scoped_settings_with_their_types_and_defaults():
     assert set(RunOptions.model_fields) == set(fields_where(scope="run")) == set(RUN_FIELDS) | {
-        "execution", "conv_kernel_layout", "block_programs"}
+        "execution", "conv_kernel_layout", "attention", "block_programs"}
     for name, (kind, default) in RUN_FIELDS.items():
         assert (RunOptions.model_fields[name].annotation, RunOptions.model_fields[name].default) == (kind, default)
     assert RunOptions().execution == "replay" and RunOptions().conv_kernel_layout == "auto"
-    assert RunOptions().block_programs == "auto"
+    assert RunOptions().attention == "auto" and RunOptions().block_programs == "auto"
     assert RunOptions.__name__ == "RunOptions" and RunOptions.__module__ == "tpu_runtime.settings.run_options"
 
 

@@ -185,6 +185,7 @@ def doctor_data() -> dict[str, Any]:
             "execution": settings.execution,
             "backend": settings.backend,
             "conv_kernel_layout": settings.conv_kernel_layout,
+            "attention": settings.attention,
             "problems": [problem.message() for problem in loaded.problems],
         },
         "decision": decision.model_dump(mode="json"),
@@ -254,7 +255,9 @@ def format_doctor(data: dict[str, Any]) -> str:
     lines += [f"  settings     changed from defaults: {changed}",
               f"  cache dir    {s['cache_dir'] or '<ComfyUI user dir>/comfy-tpu (default)'}",
               f"  execution    {s['execution']}",
-              f"  conv kernels {s.get('conv_kernel_layout', 'auto')} (COMFY_TPU_CONV_KERNEL_LAYOUT)"]
+              f"  conv kernels {s.get('conv_kernel_layout', 'auto')} (COMFY_TPU_CONV_KERNEL_LAYOUT)",
+              f"  attention    {_attention_line(s.get('attention', 'auto'), backend, r['device_type'])}"
+              " (COMFY_TPU_ATTENTION)"]
     lines += [f"  settings problem: {p}" for p in s["problems"]]
     comfy = data.get("comfyui") or {}
     if comfy.get("line"):
@@ -263,6 +266,12 @@ def format_doctor(data: dict[str, Any]) -> str:
         lines.append(f"  ComfyUI      {comfy.get('path', 'not found')}: {comfy.get('reason', '?')}")
     lines.append(f"TPU path {'ON' if d['on'] else 'OFF'}: {d['reason']}")
     return "\n".join(lines)
+
+
+def _attention_line(setting: str, backend: str, device_type: str) -> str:
+    from tpu_runtime.execution.attention import choice
+
+    return choice.describe(setting, backend, device_type)
 
 
 def doctor(as_json: bool) -> int:

@@ -6,6 +6,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from tpu_runtime.comfyui import hooks
+from tpu_runtime.execution.attention import choice, route
 from tpu_runtime.settings.run_options import for_model
 from tpu_runtime.sampling import model_call, outer, steps
 
@@ -18,7 +19,7 @@ WRAPPER_KEY = "comfy_tpu"
 
 
 def attach(model_options: dict, state: "PackState") -> None:
-    """Add the wrappers (and PyTorch SDPA attention), with the run options in force now and this
+    """Add the wrappers (and the pack's attention router), with the run options in force now and this
     model's own overrides; a call that has them already is left alone."""
     if hooks.has_wrapper(model_options, "OUTER_SAMPLE", WRAPPER_KEY):
         return
@@ -44,4 +45,12 @@ def attach(model_options: dict, state: "PackState") -> None:
         "APPLY_MODEL": apply_model(state, options),
     })
     transformer_options = model_options.setdefault("transformer_options", {})
-    transformer_options.setdefault("optimized_attention_override", model_call.sdpa_attention)
+    transformer_options.setdefault("optimized_attention_override", attention_router(state, options.attention))
+
+
+def attention_router(state: "PackState", setting: choice.Setting) -> route.AttentionRouter:
+    """The attention router for this setting on this backend (what runs is said once a process)."""
+    backend, device_type = state.backend.name, state.backend.device_type()
+    if state.notices.first_time("attention", setting, backend, device_type):
+        log.info("comfy-tpu: attention %s", choice.describe(setting, backend, device_type))
+    return route.router_for(setting, backend, device_type)

@@ -19,13 +19,6 @@ if TYPE_CHECKING:
     from tpu_runtime.state import PackState
 
 
-def sdpa_attention(func, *args, **kwargs):
-    """XLA lowers PyTorch SDPA well; ComfyUI's CPU default (sub-quadratic) loops and asks for free memory."""
-    from comfy.ldm.modules.attention import attention_pytorch
-
-    return attention_pytorch(*args, **kwargs)
-
-
 def _kernel_twins(state: "PackState", options: RunOptions):
     """``twins.applied`` where conv kernels go to XLA as HWIO twins, else a no-op."""
     if kernel_layout.resolve(options.conv_kernel_layout, state.backend.device_type()):

@@ -119,6 +119,14 @@ class TPUSettings(BaseSettings):
                 "costs a device copy of every conv kernel); `native`: PyTorch's OIHW weights (see below)",
         scope="run", default_note="`hwio` on the PJRT CPU device, `native` on a TPU",
         accepted="auto, hwio or native (auto: hwio on the PJRT CPU device, native elsewhere)")
+    attention: Literal["auto", "sdpa", "blockwise", "flash"] = setting(
+        "auto", "attention in the diffusion model: `sdpa`: PyTorch SDPA (XLA materializes the scores); "
+                "`blockwise`: memory-bounded (query blocks, online softmax over key blocks: no seq x seq "
+                "buffer); `flash`: the Pallas flash kernel (torch_xla: on a TPU only, else blockwise; torchax: "
+                "Pallas interpret mode off a TPU)", scope="run", metavar="auto|sdpa|blockwise|flash",
+        default_note="`auto`: SDPA below 4,096 tokens; from there Pallas flash on a TPU (blockwise when masked), "
+                     "blockwise elsewhere",
+        accepted="auto, sdpa, blockwise or flash")
     spmd: Literal["auto", "on", "off"] = setting(
         "auto", "split the diffusion model's batch over every chip (torch_xla SPMD), and in `auto` its weights "
                 "over a `model` axis when they do not fit one chip; see [docs/scaling.md](docs/scaling.md)",

@@ -1,0 +1,75 @@
+"""The function installed as ComfyUI's ``transformer_options["optimized_attention_override"]``: it takes
+ComfyUI's call (``func, q, k, v, heads, mask=None, ...``) and runs the chosen implementation.
+
+One router per (setting, backend, device), so its identity (part of a replayed program's call key)
+changes only when the setting does."""
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Callable
+
+import torch
+
+from tpu_runtime.comfyui import attention as comfy_attention
+from tpu_runtime.execution.attention import choice, layout
+
+log = logging.getLogger("comfy_tpu")
+
+
+def comfy_sdpa(*args: Any, **kwargs: Any) -> torch.Tensor:
+    """ComfyUI's own SDPA attention (what XLA lowers well at short lengths)."""
+    return comfy_attention.attention_pytorch(*args, **kwargs)
+
+
+def _kernels(backend: str) -> dict[str, Callable[[layout.HeadsCall], torch.Tensor]]:
+    if backend == "torchax":
+        from tpu_runtime.backends import torchax_attention as kernels
+    else:
+        from tpu_runtime.execution.attention import xla_kernels as kernels
+    return {"blockwise": kernels.blockwise_attention, "flash": kernels.flash_attention}
+
+
+def _on_device(backend: str, tensor: torch.Tensor) -> bool:
+    """The tensor belongs to a device program (not a model run eagerly on the host as a fallback)."""
+    if backend == "torchax":
+        from tpu_runtime.backends.torchax_attention import is_torchax_tensor
+
+        return is_torchax_tensor(tensor)
+    return tensor.device.type == "xla"
+
+
+class AttentionRouter:
+    """Runs each attention call with the implementation ``choice.choose`` names for it."""
+
+    def __init__(self, setting: choice.Setting, backend: str, device_type: str) -> None:
+        self.setting, self.backend, self.device_type = setting, backend, device_type
+        self._said: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"AttentionRouter({self.setting}, {self.backend}, {self.device_type})"
+
+    def __call__(self, func: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """``func`` (the attention ComfyUI would have run) is not used: ComfyUI's CPU default asks for free
+        memory and loops in Python, which XLA cannot take."""
+        q, k = args[0], args[1]
+        if not _on_device(self.backend, q):
+            return comfy_sdpa(*args, **kwargs)
+        mask = args[4] if len(args) > 4 else kwargs.get("mask")
+        skip_reshape = args[6] if len(args) > 6 else kwargs.get("skip_reshape", False)
+        token_dim = 2 if skip_reshape else 1
+        picked = choice.choose(self.setting, self.backend, self.device_type, q.shape[token_dim],
+                               k.shape[token_dim], mask is not None)
+        if picked.note and picked.note not in self._said:
+            self._said.add(picked.note)
+            log.warning("comfy-tpu: attention %s: %s", self.setting, picked.note)
+        if picked.implementation == "sdpa":
+            return comfy_sdpa(*args, **kwargs)
+        call = layout.to_heads(*args, **kwargs)
+        return layout.from_heads(_kernels(self.backend)[picked.implementation](call), call)
+
+
+@functools.lru_cache(maxsize=None)
+def router_for(setting: choice.Setting, backend: str, device_type: str) -> AttentionRouter:
+    """The one router for these values."""
+    return AttentionRouter(setting, backend, device_type)
