@@ -10,7 +10,8 @@ from tests.server import ComfyServer, txt2img_prompt
 ENV = {"COMFY_TPU_ENABLE": "1", "PJRT_DEVICE": "CPU", "COMFY_TPU_AUTOCAST_BF16": "0", "COMFY_TPU_MANUAL_WARMUP": "1"}
 NODE_INPUTS = {
     "TPUManualWarmup": {"model", "width", "height", "batch_size", "cfg", "sampler_name", "scheduler", "positive",
-                        "negative", "force_recompile", "control_net", "start_percent", "end_percent"},
+                        "negative", "force_recompile", "control_net", "start_percent", "end_percent", "frames",
+                        "context_tokens"},
     "TPUCompilationCache": {"action"},
     "TPUDeviceInfo": set(),
     "TPUModelOptimization": {"model", "autocast_dtype", "compilation_cache", "shape_padding",
