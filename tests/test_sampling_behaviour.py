@@ -65,8 +65,9 @@ def test_interrupt_stops_cleanly_and_the_next_prompt_runs(comfy, backend, tiny):
     calls = []
 
     def hook(value, total, preview, node_id=None):
+        # 2026 ComfyUI's ProgressBar throttles updates by time: the first one sent from step 2 on interrupts.
         calls.append(value)
-        if value == 2:
+        if value >= 2:
             mm.interrupt_current_processing(True)
         mm.throw_exception_if_processing_interrupted()
 
@@ -76,7 +77,7 @@ def test_interrupt_stops_cleanly_and_the_next_prompt_runs(comfy, backend, tiny):
             ksample(comfy, xla, pos, neg, steps=10, backend=backend)
     finally:
         comfy_utils.set_progress_bar_global_hook(None)
-    assert calls == [1, 2]
+    assert len(calls) == 2 and calls[0] == 1 and calls[1] >= 2, calls  # nothing ran on after the interrupt
     assert not mm.processing_interrupted()
     run = ksample(comfy, xla, pos, neg, steps=10, seed=3, backend=backend)
     assert run.compiles == 0 and result_transfers_ok(run) and torch.isfinite(run.samples).all()
