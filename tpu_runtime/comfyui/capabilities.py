@@ -17,9 +17,6 @@ log = logging.getLogger("comfy_tpu")
 
 #: The ComfyUI releases the suite runs on (CI: 0.3.75 in the main layer, 0.33.0 in the compat layer).
 CHECKED_RANGE = ("0.3.75", "0.33.0")
-#: The sampler wrappers the pack attaches (``comfy.patcher_extension.WrappersMP``); without them it cannot attach.
-WRAPPER_KINDS = ("OUTER_SAMPLE", "PREPARE_SAMPLING", "SAMPLER_SAMPLE", "PREDICT_NOISE", "CALC_COND_BATCH",
-                 "APPLY_MODEL")
 
 Status = Literal["device", "fallback", "handled", "absent"]
 
@@ -96,6 +93,8 @@ def _parameters(function: Any) -> list[str]:
 
 def _wrapper_feature() -> Feature:
     import comfy.patcher_extension as pe
+
+    from tpu_runtime.comfyui.hooks import WRAPPER_KINDS
 
     missing = [kind for kind in WRAPPER_KINDS if not hasattr(pe.WrappersMP, kind)]
     if missing:
@@ -216,8 +215,8 @@ def detect(noise_of: Optional[Callable[[Callable], Optional[str]]] = None) -> Co
         except Exception as exc:  # noqa: BLE001 - one unreadable feature must not stop the start
             features.append(Feature(name=find.__name__.strip("_").removesuffix("_feature"), status="fallback",
                                     detail=f"could not be read: {type(exc).__name__}: {exc}"))
-    classes = classify_samplers(samplers.sampler_names(), samplers.sampler_function,
-                                noise_of or (lambda function: None)) if noise_of is not None else []
+    classes = (classify_samplers(samplers.sampler_names(), samplers.sampler_function, noise_of)
+               if noise_of is not None else [])
     return ComfyCapabilities(
         version=version, features=features, samplers=classes,
         newer_than_checked=bool(parsed) and parsed > _version_tuple(CHECKED_RANGE[1]),

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Callable
 
+#: The ``WrappersMP`` kinds the pack's sampling wrappers use (the start line says which a ComfyUI lacks).
+WRAPPER_KINDS = ("OUTER_SAMPLE", "PREPARE_SAMPLING", "SAMPLER_SAMPLE", "PREDICT_NOISE", "CALC_COND_BATCH",
+                 "APPLY_MODEL")
+
 
 def has_wrapper(model_options: dict, kind: str, key: str) -> bool:
     import comfy.patcher_extension as pe
@@ -12,8 +16,12 @@ def has_wrapper(model_options: dict, kind: str, key: str) -> bool:
 
 
 def add_wrappers(model_options: dict, key: str, wrappers: dict[str, Callable]) -> None:
-    """``wrappers``: ``WrappersMP`` kind name (``"OUTER_SAMPLE"``) -> wrapper, added under ``key``."""
+    """``wrappers``: ``WrappersMP`` kind name (one of :data:`WRAPPER_KINDS`) -> wrapper, added under ``key``."""
     import comfy.patcher_extension as pe
+
+    unknown = set(wrappers) - set(WRAPPER_KINDS)
+    if unknown:
+        raise ValueError(f"not a wrapper kind the pack uses: {sorted(unknown)}")
 
     for kind, wrapper in wrappers.items():
         pe.add_wrapper_with_key(getattr(pe.WrappersMP, kind), key, wrapper, model_options, is_model_options=True)
