@@ -83,24 +83,25 @@ class KernelTwins:
                 and not getattr(layer, "bias_function", None) and self.backend.is_device(weight.device))
 
     def kernels_for(self, model: torch.nn.Module) -> list[tuple[torch.nn.Module, HwioKernel]]:
-        """Each eligible conv layer of ``model`` with its kernel function, its twin up to date. New
-        values are computed together, in one small graph, so they never join the model's own graph."""
-        pairs, fresh = [], []
-        for layer in self._conv_layers(model):
-            if not self._eligible(layer):
-                continue
-            weight = layer.weight
-            token = self.backend.tensor_token(weight)
-            state = vars(layer).get(_STATE)
-            if state is None or state[0]() is not weight or state[1] != token:
+        """Each eligible conv layer of ``model`` with its kernel function, its twin up to date.
+
+        When any twin is stale, every twin of the model is refilled, together, in one small graph (so
+        it never joins the model's own graph): the refill is then the same graph whichever layers
+        changed, one compile for all states. Refilling only the changed ones made a graph per set of
+        changed layers: removing a LoRA from the 20 3x3 convs it patched compiled a new one."""
+        layers = [layer for layer in self._conv_layers(model) if self._eligible(layer)]
+        tokens = [self.backend.tensor_token(layer.weight) for layer in layers]
+        stale = any(_stale(vars(layer).get(_STATE), layer.weight, token) for layer, token in zip(layers, tokens))
+        if stale:
+            fresh = []
+            for layer, token in zip(layers, tokens):
+                state = vars(layer).get(_STATE)
                 kernel = state[2] if state is not None else HwioKernel(layer)
-                fresh.append(self._refill(layer, weight))
-                vars(layer)[_STATE] = (weakref.ref(weight), token, kernel)
-            pairs.append((layer, vars(layer)[_STATE][2]))
-        if fresh:
+                fresh.append(self._refill(layer, layer.weight))
+                vars(layer)[_STATE] = (weakref.ref(layer.weight), token, kernel)
             self.backend.materialize(fresh)
             self.made += len(fresh)
-        return pairs
+        return [(layer, vars(layer)[_STATE][2]) for layer in layers]
 
     def _refill(self, layer: torch.nn.Module, weight: torch.Tensor) -> torch.Tensor:
         twin = self._fill(layer, weight)
@@ -112,7 +113,10 @@ class KernelTwins:
     @staticmethod
     def _fill(layer: torch.nn.Module, weight: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            values = weight.detach().permute(*TWIN_PERMUTATION).contiguous()
+            # A copy, not a view: on an XLA device ``contiguous()`` of the permuted weight is a view of
+            # it, so a refill written into the twin would also write the weight it was made from
+            # (measured: a LoRA's values written into the base model's saved weight).
+            values = weight.detach().permute(*TWIN_PERMUTATION).clone()
             twin = layer._buffers.get(BUFFER)
             # A twin made under inference mode (ComfyUI's nodes, a warm-up) cannot be written in
             # place outside it (a script sampling with grad mode on): it is replaced instead.
@@ -142,3 +146,8 @@ class KernelTwins:
 
 
 _CLASS_LEVEL = object()  # the layer had no weight_function of its own, only its class's
+
+
+def _stale(state: Optional[tuple], weight: torch.Tensor, token: object) -> bool:
+    """The layer has no twin yet, or its weight is another tensor or was written since the twin was made."""
+    return state is None or state[0]() is not weight or state[1] != token

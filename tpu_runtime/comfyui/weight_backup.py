@@ -4,10 +4,11 @@ Before ComfyUI patches a weight it backs it up to the offload device: ``weight.t
 one device-to-host transfer per patched weight each time a LoRA clone loads (measured: 76 for a
 kohya LoRA on every attention projection and 3x3 conv of the SD1.5-architecture model, at every
 strength change). Where ComfyUI replaces the parameter (no in-place update) the backup is a copy on
-the device instead: no transfer. Not the weight itself: torch_xla may hand the weight's buffer to the
-patched result (measured: removing the LoRA then restored wrong weights, 1.9 off eager). The cost is
-chip memory: the patched weights' originals stay on the chip while the LoRA is applied (ComfyUI keeps
-them in host memory).
+the device instead: no transfer. A copy, not the weight itself, so that nothing written to the device
+weight later reaches the backup (a wrong restore once measured 1.9 off eager: the conv twins of
+``backends/kernel_layout`` were views that wrote through into the weight, since fixed there). The cost
+is chip memory: the patched weights' originals stay on the chip while the LoRA is applied (ComfyUI
+keeps them in host memory).
 """
 from __future__ import annotations
 
