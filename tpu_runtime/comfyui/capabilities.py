@@ -162,6 +162,11 @@ def _attention_feature() -> Feature:
     if "optimized_attention_override" in source:
         return Feature(name="attention override", status="device",
                        detail="transformer_options['optimized_attention_override'] (ComfyUI's hook)")
+    from tpu_runtime.comfyui.attention_patch import RoutedAttention
+
+    if isinstance(getattr(attention, "optimized_attention", None), RoutedAttention):
+        return Feature(name="attention override", status="device",
+                       detail="no override hook: optimized_attention routed by the pack (comfyui/attention_patch.py)")
     return Feature(name="attention override", status="fallback", detail="no override hook: ComfyUI's attention runs")
 
 

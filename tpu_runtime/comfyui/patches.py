@@ -23,6 +23,8 @@ Only what ComfyUI offers no hook for is patched here:
 * ``comfy.model_patcher.ModelPatcher.unpatch_model``: when ComfyUI moves a model off the device, its
   split weights are read to the host part by part first (torch_xla's ``.to("cpu")`` would gather each
   whole on the device, with a program compiled per weight shape).
+* ``optimized_attention`` in ComfyUI's model modules, only where ComfyUI has no
+  ``optimized_attention_override`` hook: device calls go to the pack's router (``attention_patch``).
 * ``comfy.samplers.pre_run_control``: a ControlNet's start/end percents are converted with the host
   copy of the schedule (ComfyUI's ``percent_to_sigma`` reads a device value with ``.item()``).
 """
@@ -205,6 +207,7 @@ def install(state: "PackState") -> Patches:
             sampling.attach(model_options, state)
         return result
 
+    _route_attention_without_hook(state, patches)
     patches.set("comfy.samplers", "calculate_sigmas", calculate_sigmas)
     patches.set("comfy.samplers", "pre_run_control",
                 control.pre_run_control(comfy.samplers.pre_run_control, host_schedules.host_model_sampling, is_xla))
@@ -218,6 +221,22 @@ def install(state: "PackState") -> Patches:
         patches.set("comfy.model_patcher.ModelPatcher", "unpatch_model", _parts_to_host_on_unload(is_xla, state))
     log.debug("comfy-tpu: patches installed")
     return patches
+
+
+def _route_attention_without_hook(state: "PackState", patches: Patches) -> None:
+    """A ComfyUI with no attention override hook gets its ``optimized_attention`` routed (attention_patch)."""
+    import comfy.ldm.modules.attention as attention
+
+    from tpu_runtime.comfyui import attention_patch
+
+    if attention_patch.has_override_hook(attention):
+        return
+    from tpu_runtime.execution.attention import route
+
+    backend = state.backend
+    attention_patch.install(patches, lambda: route.router_for(state.options.attention, backend.name,
+                                                              backend.device_type()),
+                            lambda tensor: route.on_device(backend.name, tensor))
 
 
 def _repatch_on_device(is_xla: Callable[[Any], bool], state: "PackState") -> Callable:

@@ -30,7 +30,7 @@ def _kernels(backend: str) -> dict[str, Callable[[layout.HeadsCall], torch.Tenso
     return {"blockwise": kernels.blockwise_attention, "flash": kernels.flash_attention}
 
 
-def _on_device(backend: str, tensor: torch.Tensor) -> bool:
+def on_device(backend: str, tensor: torch.Tensor) -> bool:
     """The tensor belongs to a device program (not a model run eagerly on the host as a fallback)."""
     if backend == "torchax":
         from tpu_runtime.backends.torchax_attention import is_torchax_tensor
@@ -53,7 +53,7 @@ class AttentionRouter:
         """``func`` (the attention ComfyUI would have run) is not used: ComfyUI's CPU default asks for free
         memory and loops in Python, which XLA cannot take."""
         q, k = args[0], args[1]
-        if not _on_device(self.backend, q):
+        if not on_device(self.backend, q):
             return comfy_sdpa(*args, **kwargs)
         mask = args[4] if len(args) > 4 else kwargs.get("mask")
         skip_reshape = args[6] if len(args) > 6 else kwargs.get("skip_reshape", False)
