@@ -54,10 +54,22 @@ chromium:
 demo: setup
 	COMFY_TPU_ENABLE=$${COMFY_TPU_ENABLE:-1} $(VPY) -m bench.demo
 
+# Tests run side by side on this many xdist workers (the cores, at most 4: each worker and its child
+# processes hold a few GB). Each module's in-process tests stay on one worker (--dist loadscope, with
+# the scopes of tests/conftest.py); each fresh-process child (tests/fresh_process.py) goes to a free one.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadscope
+
 # Everything (what .ci/run runs): lint, then the unit tests and the integration tests, which count
-# compiles in child processes one at a time, on ComfyUI 0.3.75; then the compat layer on 0.33.0.
+# compiles in child processes, on ComfyUI 0.3.75; then the test that checks what the suite left in the
+# ComfyUI (runs_last: alone, after every other, against the snapshot taken before the first); then
+# the compat layer on 0.33.0.
 test: setup chromium lint
-	$(VPY) -m pytest -q -ra tests
+	@snapshot="$$(mktemp -u /tmp/comfy-tpu-comfyui-snapshot.XXXXXX)"; \
+	COMFY_TPU_TEST_COMFYUI_SNAPSHOT="$$snapshot" $(VPY) -m pytest -q -ra $(PYTEST_PARALLEL) -m "not runs_last" tests; \
+	suite=$$?; \
+	COMFY_TPU_TEST_COMFYUI_SNAPSHOT="$$snapshot" $(VPY) -m pytest -q -ra -m runs_last tests; \
+	last=$$?; rm -f "$$snapshot"; [ $$suite -eq 0 ] && [ $$last -eq 0 ]
 	$(MAKE) --no-print-directory test-compat
 
 # Without the 0.33.0 tree (a clone with no ../shared beside it) the layer is skipped, and says so.
@@ -75,7 +87,7 @@ setup-compat: setup
 test-compat: setup-compat
 	@if [ -f "$(COMPAT_VENV)/.comfyui" ] && [ -f "$(COMFYUI_COMPAT_SOURCE)/main.py" ]; then \
 	  echo "comfy-tpu: the compat layer: ComfyUI at $(COMPAT_COMFYUI)"; \
-	  COMFYUI_PATH="$(COMPAT_COMFYUI)" COMFY_TPU_BACKEND=torch_xla $(COMPAT_VPY) -m pytest -q -ra -m compat tests; \
+	  COMFYUI_PATH="$(COMPAT_COMFYUI)" COMFY_TPU_BACKEND=torch_xla $(COMPAT_VPY) -m pytest -q -ra $(PYTEST_PARALLEL) -m compat tests; \
 	else \
 	  echo "comfy-tpu: the compat layer (ComfyUI 0.33.0) did not run: no tree at $(COMFYUI_COMPAT_SOURCE)"; \
 	fi

@@ -7,7 +7,9 @@ before the suite and one taken after must be equal.
 """
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -59,6 +61,24 @@ class ComfyUIState:
         for folder in WATCHED_FOLDERS:
             entries.update(tree_entries(root, folder))
         return cls(root=root, entries=entries)
+
+    @classmethod
+    def taken_once(cls, root: Path, file: Optional[str]) -> "ComfyUIState":
+        """The snapshot in ``file`` if one is there, else one taken now and written there (atomically), so
+        that every process of one ``make test`` (xdist's workers, the last check's own run) compares with
+        the one taken before the first test; no ``file``: taken now."""
+        if file:
+            path = Path(file)
+            if path.is_file():
+                saved = json.loads(path.read_text())
+                return cls(root=Path(saved["root"]), entries=saved["entries"])
+        state = cls.take(root)
+        if file:
+            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+            with os.fdopen(handle, "w") as out:
+                json.dump({"root": str(root), "entries": state.entries}, out)
+            os.replace(temporary, path)
+        return state
 
     def changes_since(self, before: "ComfyUIState") -> list[str]:
         """One line per entry added, removed or changed since ``before``; empty when nothing changed."""

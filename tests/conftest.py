@@ -13,7 +13,11 @@ os.environ.setdefault("COMFY_TPU_CACHE_DIR", tempfile.mkdtemp(prefix="comfy-tpu-
 import pytest
 import torch
 
-from tests.fresh_process import BOTH_BACKENDS_MARKER, MARKER, regroup
+from tests.fresh_process import BOTH_BACKENDS_MARKER, FRESH_PROCESS_ID, MARKER, regroup
+
+#: Where ``make test`` keeps the snapshot of the user's ComfyUI taken before the first test (see
+#: ``comfyui_before``); unset, each test session takes its own.
+SNAPSHOT_ENV = "COMFY_TPU_TEST_COMFYUI_SNAPSHOT"
 
 
 def pytest_configure(config) -> None:
@@ -27,6 +31,22 @@ def pytest_configure(config) -> None:
                                        "ComfyUI, 0.33.0, in its own venv)")
     config.addinivalue_line("markers", "runs_last: run after every other test of the session, to see what "
                                        "the whole suite left behind")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Under ``pytest -n N --dist loadscope`` (``make test``): each module's in-process tests stay on one
+    worker, so its module-scoped fixtures (most start a child or a server) are made once, not once per
+    worker; each fresh-process item (tests/fresh_process.py) is a scope of its own, for whichever worker
+    is free. (xdist's ``loadgroup`` marks no longer reach its scheduler on pytest 9.2.)"""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesAndFreshProcesses(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return nodeid if FRESH_PROCESS_ID in nodeid else nodeid.split("::", 1)[0]
+
+    return ModulesAndFreshProcesses(config, log)
 
 
 @pytest.hookimpl(trylast=True)  # after -k/-m deselection: a fresh process runs what was selected
@@ -72,6 +92,6 @@ def comfyui_before():
     from tests.comfyui_state import ComfyUIState
 
     try:
-        return ComfyUIState.take(comfyui_path())
+        return ComfyUIState.taken_once(comfyui_path(), os.environ.get(SNAPSHOT_ENV))
     except RuntimeError:  # no ComfyUI: the tests that need one say so themselves
         return None

@@ -13,7 +13,7 @@ import torch
 from tests.sampling_harness import BACKEND, backend_modes, execution_mode, ksample, max_abs_diff, run_options
 
 # Counts compiles (see tests/fresh_process.py); run once per backend.
-pytestmark = [pytest.mark.fresh_process, pytest.mark.both_backends]
+pytestmark = [pytest.mark.fresh_process(chunks=4), pytest.mark.both_backends]
 
 SAMPLERS = ["euler", "euler_ancestral", "heun", "dpm_2", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_sde", "lcm", "ddim",
             "uni_pc", "uni_pc_bh2"]
