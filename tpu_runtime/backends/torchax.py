@@ -278,10 +278,11 @@ class TorchaxBackend:
 
     # -- programs ------------------------------------------------------------------------------
     def capture_function(self, function: Callable[[list[torch.Tensor]], list[torch.Tensor]], inputs: list[torch.Tensor],
-                         weight_count: int) -> JaxProgram:
+                         weight_count: int, split: Optional[Callable[[Callable], Callable]] = None) -> JaxProgram:
         """A program computing ``function(inputs)``: ``jax.jit`` of it, its tensors seen as torchax
         tensors (the model's Python runs once per signature, while JAX traces it). The last
-        ``weight_count`` inputs are weights (uploaded once, as twins). Compiles on its first run."""
+        ``weight_count`` inputs are weights (uploaded once, as twins). Compiles on its first run. ``split``:
+        what makes the program of the traced function instead of ``jax.jit`` (the block programs' chain)."""
         env = self._env
         tensor_type = self._torchax.tensor.Tensor
 
@@ -292,7 +293,8 @@ class TorchaxBackend:
                 outputs = function([tensor_type(array, env) for array in arrays])
             return [output.jax() for output in outputs]
 
-        return JaxProgram(self._jax.jit(traced), len(inputs) - weight_count, weight_count)
+        jitted = split(traced) if split is not None else self._jax.jit(traced)
+        return JaxProgram(jitted, len(inputs) - weight_count, weight_count)
 
     def run_program(self, program: JaxProgram, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         """Run a program: the call's tensors uploaded, the weights' twins, the outputs back to the host."""

@@ -33,6 +33,7 @@ from tpu_runtime.execution.call_keys import (  # noqa: F401  (re-exported: tests
     call_key)
 from tpu_runtime.execution.block_programs import BlockPrograms
 from tpu_runtime.execution.host_values import without_twins
+from tpu_runtime.execution.jax_block_chain import JaxBlockPrograms
 from tpu_runtime.execution.program_chain import ChainRecorder
 from tpu_runtime.execution.stand_in import STEP_DEPENDENT_OPTIONS, ModelStandIn, StandIns
 
@@ -126,11 +127,13 @@ class ReplayedDiffusionModel(ModelStandIn):
                 self.__dict__["_weights"] = None  # buffers may have come since (kernel twins): look again
                 weights = self._current_weights()
                 blocks = self._block_programs() if self.block_programs else None
-                if blocks:
+                if blocks and not self._backend.traces_functions:
                     return self._trace_chain(blocks, key, args, kwargs, tensors, weights,
                                              _layout(weights, self._backend))
-                trace = self._trace_function if self._backend.traces_functions else self._trace
-                return trace(key, args, kwargs, tensors, weights, _layout(weights, self._backend))
+                if self._backend.traces_functions:
+                    return self._trace_function(key, args, kwargs, tensors, weights, _layout(weights, self._backend),
+                                                blocks or None)
+                return self._trace(key, args, kwargs, tensors, weights, _layout(weights, self._backend))
         except NotReplayable as exc:
             self._fall_back(str(exc))
             kwargs["transformer_options"] = options
@@ -145,9 +148,13 @@ class ReplayedDiffusionModel(ModelStandIn):
         """The model's repeated blocks as shared programs (found again when modules were swapped in or out)."""
         known = self._blocks
         if known is None or known[0] != (self.model_token, self.block_programs):
-            known = ((self.model_token, self.block_programs),
-                     BlockPrograms(self.inner, self._backend, self._model_name, self._own_wrappers, self._on_compiled,
-                                   self.block_programs))
+            if self._backend.traces_functions:  # torchax: the model's jaxpr cut into a chain of JAX programs
+                blocks = JaxBlockPrograms(self.inner, self._backend, self._model_name, self._own_wrappers,
+                                          self.block_programs)
+            else:
+                blocks = BlockPrograms(self.inner, self._backend, self._model_name, self._own_wrappers,
+                                       self._on_compiled, self.block_programs)
+            known = ((self.model_token, self.block_programs), blocks)
             self.__dict__["_blocks"] = known
         return known[1]
 
@@ -221,7 +228,7 @@ class ReplayedDiffusionModel(ModelStandIn):
         self.replays += 1
         return entry.output(self._backend.run_program(program, tensors + weights))
 
-    def _trace_function(self, key, args, kwargs, tensors, weights, layout) -> Any:
+    def _trace_function(self, key, args, kwargs, tensors, weights, layout, blocks=None) -> Any:
         """First call of a key on a backend that makes programs from functions (torchax): the model's
         functional call (its call tensors and weights as the program's arguments, the weights bound
         into their slots while the backend traces it), compiled and run. A model the backend cannot
@@ -251,7 +258,8 @@ class ReplayedDiffusionModel(ModelStandIn):
             return out_leaves
 
         compile_start = self._backend.compile_seconds()
-        program = self._backend.capture_function(function, tensors + weights, len(weights))
+        program = self._backend.capture_function(function, tensors + weights, len(weights),
+                                                 split=blocks.chain if blocks else None)
         try:
             outputs = self._backend.run_program(program, tensors + weights)  # traced and compiled here
         except Exception as exc:  # the model runs on the host from now on (or fails there with its own error)
