@@ -86,3 +86,47 @@ def lora_runs(nodes, family: str = "flux", steps: int = 3) -> dict:
                      "diff": max_abs_diff(measured.samples, reference.samples),
                      "samples": measured.samples.flatten()[:64].tolist()})
     return {"runs": runs, "blocks": runtime.current().replayed_models.block_figures()}
+
+
+def torchax_runs(nodes, family: str) -> dict:
+    """The torchax backend's block programs in one fresh process: ``depth_runs``; for Flux also a LoRA at
+    three strengths (``lora_runs``) and a ControlNet adding residuals per block at two strengths."""
+    import comfy.model_management
+
+    result = depth_runs(nodes, family)
+    if family == "flux":
+        comfy.model_management.unload_all_models()  # the LoRA's block figures are its model's own
+        gc.collect()
+        result["lora"] = lora_runs(nodes, family)
+        from tests.cases_control import family_runs
+
+        result["control"] = family_runs(nodes, "flux", strengths=[0.9, 0.5], steps=2,
+                                        overrides={"depth": 3, "depth_single_blocks": 4})
+    return result
+
+
+def first_run(nodes, family: str, depth: int, steps: int = 2) -> dict:
+    """A fresh process's first run of the zoo's ``family`` at ``depth`` (``bench_depth.depth_overrides``): its
+    compile seconds and compiles (the backend's counters: JAX's compile events on torchax), the persistent
+    cache's hits, then a second run's compiles, and parity with eager CPU."""
+    import torch
+
+    from bench import tiny_zoo
+    from bench.bench_depth import depth_overrides
+    from tpu_runtime import runtime
+
+    state = runtime.current()
+    backend = state.backend
+    overrides = depth_overrides(family, depth)
+    eager = tiny_zoo.build_patcher(family, seed=0, load_device=torch.device("cpu"), dtype=torch.float32,
+                                   overrides=overrides)
+    reference = _sample(nodes, family, eager, steps)
+    model = tiny_zoo.build_patcher(family, seed=0, dtype=torch.float32, overrides=overrides)
+    compile_start = backend.compile_seconds()
+    first = _sample(nodes, family, model, steps, backend)
+    compile_s = backend.compile_seconds() - compile_start
+    again = _sample(nodes, family, model, steps, backend)
+    return {"compile_s": compile_s, "compiles": first.compiles, "again_compiles": again.compiles,
+            "cache_hits": backend.counters()["persistent_cache_hits"],
+            "diff": max(max_abs_diff(first.samples, reference.samples), max_abs_diff(again.samples, reference.samples)),
+            "blocks": state.replayed_models.block_figures(), "replay_fallbacks": state.replayed_models.fallbacks()}
