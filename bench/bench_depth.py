@@ -8,11 +8,14 @@ ComfyUI's ``common_ksampler`` (euler, 64x64, fp32, replay execution):
 * **warm s/step**: a 6-step run after it (best of 2), and its compiles (0 expected);
 * **parity**: max |pack - eager CPU| of the 2-step run on the same weights.
 
-Host time per model call is not measured here: on PJRT CPU the programs run on the host's cores
-while the host dispatches (torch_xla's ExecuteTime overlaps the wall time), so wall minus it is no
-host figure; bench_step_host's device-idle method is the one to extend.
+* **host ms/model call** (torchax only): the warm run's wall less the seconds the host waited on the
+  device (``TorchaxBackend.device_wait_s``), per model call: the host's own time (the sampler's math,
+  uploads, a chain's dispatches). Not for torch_xla: on PJRT CPU its programs run on the host's cores
+  while the host dispatches (ExecuteTime overlaps the wall time), so wall minus it is no host figure;
+  bench_step_host's device-idle method is the one to extend.
 
-    PJRT_DEVICE=CPU .venv/bin/python bench/bench_depth.py [--families flux,sd3,wan] [--depths 1,4,19]
+    PJRT_DEVICE=CPU .venv/bin/python bench/bench_depth.py [--families flux,sd3,wan] [--depths 1,4,19] \
+        [--backends torch_xla,torchax] [--modes off,on]
 """
 from __future__ import annotations
 
@@ -71,11 +74,15 @@ def _child(family: str, depth: int) -> dict:
     best = None
     for _ in range(2):
         compiles = backend.counters()["compiles"]
+        waited = getattr(backend, "device_wait_s", None)
         _, wall = sample(model, 6)
-        row = (wall, backend.counters()["compiles"] - compiles)
+        calls = runtime.current().run_history[-1].model_calls
+        # torchax: the host's own time per model call (the run's wall less the time it waited on the device).
+        host_ms = None if waited is None else (wall - (backend.device_wait_s - waited)) / calls * 1e3
+        row = (wall, backend.counters()["compiles"] - compiles, host_ms)
         best = row if best is None or row[0] < best[0] else best
     return {"first_compile_s": first_compile, "first_compiles": first_compiles, "first_wall_s": first_wall,
-            "warm_s_per_step": best[0] / 6, "warm_compiles": best[1],
+            "warm_s_per_step": best[0] / 6, "warm_compiles": best[1], "host_ms_per_call": best[2],
             "diff": (out.float() - reference.float()).abs().max().item(),
             "block_programs": _block_figures()}
 
@@ -102,6 +109,10 @@ def run_row(family: str, depth: int, backend: str, blocks: str) -> dict:
     return result
 
 
+def _ms(value) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--child", nargs=2, default=None)
@@ -115,7 +126,8 @@ def main() -> int:
         print(PREFIX + json.dumps(_child(args.child[0], int(args.child[1]))), flush=True)
         return 0
     lines = ["| family | depth | backend | block programs | first-run XLA compile s (compiles) | first run s "
-             "| warm s/step (compiles) | max abs diff vs eager |", "|---|---|---|---|---|---|---|---|"]
+             "| warm s/step (compiles) | host ms/model call | max abs diff vs eager |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for family in args.families.split(","):
         for depth in map(int, args.depths.split(",")):
             for backend in args.backends.split(","):
@@ -123,7 +135,7 @@ def main() -> int:
                     r = run_row(family, depth, backend, mode)
                     lines.append(f"| {family} | {depth} | {backend} | {mode} | {r['first_compile_s']:.2f} "
                                  f"({r['first_compiles']}) | {r['first_wall_s']:.2f} | {r['warm_s_per_step']:.3f} "
-                                 f"({r['warm_compiles']}) | {r['diff']:.1e} |")
+                                 f"({r['warm_compiles']}) | {_ms(r['host_ms_per_call'])} | {r['diff']:.1e} |")
     print("\n".join(lines))
     return 0
 

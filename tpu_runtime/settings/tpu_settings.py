@@ -106,12 +106,13 @@ class TPUSettings(BaseSettings):
                  "step)")
     block_programs: Literal["auto", "on", "off"] = setting(
         "auto", "replay execution: each kind of repeated block (Flux's double/single blocks, MMDiT's joint blocks, "
-                "Wan's blocks) compiled once and run once per block with its own weights, so the compile does not "
-                "grow with depth; `off`: the whole model as one program; see [docs/block_programs.md]"
-                "(docs/block_programs.md)", scope="run",
-        default_note="on with torch_xla on one device for a model with a kind of 4 blocks or more; off with "
-                     "torchax or SPMD",
-        accepted="auto, on or off (auto: on with torch_xla for models with 4 or more blocks of a kind)")
+                "Wan's blocks) traced and compiled once and run once per block with its own weights, so the "
+                "compile does not grow with depth (torch_xla and torchax); `on`: also for kinds of 2 or 3 blocks; "
+                "`off`: the whole model as one program; see [docs/block_programs.md](docs/block_programs.md)",
+        scope="run",
+        default_note="on, on one device (torch_xla or torchax), for a model with a kind of 4 blocks or more; off "
+                     "under SPMD (several devices)",
+        accepted="auto, on or off (auto: on for models with 4 or more blocks of a kind, one device)")
     compiled_graph_break_limit: int = setting(
         0, "graph breaks a captured model may have before it falls back to lazy", ge=0, scope="run")
     conv_kernel_layout: Literal["auto", "hwio", "native"] = setting(
