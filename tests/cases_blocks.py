@@ -130,3 +130,20 @@ def first_run(nodes, family: str, depth: int, steps: int = 2) -> dict:
             "cache_hits": backend.counters()["persistent_cache_hits"],
             "diff": max(max_abs_diff(first.samples, reference.samples), max_abs_diff(again.samples, reference.samples)),
             "blocks": state.replayed_models.block_figures(), "replay_fallbacks": state.replayed_models.fallbacks()}
+
+
+def warmup_node_runs(nodes, family: str, depth: int) -> dict:
+    """``cases_rewarm.warmup_node_then_prompt`` on the zoo's ``family`` at ``depth`` (its models built deeper):
+    the warm-up node, then prompts of its shape; and the block figures after."""
+    import functools
+
+    from bench import tiny_zoo
+    from bench.bench_depth import depth_overrides
+    from tests import cases_rewarm
+    from tpu_runtime import runtime
+
+    tiny_zoo.build_patcher = functools.partial(tiny_zoo.build_patcher, overrides=depth_overrides(family, depth))
+    result = cases_rewarm.warmup_node_then_prompt(nodes, family)
+    result["blocks"] = runtime.current().replayed_models.block_figures()
+    result["replay_fallbacks"] = runtime.current().replayed_models.fallbacks()
+    return result

@@ -8,7 +8,7 @@ kind is one block function traced once, and the deeper model compiles nothing (i
 shallow one's, from JAX's persistent cache). Flux's child also runs a LoRA at three strengths and a
 ControlNet (run on the host under torchax: its residuals are the model call's inputs). Tiny Flux at
 19 + 38 blocks compiles at most 1.5x the compile seconds of 1 + 2 blocks, and a restart on its cache
-dir compiles nothing.
+dir (its re-warm included) compiles nothing; the warm-up node compiles what the next prompts run.
 """
 from __future__ import annotations
 
@@ -98,7 +98,19 @@ def test_deep_flux_compiles_about_what_shallow_flux_compiles_and_a_restart_nothi
     # 1 + 2 blocks: the single blocks are a kind (the one double block runs in the glue); 19 + 38: both kinds.
     assert deep["compiles"] <= shallow["compiles"] + 2, (shallow, deep)
     assert deep["compile_s"] <= 1.5 * shallow["compile_s"], (shallow["compile_s"], deep["compile_s"])
+    # The restart re-warms the recorded signature (a model call: the chain's programs) before its first prompt.
     restart = run_child("cases_blocks:first_run", family="flux", depth=19, env=TORCHAX, cache_dir=deep["cache_dir"])
+    assert restart["log"].count("comfy-tpu: re-warming ") == 1, restart["log"][-3000:]
     assert restart["compiles"] == 0 and restart["again_compiles"] == 0, restart
     assert restart["cache_hits"] >= deep["compiles"], (restart, deep)
+    assert restart["blocks"]["block_chains"] == 1 and restart["blocks"]["block_traces"] == KINDS["flux"], restart
     assert restart["diff"] <= PARITY, restart
+
+
+def test_the_warmup_node_compiles_the_block_programs_the_next_prompts_run():
+    result = run_child("cases_blocks:warmup_node_runs", family="flux", depth=4, env=TORCHAX)
+    assert result["status"].startswith("warmed") and result["warmup_compiles"] > 0, result
+    assert result["blocks"]["block_chains"] >= 1 and result["blocks"]["block_kinds_off"] == 0, result["blocks"]
+    for run in result["runs"]:
+        assert run["compiles"] == 0 and run["max_diff"] <= PARITY, result["runs"]
+    assert not result["replay_fallbacks"], result["replay_fallbacks"]

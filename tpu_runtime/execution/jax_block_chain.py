@@ -252,7 +252,7 @@ class JaxChain:
     """A model call's jaxpr cut at its block calls: glue programs and block programs, run in order."""
 
     def __init__(self, closed: Any, glue_program: Callable[[Any], Any], block_program: Callable[[Any], Any]) -> None:
-        from jax.extend.core import Jaxpr, Literal
+        from jax.extend.core import DebugInfo, Jaxpr, Literal
 
         jaxpr = closed.jaxpr
         self._consts = list(zip(jaxpr.constvars, closed.consts))
@@ -292,7 +292,8 @@ class JaxChain:
                 if not defined:
                     continue  # nothing it computes is read later
                 sub = Jaxpr(constvars=[], invars=inputs, outvars=defined, eqns=eqns,
-                            effects=frozenset().union(*(eqn.effects for eqn in eqns)))
+                            effects=frozenset().union(*(eqn.effects for eqn in eqns)),
+                            debug_info=DebugInfo("jit", "comfy_tpu_glue", None, None))
                 steps.append((glue_program(sub), inputs, defined))
             live -= set(steps[-1][2])
             live |= {v for v in steps[-1][1] if not isinstance(v, Literal)}
