@@ -49,6 +49,8 @@ def test_the_chain_computes_what_the_whole_function_computes_with_equal_glue_sha
     assert programs.figures()["glue_programs"] == 3, programs._glue.keys()
     # One block program for five calls of one block function.
     assert len(programs._runners) == 1
+    # Every step reads something for the last time (the value before it): it is dropped after the step.
+    assert all(last_reads for _, _, _, last_reads in chain._steps), chain._steps
 
 
 def test_a_function_without_block_calls_is_left_whole():

@@ -273,7 +273,7 @@ class JaxChain:
             segments.append(("glue", current))
         # Liveness, backwards: what each step must hand on to the steps after it (or the call's outputs).
         live = {v for v in self._outvars if not isinstance(v, Literal)}
-        steps: list[tuple[Any, list, list]] = []
+        steps: list[tuple[Any, list, list, list]] = []
         for kind, eqns in reversed(segments):
             defined = [v for eqn in eqns for v in eqn.outvars if v in live]
             used = []
@@ -283,20 +283,29 @@ class JaxChain:
                     if not isinstance(v, Literal) and v not in seen:
                         seen.add(v)
                         used.append(v)
+            # Values this step reads for the last time: dropped after it (a whole program's buffers are
+            # reused by XLA; a chain holding every block's activations to the end would not free them).
             if kind == "block":
                 eqn = eqns[0]
-                steps.append((block_program(eqn.params["jaxpr"]), list(eqn.invars), list(eqn.outvars)))
+                inputs, slots = list(eqn.invars), list(eqn.outvars)
+                outputs = [v for v in slots if v in live]
+                program = block_program(eqn.params["jaxpr"])
             else:
                 made = {v for eqn in eqns for v in eqn.outvars}
-                inputs = [v for v in used if v not in made]
+                inputs, outputs = [v for v in used if v not in made], defined
+                slots = defined
                 if not defined:
                     continue  # nothing it computes is read later
                 sub = Jaxpr(constvars=[], invars=inputs, outvars=defined, eqns=eqns,
                             effects=frozenset().union(*(eqn.effects for eqn in eqns)),
                             debug_info=DebugInfo("jit", "comfy_tpu_glue", None, None))
-                steps.append((glue_program(sub), inputs, defined))
-            live -= set(steps[-1][2])
-            live |= {v for v in steps[-1][1] if not isinstance(v, Literal)}
+                program = glue_program(sub)
+            live -= set(outputs)
+            read = list(dict.fromkeys(v for v in inputs if not isinstance(v, Literal)))
+            last_reads = [v for v in read if v not in live]
+            live |= set(read)
+            kept = set(outputs)  # a block's results no later step reads are not kept (None)
+            steps.append((program, inputs, [v if v in kept else None for v in slots], last_reads))
         steps.reverse()
         self._steps = steps
         self.block_steps = sum(1 for kind, _ in segments if kind == "block")
@@ -309,10 +318,13 @@ class JaxChain:
         def read(v: Any) -> Any:
             return v.val if isinstance(v, literal) else env[v]
 
-        for program, inputs, outputs in self._steps:
+        for program, inputs, outputs, last_reads in self._steps:
             results = program(*[read(v) for v in inputs])
+            for var in last_reads:
+                del env[var]
             for var, value in zip(outputs, results):
-                env[var] = value
+                if var is not None:
+                    env[var] = value
         return [read(v) for v in self._outvars]
 
 
