@@ -1,5 +1,6 @@
 """Repeated blocks traced and compiled once per kind on the torchax backend (issue 28;
-``tpu_runtime/execution/jax_block_chain.py``).
+``tpu_runtime/execution/block_functions.py``,
+``tpu_runtime/backends/torchax_blocks.py``).
 
 Each child is a fresh process with its own cache dir (compile counts come from JAX's compile events).
 Flux, SD3 and Wan each sample at a shallow and then a deeper depth of the same width through ComfyUI's

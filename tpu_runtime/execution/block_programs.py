@@ -45,7 +45,7 @@ AUTO_LEAST_BLOCKS = 4
 
 def resolve(mode: str, backend) -> int:
     """The least member count of a kind that ``COMFY_TPU_BLOCK_PROGRAMS`` (auto, on, off) runs as shared
-    programs on ``backend`` (torch_xla: this module; torchax: ``jax_block_chain``); 0: none (off; SPMD
+    programs on ``backend`` (torch_xla: this module; torchax: ``block_functions``); 0: none (off; SPMD
     over several devices: a chain recorded there gave wrong results in tests/test_block_programs.py, so
     such a model runs as one whole-model program, as before)."""
     if mode == "off" or backend.device_total() > 1:

@@ -33,7 +33,7 @@ from tpu_runtime.execution.call_keys import (  # noqa: F401  (re-exported: tests
     call_key)
 from tpu_runtime.execution.block_programs import BlockPrograms
 from tpu_runtime.execution.host_values import without_twins
-from tpu_runtime.execution.jax_block_chain import JaxBlockPrograms
+from tpu_runtime.execution.block_functions import FunctionBlockPrograms
 from tpu_runtime.execution.program_chain import ChainRecorder
 from tpu_runtime.execution.stand_in import STEP_DEPENDENT_OPTIONS, ModelStandIn, StandIns
 
@@ -149,7 +149,7 @@ class ReplayedDiffusionModel(ModelStandIn):
         known = self._blocks
         if known is None or known[0] != (self.model_token, self.block_programs):
             if self._backend.traces_functions:  # torchax: the model's jaxpr cut into a chain of JAX programs
-                blocks = JaxBlockPrograms(self.inner, self._backend, self._model_name, self._own_wrappers,
+                blocks = FunctionBlockPrograms(self.inner, self._backend, self._model_name, self._own_wrappers,
                                           self.block_programs)
             else:
                 blocks = BlockPrograms(self.inner, self._backend, self._model_name, self._own_wrappers,

@@ -1,7 +1,10 @@
-"""The torchax block chain's cut (``execution/jax_block_chain.py``) on a plain JAX function: a jaxpr cut at
+"""The torchax block chain's cut (``backends/torchax_blocks.py``) on a plain JAX function: a jaxpr cut at
 its block functions' ``jit`` calls computes what the whole function computes, equal glue between blocks
-is one program, and what no later step reads is not handed on."""
+is one program, each value is dropped after its last reader, and a function without block calls is
+left whole (``execution/block_functions.py``)."""
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import torch
@@ -9,7 +12,8 @@ import torch
 jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")
 
-from tpu_runtime.execution.jax_block_chain import BLOCK_NAME, JaxBlockPrograms, JaxChain  # noqa: E402
+from tpu_runtime.backends.torchax_blocks import BLOCK_NAME, ChainPrograms, JaxChain, make_chain  # noqa: E402
+from tpu_runtime.execution.block_functions import FunctionBlockPrograms  # noqa: E402
 
 
 def _block():
@@ -20,7 +24,7 @@ def _block():
     return jax.jit(block)
 
 
-def _model(block, depth: int):
+def _model(block):
     def model(arrays):
         x, weights = arrays[0] + 1.0, arrays[1:]
         unused = x * 3.0  # computed, read by nothing
@@ -38,22 +42,23 @@ def _arrays(depth: int):
 
 
 def test_the_chain_computes_what_the_whole_function_computes_with_equal_glue_shared():
-    programs = JaxBlockPrograms(torch.nn.Module(), backend=None, model_name="m", own_wrappers="w")
-    model, arrays = _model(_block(), 5), _arrays(5)
-    chain = programs._make_chain(model, arrays)
+    programs = ChainPrograms()
+    model, arrays = _model(_block()), _arrays(5)
+    chain = make_chain(model, arrays, contextlib.nullcontext(), programs)
     assert isinstance(chain, JaxChain) and chain.block_steps == 5
     for got, want in zip(chain(arrays), jax.jit(model)(arrays)):
         assert jnp.allclose(got, want, atol=1e-6)
     # The first glue (``+ 1``), the four equal ``* 0.5`` glues between blocks as one, the tail (the last
-    # ``* 0.5``, the sum): the glue after the last block computes the outputs, so it differs from the rest.
-    assert programs.figures()["glue_programs"] == 3, programs._glue.keys()
-    # One block program for five calls of one block function.
-    assert len(programs._runners) == 1
+    # ``* 0.5`` and the outputs).
+    assert len(programs.glue) == 3, programs.glue.keys()
+    assert len(programs.blocks) == 1  # one block program for five calls of one block function
     # Every step reads something for the last time (the value before it): it is dropped after the step.
     assert all(last_reads for _, _, _, last_reads in chain._steps), chain._steps
 
 
 def test_a_function_without_block_calls_is_left_whole():
-    programs = JaxBlockPrograms(torch.nn.Module(), backend=None, model_name="m", own_wrappers="w")
+    programs = FunctionBlockPrograms(torch.nn.Module(), backend=None, model_name="m", own_wrappers="w")
     assert programs._make_chain(lambda arrays: [arrays[0] * 2.0], [jnp.ones(3)]) is None
-    assert programs.figures()["block_chains_whole"] == 1
+    run = programs.chain(lambda arrays: [arrays[0] * 2.0])
+    assert jnp.allclose(run([jnp.ones(3)])[0], 2.0)  # compiled whole
+    assert programs.figures()["block_chains_whole"] == 2 and programs.figures()["block_chains"] == 0
