@@ -5,7 +5,8 @@ a tiny model of the zoo (Flux hidden 64, SD3 hidden 128, Wan dim 64) at a depth,
 ComfyUI's ``common_ksampler`` (euler, 64x64, fp32, replay execution):
 
 * **first run**: one 2-step run; XLA compile seconds of the process (torch_xla ``CompileTime``) and wall;
-* **warm s/step**: a 6-step run after it (best of 2), and its compiles (0 expected);
+* **warm s/step**: a 6-step run after it (best of 2), and its compiles (0 expected); ``--warm-pairs``:
+  on and off on one model in one process, 6-step runs interleaved (4 each), best and median;
 * **parity**: max |pack - eager CPU| of the 2-step run on the same weights.
 
 * **host ms/model call** (torchax only): the warm run's wall less the seconds the host waited on the
@@ -16,6 +17,8 @@ ComfyUI's ``common_ksampler`` (euler, 64x64, fp32, replay execution):
 
     PJRT_DEVICE=CPU .venv/bin/python bench/bench_depth.py [--families flux,sd3,wan] [--depths 1,4,19] \
         [--backends torch_xla,torchax] [--modes off,on]
+    PJRT_DEVICE=CPU .venv/bin/python bench/bench_depth.py --warm-pairs --families flux --depths 19 \
+        --backends torch_xla,torchax   # warm s/step on vs off, interleaved in one process
 """
 from __future__ import annotations
 
@@ -87,6 +90,46 @@ def _child(family: str, depth: int) -> dict:
             "block_programs": _block_figures()}
 
 
+def _warm_pair(family: str, depth: int, rounds: int = 4, steps: int = 6) -> dict:
+    """Warm s/step with block programs on and off in ONE process on one model (both programs compiled first),
+    runs interleaved off, on, off, on, ...: this host's load moves both alike (separate processes' warm
+    figures differ by up to 2x here). Best and median of ``rounds`` runs each."""
+    from bench.comfy_host import import_comfy
+
+    nodes = import_comfy(load_pack=True)
+    import statistics
+
+    import torch
+
+    from bench import tiny_zoo
+    from tpu_runtime import runtime
+
+    state = runtime.current()
+    fam = tiny_zoo.family(family)
+    pos, neg = tiny_zoo.conditioning(family, 1), tiny_zoo.conditioning(family, 2)
+    model = tiny_zoo.build_patcher(family, seed=0, dtype=torch.float32, overrides=depth_overrides(family, depth))
+    saved = state.options
+
+    def sample(mode: str, count: int) -> float:
+        state.options = saved.model_copy(update={"block_programs": mode})
+        latent = {"samples": torch.zeros(tiny_zoo.latent_shape(family, size=64))}
+        start = time.perf_counter()
+        with torch.inference_mode():
+            nodes.common_ksampler(model, 42, count, fam.cfg, "euler", "normal", pos, neg, latent)
+        return (time.perf_counter() - start) / count
+
+    for mode in ("off", "on"):
+        sample(mode, 2)  # compiles its programs
+    compiles = state.backend.counters()["compiles"]
+    walls: dict[str, list[float]] = {"off": [], "on": []}
+    for _ in range(rounds):
+        for mode in ("off", "on"):
+            walls[mode].append(sample(mode, steps))
+    state.options = saved
+    return {mode: {"best": min(w), "median": statistics.median(w)} for mode, w in walls.items()} | {
+        "warm_compiles": state.backend.counters()["compiles"] - compiles, "blocks": _block_figures()}
+
+
 def _block_figures() -> dict:
     from tpu_runtime import runtime
 
@@ -94,12 +137,12 @@ def _block_figures() -> dict:
     return models.block_figures() if hasattr(models, "block_figures") else {}
 
 
-def run_row(family: str, depth: int, backend: str, blocks: str) -> dict:
+def run_row(family: str, depth: int, backend: str, blocks: str, child: str = "--child") -> dict:
     with tempfile.TemporaryDirectory(prefix="comfy-tpu-depth-") as cache_dir:
         env = {**os.environ, "PJRT_DEVICE": "CPU", "COMFY_TPU_ENABLE": "1", "COMFY_TPU_AUTOCAST_BF16": "0",
                "COMFY_TPU_BACKEND": backend, "COMFY_TPU_CACHE_DIR": cache_dir, "COMFY_TPU_EXECUTION": "replay",
                "COMFY_TPU_BLOCK_PROGRAMS": blocks}
-        command = [sys.executable, os.path.abspath(__file__), "--child", family, str(depth)]
+        command = [sys.executable, os.path.abspath(__file__), child, family, str(depth)]
         out = subprocess.run(command, env=env, cwd=PACK, capture_output=True, text=True)
     lines = [line for line in out.stdout.splitlines() if line.startswith(PREFIX)]
     if out.returncode or not lines:
@@ -107,6 +150,20 @@ def run_row(family: str, depth: int, backend: str, blocks: str) -> dict:
     result = json.loads(lines[-1][len(PREFIX):])
     print(family, depth, backend, blocks, json.dumps(result), flush=True)
     return result
+
+
+def _warm_pairs(args) -> int:
+    lines = ["| family | depth | backend | warm s/step off: best (median) | on: best (median) | on / off (best) |",
+             "|---|---|---|---|---|---|"]
+    for family in args.families.split(","):
+        for depth in map(int, args.depths.split(",")):
+            for backend in args.backends.split(","):
+                r = run_row(family, depth, backend, "auto", child="--pair-child")
+                off, on = r["off"], r["on"]
+                lines.append(f"| {family} | {depth} | {backend} | {off['best']:.4f} ({off['median']:.4f}) | "
+                             f"{on['best']:.4f} ({on['median']:.4f}) | {on['best'] / off['best']:.2f} |")
+    print("\n".join(lines))
+    return 0
 
 
 def _ms(value) -> str:
@@ -120,11 +177,20 @@ def main() -> int:
     parser.add_argument("--depths", default="1,4,19")
     parser.add_argument("--backends", default="torch_xla")
     parser.add_argument("--modes", default="off,on")
+    parser.add_argument("--warm-pairs", action="store_true",
+                        help="warm s/step on vs off interleaved in one process per family, depth and backend")
+    parser.add_argument("--pair-child", nargs=2, default=None)
     args = parser.parse_args()
     if args.child:
         sys.path.insert(0, PACK)
         print(PREFIX + json.dumps(_child(args.child[0], int(args.child[1]))), flush=True)
         return 0
+    if args.pair_child:
+        sys.path.insert(0, PACK)
+        print(PREFIX + json.dumps(_warm_pair(args.pair_child[0], int(args.pair_child[1]))), flush=True)
+        return 0
+    if args.warm_pairs:
+        return _warm_pairs(args)
     lines = ["| family | depth | backend | block programs | first-run XLA compile s (compiles) | first run s "
              "| warm s/step (compiles) | host ms/model call | max abs diff vs eager |",
              "|---|---|---|---|---|---|---|---|---|"]
