@@ -25,9 +25,19 @@ TORCHAX = {"COMFY_TPU_BACKEND": "torchax", "COMFY_TPU_EXECUTION": "replay", "COM
 STEPS = 3
 
 
+_CHILDREN: dict = {}
+
+
+def _family(family: str) -> dict:
+    """One fresh child per family for the module (its tests share it)."""
+    if family not in _CHILDREN:
+        _CHILDREN[family] = run_child("cases_blocks:torchax_runs", family=family, env=TORCHAX)
+    return _CHILDREN[family]
+
+
 @pytest.fixture(scope="module", params=FAMILIES)
 def measured(request):
-    return request.param, run_child("cases_blocks:torchax_runs", family=request.param, env=TORCHAX)
+    return request.param, _family(request.param)
 
 
 def _run(result, model, visit):
@@ -61,10 +71,8 @@ def test_later_runs_and_a_deeper_model_compile_nothing(measured):
     assert _run(result, "deep", "again")["compiles"] == 0, result["runs"]
 
 
-def test_a_lora_strength_change_compiles_nothing(measured):
-    family, result = measured
-    if family != "flux":
-        pytest.skip("the LoRA runs in Flux's child")
+def test_a_lora_strength_change_compiles_nothing():
+    result = _family("flux")
     runs = result["lora"]["runs"]
     base, lora, half, other = runs
     for run in runs:
@@ -74,10 +82,8 @@ def test_a_lora_strength_change_compiles_nothing(measured):
     assert max(abs(a - b) for a, b in zip(base["samples"], lora["samples"])) > 100 * PARITY
 
 
-def test_a_controlnet_adding_residuals_per_block_keeps_parity(measured):
-    family, result = measured
-    if family != "flux":
-        pytest.skip("the ControlNet runs in Flux's child")
+def test_a_controlnet_adding_residuals_per_block_keeps_parity():
+    result = _family("flux")
     first, second = result["control"]["runs"]
     for run in (first, second):
         assert run["diff"] <= PARITY, run
