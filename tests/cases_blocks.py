@@ -105,10 +105,10 @@ def torchax_runs(nodes, family: str) -> dict:
     return result
 
 
-def first_run(nodes, family: str, depth: int, steps: int = 2) -> dict:
+def first_run(nodes, family: str, depth: int, steps: int = 2, dtype: str = "float32") -> dict:
     """A fresh process's first run of the zoo's ``family`` at ``depth`` (``bench_depth.depth_overrides``): its
     compile seconds and compiles (the backend's counters: JAX's compile events on torchax), the persistent
-    cache's hits, then a second run's compiles, and parity with eager CPU."""
+    cache's hits, then a second run's compiles, and parity with eager CPU (weights of ``dtype``)."""
     import torch
 
     from bench import tiny_zoo
@@ -118,10 +118,11 @@ def first_run(nodes, family: str, depth: int, steps: int = 2) -> dict:
     state = runtime.current()
     backend = state.backend
     overrides = depth_overrides(family, depth)
-    eager = tiny_zoo.build_patcher(family, seed=0, load_device=torch.device("cpu"), dtype=torch.float32,
+    weights = getattr(torch, dtype)
+    eager = tiny_zoo.build_patcher(family, seed=0, load_device=torch.device("cpu"), dtype=weights,
                                    overrides=overrides)
     reference = _sample(nodes, family, eager, steps)
-    model = tiny_zoo.build_patcher(family, seed=0, dtype=torch.float32, overrides=overrides)
+    model = tiny_zoo.build_patcher(family, seed=0, dtype=weights, overrides=overrides)
     compile_start = backend.compile_seconds()
     first = _sample(nodes, family, model, steps, backend)
     compile_s = backend.compile_seconds() - compile_start
