@@ -86,7 +86,7 @@ class FakeBackend:
     def capture_program(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor]) -> Any:
         raise ReplayUnsupported("the fake backend compiles no programs")
 
-    def capture_function(self, function, inputs: list[torch.Tensor], weight_count: int) -> Any:
+    def capture_function(self, function, inputs: list[torch.Tensor], weight_count: int, split=None) -> Any:
         raise ReplayUnsupported("the fake backend compiles no programs")
 
     def run_program(self, program: Any, inputs: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -150,7 +150,7 @@ class ReplayedDiffusionModel(ModelStandIn):
         if known is None or known[0] != (self.model_token, self.block_programs):
             if self._backend.traces_functions:  # torchax: the model's jaxpr cut into a chain of JAX programs
                 blocks = FunctionBlockPrograms(self.inner, self._backend, self._model_name, self._own_wrappers,
-                                          self.block_programs)
+                                               self.block_programs)
             else:
                 blocks = BlockPrograms(self.inner, self._backend, self._model_name, self._own_wrappers,
                                        self._on_compiled, self.block_programs)
