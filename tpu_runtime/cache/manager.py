@@ -350,6 +350,8 @@ class TPUManager(RunObserver):
             "deserialize_failures": counters["persistent_cache_deserialize_failures"],
             "note": self.persistent_cache_note}
         stats["spmd"] = self.spmd_stats()
+        parts = self.state.device_parts
+        stats["workflow_parts"] = parts.stats() if parts is not None else None
         stats["options"] = self.options.model_dump()
         stats["auto_warmup"] = self.auto_warmup
         stats["comfyui"] = self.state.comfy.model_dump() if self.state.comfy is not None else None

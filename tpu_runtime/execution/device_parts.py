@@ -1,0 +1,93 @@
+"""The workflow's other parts on the device: ComfyUI's VAE and text encoders (``COMFY_TPU_VAE``,
+``COMFY_TPU_TEXT_ENCODERS``).
+
+This object decides where each part runs, keeps the programs of each module that runs there (weakly
+keyed by the module: they go when ComfyUI drops the model) and the figures ``/tpu/stats`` shows: per
+part, where its last call ran, its calls and seconds.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+from contextlib import contextmanager
+from typing import Any, Iterator, Literal, Optional
+
+import torch
+from pydantic import BaseModel
+
+from tpu_runtime.execution.module_programs import CallPrograms
+
+log = logging.getLogger("comfy_tpu")
+
+Part = Literal["vae", "text_encoders"]
+#: Backends whose programs these parts can run as (torchax keeps them where ComfyUI puts them).
+DEVICE_BACKENDS = ("torch_xla",)
+
+
+class PartFigures(BaseModel):
+    """What ``/tpu/stats`` says of one part."""
+
+    setting: str
+    where: str  # "device", "host", or "not run yet"
+    calls: int = 0
+    seconds: float = 0.0
+    last_seconds: float = 0.0
+    fell_back: Optional[str] = None  # why the last failure sent it to the host
+
+
+def placement(setting: str, backend_name: str) -> str:
+    """Where a part goes: ``device`` only when it is asked for and the backend runs it there."""
+    return "device" if setting == "device" and backend_name in DEVICE_BACKENDS else "host"
+
+
+class DeviceParts:
+    """Where the VAE and the text encoders run, their programs and figures."""
+
+    def __init__(self, backend: Any, vae: str, text_encoders: str) -> None:
+        self._backend = backend
+        self.settings = {"vae": vae, "text_encoders": text_encoders}
+        self.where = {part: placement(value, backend.name) for part, value in self.settings.items()}
+        self._programs: "weakref.WeakKeyDictionary[torch.nn.Module, CallPrograms]" = weakref.WeakKeyDictionary()
+        self._figures = {part: PartFigures(setting=value, where="not run yet") for part, value in self.settings.items()}
+        for part, value in self.settings.items():
+            if value == "device" and self.where[part] == "host":
+                log.info("comfy-tpu: %s stay on the host with the %s backend (device programs for them are "
+                         "torch_xla only)", "the VAE" if part == "vae" else "text encoders", backend.name)
+
+    def on_device(self, part: Part) -> bool:
+        return self.where[part] == "device"
+
+    def programs(self, module: torch.nn.Module, name: str) -> CallPrograms:
+        """The programs of ``module`` (made on first use)."""
+        found = self._programs.get(module)
+        if found is None:
+            found = self._programs[module] = CallPrograms(self._backend, module, name)
+        return found
+
+    @contextmanager
+    def timed(self, part: Part, where: str) -> Iterator[None]:
+        """Times one call of a part and records where it ran."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - start
+            figures = self._figures[part]
+            figures.where, figures.calls = where, figures.calls + 1
+            figures.seconds += seconds
+            figures.last_seconds = seconds
+
+    def fell_back(self, part: Part, reason: str) -> None:
+        self._figures[part].fell_back = reason
+
+    def stats(self) -> dict[str, Any]:
+        totals = {"programs": 0, "traces": 0, "replays": 0}
+        lazy = []
+        for programs in list(self._programs.values()):
+            for key, value in programs.figures().items():
+                totals[key] += value
+            if programs.lazy_reason:
+                lazy.append(f"{programs.name}: {programs.lazy_reason}")
+        return {**{part: figures.model_dump() for part, figures in self._figures.items()}, **totals,
+                "lazy": lazy}
