@@ -188,15 +188,14 @@ def install(state: "PackState") -> Patches:
         # The VAE and the text encoders go to the XLA device when their setting says so (device_parts).
         answer = xla_device if on_device.get(name) else device
         patches.set(mm_name, name, (lambda d: (lambda *a, **k: d))(answer))
-    if on_device["vae_device"]:
-        from tpu_runtime.comfyui import vae_patch
+    if parts is not None:  # on the host they are only timed (the per-run figures say where each part ran)
+        from tpu_runtime.comfyui import text_encoder_patch, vae_patch
 
-        patches.set(mm_name, "vae_dtype", vae_patch.vae_dtype(mm.vae_dtype, is_xla))
+        if on_device["vae_device"]:
+            patches.set(mm_name, "vae_dtype", vae_patch.vae_dtype(mm.vae_dtype, is_xla))
         vae_patch.install(patches, state, parts, stock["vae_device"])
-    if on_device["text_encoder_device"]:
-        from tpu_runtime.comfyui import text_encoder_patch
-
-        text_encoder_patch.install(patches, state, parts, stock["text_encoder_device"])
+        text_encoder_patch.install(patches, state, parts, stock["text_encoder_device"],
+                                   on_device["text_encoder_device"])
 
     import comfy.model_patcher
     import comfy.samplers

@@ -35,11 +35,13 @@ TRANSFORMER_CALL = ("input_tokens", "attention_mask", "embeds", "num_tokens", "i
                     "final_layer_norm_intermediate", "dtype", "embeds_info")
 
 
-def install(patches: "Patches", state: "PackState", parts: "DeviceParts", host_device: Any) -> None:
+def install(patches: "Patches", state: "PackState", parts: "DeviceParts", host_device: Any, on_device: bool) -> None:
+    """Patch the CLIP encoders' call (timed on the host; a program on the device when ``on_device``)."""
     import comfy.sd
     import comfy.sd1_clip
 
-    patches.set("comfy.sd.CLIP", "__init__", _clip_init(comfy.sd.CLIP.__init__, state, host_device))
+    if on_device:
+        patches.set("comfy.sd.CLIP", "__init__", _clip_init(comfy.sd.CLIP.__init__, state, host_device))
     patches.set("comfy.sd1_clip.SDClipModel", "forward",
                 _clip_forward(comfy.sd1_clip.SDClipModel.forward, state, parts))
 

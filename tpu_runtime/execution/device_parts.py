@@ -34,6 +34,8 @@ class PartFigures(BaseModel):
     seconds: float = 0.0
     last_seconds: float = 0.0
     fell_back: Optional[str] = None  # why the last failure sent it to the host
+    compiles: int = 0  # XLA compiles during its calls (all of them)
+    transfers_to_host: int = 0  # device-to-host transfers during its calls
 
 
 def placement(setting: str, backend_name: str) -> str:
@@ -68,13 +70,16 @@ class DeviceParts:
     @contextmanager
     def timed(self, part: Part, where: str) -> Iterator[None]:
         """Times one call of a part and records where it ran."""
-        start = time.perf_counter()
+        start, before = time.perf_counter(), self._backend.counters()
         try:
             yield
         finally:
             seconds = time.perf_counter() - start
+            after = self._backend.counters()
             figures = self._figures[part]
             figures.where, figures.calls = where, figures.calls + 1
+            figures.compiles += after["compiles"] - before["compiles"]
+            figures.transfers_to_host += after["transfers_to_host"] - before["transfers_to_host"]
             figures.seconds += seconds
             figures.last_seconds = seconds
 
