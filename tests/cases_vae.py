@@ -43,8 +43,9 @@ def other_vaes(nodes) -> dict:
         first, decode = _measured(backend, lambda: device_vae.decode(torch.randn(shape, generator=generator)))
         latent = torch.randn(shape, generator=generator)
         image, again = _measured(backend, lambda: device_vae.decode(latent))
+        where = parts.stats()["vae"]["where"]
         again["diff"] = float((image - host_vae.decode(latent)).abs().max())
-        result[kind] = {"decode": decode, "again": again, "where": parts.stats()["vae"]["where"],
+        result[kind] = {"decode": decode, "again": again, "where": where,
                         "programs": parts.programs(device_vae.first_stage_model, kind).figures()["programs"],
                         "shape": list(image.shape)}
         if kind == "flux":
@@ -64,7 +65,10 @@ def _tiled(backend, parts, device_vae, host_vae, generator) -> dict:
     latent = torch.randn(1, 16, 12, 12, generator=generator)
     tiles = dict(tile_x=8, tile_y=8, overlap=2)
 
+    calls = []
+
     def counting(samples, *args, **kwargs):
+        calls.append(tuple(samples.shape))
         shapes.add(tuple(samples.shape))
         return method(samples, *args, **kwargs)
 
@@ -74,10 +78,10 @@ def _tiled(backend, parts, device_vae, host_vae, generator) -> dict:
     finally:
         del host_model.decode
     programs = parts.programs(device_vae.first_stage_model, "flux")
-    before = programs.figures()["programs"]
+    shapes.add((1, 16, 8, 8))  # the plain decodes' program, made before
     image, first = _measured(backend, lambda: device_vae.decode_tiled(latent, **tiles))
     _, again = _measured(backend, lambda: device_vae.decode_tiled(latent, **tiles))
-    return {"tile_shapes": len(shapes), "programs": programs.figures()["programs"] - before, "first": first,
+    return {"tile_shapes": len(shapes), "tiles": len(calls), "programs": programs.figures()["programs"], "first": first,
             "again": again, "diff": float((image - host).abs().max())}
 
 

@@ -134,7 +134,8 @@ def test_flux_and_wan_vaes_decode_on_the_device(other_vaes, kind):
 
 def test_flux_vae_tiled_decode_is_a_program_per_tile_shape(other_vaes):
     run = other_vaes["flux_tiled"]
-    assert run["programs"] == run["tile_shapes"], run
+    assert run["programs"] == run["tile_shapes"], run  # the tiles' shapes and the plain decode's
+    assert run["again"]["transfers"] == run["tiles"], run  # each tile's result comes back once
     assert run["again"]["compiles"] == 0 and run["diff"] <= IMAGE_TOLERANCE / 255, run
 
 

@@ -114,3 +114,43 @@ def test_torchax_keeps_both_parts_on_the_host_and_says_so(caplog):
         parts = DeviceParts(backend, "device", "device")
     assert not parts.on_device("vae") and not parts.on_device("text_encoders")
     assert "stay on the host with the torchax backend" in caplog.text
+
+
+@pytest.mark.parametrize("shape,index,expected", [
+    ((1, 2, 1, 4), (slice(None), slice(None), slice(-2, None)), (slice(None), slice(None), slice(None, None))),
+    ((1, 2, 3, 4), (slice(None), slice(None), slice(-2, None)), (slice(None), slice(None), slice(-2, None))),
+    ((1,), slice(-5, None), slice(None, None)),
+    ((1, 2), (Ellipsis, slice(-5, None)), (Ellipsis, slice(-5, None))),  # not a simple index: as given
+    ((3,), 0, 0)])
+def test_negative_slice_starts_are_clamped_as_eager_pytorch_does(shape, index, expected):
+    from tpu_runtime.execution.trace_fixes import EagerSemantics, clamp_index
+
+    assert clamp_index(torch.Size(shape), index) == expected
+    x = torch.arange(torch.Size(shape).numel()).reshape(shape)
+    with EagerSemantics():
+        assert torch.equal(x[index], x[expected])
+
+
+@pytest.mark.parametrize("scale", [2, 2.0, (2.0, 2.0), (1, 3)])
+def test_nearest_exact_integer_upscales_are_nearest_and_the_same_pixels(scale):
+    from tpu_runtime.execution.trace_fixes import EagerSemantics
+
+    x = torch.randn(1, 2, 3, 5)
+    upsample = torch.nn.Upsample(scale_factor=scale, mode="nearest-exact")
+    seen = []
+
+    class Spy(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func is torch.nn.functional.interpolate:
+                seen.append(args[3] if len(args) > 3 else (kwargs or {}).get("mode"))
+            return func(*args, **(kwargs or {}))
+
+    with Spy(), EagerSemantics():  # the inner mode sees the call first and rewrites it
+        rewritten = upsample(x)
+    assert torch.equal(rewritten, upsample(x)) and seen == ["nearest"]
+
+
+def test_fractional_and_downscaling_nearest_exact_is_left_alone():
+    from tpu_runtime.execution.trace_fixes import integer_upscale
+
+    assert not integer_upscale(1.5) and not integer_upscale((2.0, 0.5)) and not integer_upscale(None)

@@ -24,6 +24,7 @@ from torch.utils._pytree import tree_flatten
 
 from tpu_runtime.comfyui.calls import Call
 from tpu_runtime.execution.call_keys import NotReplayable
+from tpu_runtime.execution.trace_fixes import EagerSemantics
 
 if TYPE_CHECKING:
     from tpu_runtime.comfyui.patches import Patches
@@ -99,19 +100,25 @@ def _program_call(method: Callable, name: str, programs: Any, state: "PackState"
     """``method`` run as a program per call shape; lazily on the device once it cannot be one."""
     import comfy.model_management as mm
 
+    def traced(*args, **kwargs):
+        # Out of inference mode: torch_xla's group norm fails on an inference-mode input with weights loaded
+        # outside it ("Cannot set version_counter for inference tensor"); nothing here needs autograd.
+        with torch.inference_mode(False), torch.no_grad(), EagerSemantics():
+            return method(*args, **kwargs)
+
     def call(*args, **kwargs):
         if programs.lazy_reason is not None:
-            return method(*args, **kwargs)
+            return traced(*args, **kwargs)
         leaves, _ = tree_flatten((args, kwargs))
         tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
         static = tuple(repr(leaf) for leaf in leaves if not isinstance(leaf, torch.Tensor))
         try:
-            return programs.run((name, static, len(leaves)), lambda: method(*args, **kwargs), tensors)
+            return programs.run((name, static, len(leaves)), lambda: traced(*args, **kwargs), tensors)
         except NotReplayable as exc:
             programs.lazy_reason = str(exc)
             if state.notices.first_time("vae lazy", programs.name, str(exc)):
                 log.warning("comfy-tpu: %s runs lazily on the device (no program): %s", programs.name, exc)
-            return method(*args, **kwargs)
+            return traced(*args, **kwargs)
         except Exception as exc:
             if "RESOURCE_EXHAUSTED" in str(exc):  # ComfyUI's own tiled retry, as after a GPU's OOM
                 raise mm.OOM_EXCEPTION(str(exc)) from exc
