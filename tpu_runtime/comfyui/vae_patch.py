@@ -112,6 +112,13 @@ def _program_call(method: Callable, name: str, programs: Any, state: "PackState"
         leaves, _ = tree_flatten((args, kwargs))
         tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
         static = tuple(repr(leaf) for leaf in leaves if not isinstance(leaf, torch.Tensor))
+        if not all(state.backend.data_tensor(tensor) for tensor in tensors):
+            # A host tensor among the inputs (a newer ComfyUI's output buffer for chunked VAEs): this call
+            # runs lazily on the device, its results written where ComfyUI asked.
+            if state.notices.first_time("vae host input", programs.name):
+                log.info("comfy-tpu: %s: a call with host tensors among its inputs runs lazily on the device",
+                         programs.name)
+            return traced(*args, **kwargs)
         try:
             return programs.run((name, static, len(leaves)), lambda: traced(*args, **kwargs), tensors)
         except NotReplayable as exc:
