@@ -16,7 +16,9 @@ import pytest
 from tests.child import run_child
 from tests.server import ComfyServer
 
-ENV = {"COMFY_TPU_ENABLE": "1", "PJRT_DEVICE": "CPU", "COMFY_TPU_AUTOCAST_BF16": "0"}
+#: On the PJRT CPU device the parts' default (auto) is the host: the device is asked for.
+ENV = {"COMFY_TPU_ENABLE": "1", "PJRT_DEVICE": "CPU", "COMFY_TPU_AUTOCAST_BF16": "0", "COMFY_TPU_VAE": "device",
+       "COMFY_TPU_TEXT_ENCODERS": "device"}
 SIZE = 512
 IMAGE_TOLERANCE = 2  # of 255
 
@@ -120,7 +122,7 @@ def test_the_image_matches_comfyuis_own_decode_on_the_host(device_runs, host_ima
 
 @pytest.fixture(scope="module")
 def other_vaes():
-    return run_child("cases_vae:other_vaes", timeout=1500)
+    return run_child("cases_vae:other_vaes", timeout=1500, env={"COMFY_TPU_VAE": "device"})
 
 
 @pytest.mark.parametrize("kind", ["flux", "wan21"])

@@ -10,17 +10,21 @@ from tpu_runtime.execution.device_parts import DeviceParts, placement
 from tpu_runtime.execution.module_programs import CallPrograms
 
 
-@pytest.mark.parametrize("setting,backend,where", [
-    ("device", "torch_xla", "device"), ("host", "torch_xla", "host"),
-    ("device", "torchax", "host"), ("host", "torchax", "host")])
-def test_a_part_goes_to_the_device_only_when_asked_and_the_backend_runs_it(setting, backend, where):
-    assert placement(setting, backend) == where
+@pytest.mark.parametrize("setting,backend,device_type,where", [
+    ("device", "torch_xla", "CPU", "device"), ("host", "torch_xla", "TPU", "host"),
+    ("auto", "torch_xla", "TPU", "device"), ("auto", "torch_xla", "CPU", "host"),
+    ("device", "torchax", "TPU", "host"), ("auto", "torchax", "TPU", "host")])
+def test_a_part_goes_to_the_device_only_when_asked_and_the_backend_runs_it(setting, backend, device_type, where):
+    assert placement(setting, backend, device_type) == where
 
 
 class ProgramBackend(FakeBackend):
     """Every tensor is device data; a program returns what its trace computed (enough to count keys)."""
 
     name = "torch_xla"
+
+    def device_type(self) -> str:
+        return "TPU"
 
     def data_tensor(self, tensor: torch.Tensor) -> bool:
         return True
@@ -96,7 +100,7 @@ def test_an_input_off_the_device_is_refused_before_anything_runs():
 
 def test_figures_say_where_each_part_ran_with_its_compiles_and_transfers():
     backend = ProgramBackend()
-    parts = DeviceParts(backend, "device", "host")
+    parts = DeviceParts(backend, "auto", "host")
     assert parts.on_device("vae") and not parts.on_device("text_encoders")
     with parts.timed("vae", "device"):
         backend._counters["compiles"] += 2

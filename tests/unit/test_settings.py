@@ -31,7 +31,7 @@ GOOD_VALUES = {
     "execution": ("compiled", "compiled"), "compiled_graph_break_limit": ("3", 3),
     "conv_kernel_layout": ("native", "native"),
     "spmd": ("OFF", "off"), "mesh": (" data = 4 , model=2", "data=4,model=2"),
-    "vae": (" Host", "host"), "text_encoders": ("HOST", "host"),
+    "vae": (" Host", "host"), "text_encoders": ("Device", "device"),
 }
 
 
@@ -52,7 +52,7 @@ def test_defaults_match_the_documented_table():
         None, False, True, 1, False, True, True, True, 64, False, 0, None, "replay", 0)
     assert s.non_defaults() == {}
     assert (s.spmd, s.mesh, s.conv_kernel_layout, s.rewarm) == ("auto", None, "auto", True)
-    assert (s.vae, s.text_encoders) == ("device", "device")
+    assert (s.vae, s.text_encoders) == ("auto", "auto")
 
 
 @pytest.mark.parametrize("field,value", [(f, v) for f, values in BAD_VALUES.items() for v in values])

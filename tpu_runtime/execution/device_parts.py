@@ -38,9 +38,13 @@ class PartFigures(BaseModel):
     transfers_to_host: int = 0  # device-to-host transfers during its calls
 
 
-def placement(setting: str, backend_name: str) -> str:
-    """Where a part goes: ``device`` only when it is asked for and the backend runs it there."""
-    return "device" if setting == "device" and backend_name in DEVICE_BACKENDS else "host"
+def placement(setting: str, backend_name: str, device_type: str) -> str:
+    """Where a part goes: ``device`` when it is asked for (``auto``: on a TPU) and the backend runs it there.
+
+    ``auto`` keeps the parts on the host off a TPU: on the PJRT CPU device XLA's programs run on the same
+    cores as PyTorch's own decode and were slower than it (bench/RESULTS.md, bench_workflow.py)."""
+    wanted = setting == "device" or (setting == "auto" and device_type.upper() == "TPU")
+    return "device" if wanted and backend_name in DEVICE_BACKENDS else "host"
 
 
 class DeviceParts:
@@ -49,7 +53,8 @@ class DeviceParts:
     def __init__(self, backend: Any, vae: str, text_encoders: str) -> None:
         self._backend = backend
         self.settings = {"vae": vae, "text_encoders": text_encoders}
-        self.where = {part: placement(value, backend.name) for part, value in self.settings.items()}
+        device_type = backend.device_type()
+        self.where = {part: placement(value, backend.name, device_type) for part, value in self.settings.items()}
         self._programs: "weakref.WeakKeyDictionary[torch.nn.Module, CallPrograms]" = weakref.WeakKeyDictionary()
         self._figures = {part: PartFigures(setting=value, where="not run yet") for part, value in self.settings.items()}
         for part, value in self.settings.items():

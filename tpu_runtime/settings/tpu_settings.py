@@ -139,19 +139,21 @@ class TPUSettings(BaseSettings):
         accepted="axis=size pairs separated by commas with a 'data' axis, e.g. data=8 or data=4,model=2 "
                  "(unset: every device on one 'data' axis)")
 
-    vae: Literal["device", "host"] = setting(
-        "device", "where ComfyUI's VAE decodes and encodes: `device`: on the XLA device, a program per latent "
-                  "(or tile) shape and batch, fp32 unless ComfyUI is told otherwise (`--bf16-vae`), the image back "
-                  "to the host in one transfer, ComfyUI's own decode on the host if that fails; `host`: where "
-                  "stock ComfyUI puts it. torch_xla only (torchax keeps it on the host)",
-        metavar="device|host", default_note="`device` (torch_xla)",
-        accepted="device or host")
-    text_encoders: Literal["device", "host"] = setting(
-        "device", "where CLIP text encoders (CLIP-L, CLIP-G) run: `device`: on the XLA device, a program per "
-                  "token shape (77 per chunk) and chunk count, the result back to the host in one transfer; "
-                  "`host`: where stock ComfyUI puts them (T5/umt5 stay there). torch_xla only",
-        metavar="device|host", default_note="`device` (torch_xla)",
-        accepted="device or host")
+    vae: Literal["auto", "device", "host"] = setting(
+        "auto", "where ComfyUI's VAE decodes and encodes: `device`: on the XLA device, a program per latent "
+                "(or tile) shape and batch, fp32 unless ComfyUI is told otherwise (`--bf16-vae`), the image back "
+                "to the host in one transfer, ComfyUI's own decode on the host if that fails; `host`: where "
+                "stock ComfyUI puts it. torch_xla only (torchax keeps it on the host)",
+        metavar="auto|device|host",
+        default_note="`auto`: `device` on a TPU, `host` elsewhere (on the PJRT CPU device XLA's program is "
+                     "slower than PyTorch's own decode: bench/RESULTS.md)",
+        accepted="auto, device or host")
+    text_encoders: Literal["auto", "device", "host"] = setting(
+        "auto", "where CLIP text encoders (CLIP-L, CLIP-G) run: `device`: on the XLA device, a program per "
+                "token shape (77 per chunk) and chunk count, the result back to the host in one transfer; "
+                "`host`: where stock ComfyUI puts them (T5/umt5 stay there). torch_xla only",
+        metavar="auto|device|host", default_note="`auto`: `device` on a TPU, `host` elsewhere",
+        accepted="auto, device or host")
 
     hbm_per_chip_gib: Optional[float] = setting(
         None, "one chip's memory in GiB, where the runtime does not report it (torch_xla answers no memory "
