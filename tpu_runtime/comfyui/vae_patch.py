@@ -38,7 +38,7 @@ MODEL_METHODS = ("decode", "encode")
 
 
 def install(patches: "Patches", state: "PackState", parts: "DeviceParts", host_device: Any) -> None:
-    """Patch the VAE's decode/encode paths (only when the VAE goes to the device)."""
+    """Patch the VAE's decode/encode paths: programs for a VAE on the device, timing for one on the host."""
     import comfy.sd
 
     for name in VAE_METHODS:
