@@ -128,3 +128,32 @@ def _fallback(state, generator) -> dict:
     return {"where": state.device_parts.stats()["vae"]["where"], "logged": len(records),
             "device_after": str(device_vae.device),
             "diff": max(float((image - reference).abs().max()), float((again - reference).abs().max()))}
+
+
+def warmed_workflow(nodes) -> dict:
+    """``tpu_manager.warmup`` with the workflow's VAE and CLIP at a size, then that workflow at the size:
+    text encode, sample, decode compile nothing."""
+    import torch
+
+    from bench import tiny_model, workflow_parts
+    from tpu_runtime import runtime
+    from tpu_runtime.api import tpu_manager
+
+    backend = runtime.current().backend
+    patcher = tiny_model.build_patcher("tiny", seed=0)
+    vae, clip = workflow_parts.build_vae("sd15"), workflow_parts.build_clip_l()
+    shape = [[torch.zeros(1, 77, 768), {"pooled_output": torch.zeros(1, 768)}]]  # CLIPTextEncode's form
+    with torch.inference_mode():
+        tpu_manager.warmup(patcher, 64, 64, positive=shape, negative=shape, vae=vae, clip=clip)
+    before = backend.counters()
+    with torch.inference_mode():
+        conds = []
+        for text in ("a photo of a cat", "blurry"):
+            cond, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
+            conds.append([[cond, {"pooled_output": pooled}]])
+        samples = nodes.common_ksampler(patcher, 7, 2, 7.0, "euler", "normal", conds[0], conds[1],
+                                        {"samples": torch.zeros(1, 4, 8, 8)})[0]["samples"]
+        image = vae.decode(samples)
+    after = backend.counters()
+    return {"compiles": after["compiles"] - before["compiles"], "image": list(image.shape),
+            "parts": runtime.current().device_parts.stats()}

@@ -149,3 +149,11 @@ def test_flux_vae_encodes_on_the_device(other_vaes):
 def test_a_vae_that_fails_on_the_device_decodes_on_the_host(other_vaes):
     run = other_vaes["fallback"]
     assert run["where"] == "host" and run["diff"] == 0.0 and run["logged"] == 1, run
+
+
+def test_after_a_warm_up_with_the_vae_and_clip_the_workflow_compiles_nothing():
+    run = run_child("cases_vae:warmed_workflow", timeout=900,
+                    env={"COMFY_TPU_VAE": "device", "COMFY_TPU_TEXT_ENCODERS": "device"})
+    assert run["compiles"] == 0, run
+    assert run["image"] == [1, 64, 64, 3] and run["parts"]["vae"]["where"] == "device", run
+    assert run["parts"]["text_encoders"]["where"] == "device", run
