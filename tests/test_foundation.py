@@ -14,6 +14,7 @@ def test_comfy_reports_the_xla_device(comfy):
     import comfy.model_management as mm
 
     assert str(mm.get_torch_device()) == "xla:0"
+    assert hasattr(vars(comfy.sd.VAE)["decode"], "__wrapped__")  # installed again
     assert mm.text_encoder_device().type == "cpu" and mm.vae_device().type == "cpu"
     assert mm.intermediate_device().type == "cpu"
     assert mm.get_total_memory(mm.get_torch_device()) > 0 and mm.get_free_memory(mm.get_torch_device()) > 0
@@ -46,6 +47,12 @@ def test_patches_are_idempotent_and_reversible(comfy, backend):
         assert mm.get_torch_device is original
         assert mm.get_torch_device().type == "cpu"
         assert "host_model_sampling" not in comfy.samplers.calculate_sigmas.__code__.co_names
+        import comfy.sd
+        import comfy.sd1_clip
+
+        # The workflow parts' patches (VAE methods, CLIP encoders) are put back too.
+        assert not any(hasattr(vars(comfy.sd.VAE)[name], "__wrapped__") for name in ("decode", "encode"))
+        assert not hasattr(comfy.sd1_clip.SDClipModel.forward, "__wrapped__")
     finally:
         patches.install(state)
     assert str(mm.get_torch_device()) == "xla:0"

@@ -57,10 +57,10 @@ class _ManagerProxy:
     def warmup(self, model, width: int, height: int, batch_size: int = 1, cfg: float = 7.0,
                sampler_name: str = "euler", scheduler: str = "normal", positive=None, negative=None,
                force_recompile: bool = False, control_net=None, control_percent: tuple[float, float] = (0.0, 1.0),
-               frames: int = 1, context_tokens=None):
+               frames: int = 1, context_tokens=None, vae=None, clip=None):
         return _manager().warmup(model, width, height, batch_size, cfg, sampler_name, scheduler, positive,
                                  negative, force_recompile, control_net=control_net, control_percent=control_percent,
-                                 frames=frames, context_tokens=context_tokens)
+                                 frames=frames, context_tokens=context_tokens, vae=vae, clip=clip)
 
     def create_execution_signature(self, *args, **kwargs):
         return create_execution_signature(*args, **kwargs)

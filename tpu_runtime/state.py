@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from tpu_runtime.sampling.schedule import HostSchedules
     from tpu_runtime.comfyui.capabilities import ComfyCapabilities
     from tpu_runtime.comfyui.sampler_probe import SamplerProbes
+    from tpu_runtime.execution.device_parts import DeviceParts
 
 log = logging.getLogger("comfy_tpu")
 
@@ -77,6 +78,8 @@ class PackState:
     placement: Optional["Placement"] = None
     compiled_models: Optional["CompiledModels"] = None
     replayed_models: Optional["ReplayedModels"] = None
+    #: Where the VAE and the text encoders run, their programs and figures (execution.device_parts).
+    device_parts: Optional["DeviceParts"] = None
     #: How the running ComfyUI's samplers draw noise, probed once per function (comfyui.sampler_probe).
     sampler_probes: Optional["SamplerProbes"] = None
     #: What the running ComfyUI has and what the pack does about it (comfyui.capabilities), found at start.

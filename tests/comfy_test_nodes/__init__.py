@@ -10,16 +10,24 @@ _PACK = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file_
 _TINY_MODEL = "comfy_tpu_test_tiny_model"
 
 
-def _tiny_model():
-    """The pack's ``bench/tiny_model.py``, imported by path under a private name: the pack's folder
+def _bench_module(private_name, file_name):
+    """A module of the pack's ``bench/``, imported by path under a private name: the pack's folder
     stays off ``sys.path`` in the server processes these nodes run in."""
-    module = sys.modules.get(_TINY_MODEL)
+    module = sys.modules.get(private_name)
     if module is None:
-        spec = importlib.util.spec_from_file_location(_TINY_MODEL, os.path.join(_PACK, "bench", "tiny_model.py"))
+        spec = importlib.util.spec_from_file_location(private_name, os.path.join(_PACK, "bench", file_name))
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        sys.modules[_TINY_MODEL] = module
+        sys.modules[private_name] = module
     return module
+
+
+def _tiny_model():
+    return _bench_module(_TINY_MODEL, "tiny_model.py")
+
+
+def _workflow_parts():
+    return _bench_module("comfy_tpu_test_workflow_parts", "workflow_parts.py")
 
 
 class TPUTestTinyModel:
@@ -50,4 +58,36 @@ class TPUTestConditioning:
         return (_tiny_model().sd15_conditioning(seed, tokens),)
 
 
-NODE_CLASS_MAPPINGS = {"TPUTestTinyModel": TPUTestTinyModel, "TPUTestConditioning": TPUTestConditioning}
+class TPUTestVAE:
+    """A random-weight VAE of ComfyUI's own classes: full-size SD1.5 or Flux (16 channels), tiny Wan 2.1."""
+
+    CATEGORY = "testing/tpu"
+    RETURN_TYPES = ("VAE",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"kind": (["sd15", "flux", "wan21"],),
+                             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31})}}
+
+    def build(self, kind, seed):
+        return (_workflow_parts().build_vae(kind, seed),)
+
+
+class TPUTestCLIP:
+    """ComfyUI's SD1.5 CLIP-L (full size, random weights) with its own tokenizer."""
+
+    CATEGORY = "testing/tpu"
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31})}}
+
+    def build(self, seed):
+        return (_workflow_parts().build_clip_l(seed),)
+
+
+NODE_CLASS_MAPPINGS = {"TPUTestTinyModel": TPUTestTinyModel, "TPUTestConditioning": TPUTestConditioning,
+                       "TPUTestVAE": TPUTestVAE, "TPUTestCLIP": TPUTestCLIP}

@@ -85,7 +85,8 @@ def test_env_from_all_flags_is_what_settings_read(monkeypatch, tmp_path):
                            "--tpu-sync-steps", "2", "--tpu-cache-dir", str(tmp_path), "--tpu-execution", "compiled",
                            "--tpu-backend", "torchax", "--tpu-compiled-graph-break-limit", "2", "--tpu-conv-kernel-layout", "hwio",
                            "--tpu-attention", "blockwise", "--tpu-block-programs", "off", "--tpu-spmd",
-                           "on", "--tpu-mesh", "data=4,model=2", "--tpu-hbm-per-chip-gib", "15.75"])
+                           "on", "--tpu-mesh", "data=4,model=2", "--tpu-hbm-per-chip-gib", "15.75",
+                           "--tpu-vae", "host", "--tpu-text-encoders", "host"])
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     loaded = load_settings()
@@ -95,7 +96,7 @@ def test_env_from_all_flags_is_what_settings_read(monkeypatch, tmp_path):
         "autocast_bf16": False, "compilation_cache": False, "shape_padding": False, "shape_padding_multiple": 32,
         "debug_metrics": True, "sync_steps": 2, "cache_dir": tmp_path, "execution": "compiled",
         "backend": "torchax", "compiled_graph_break_limit": 2, "conv_kernel_layout": "hwio", "block_programs": "off", "spmd": "on", "mesh": "data=4,model=2",
-        "hbm_per_chip_gib": 15.75, "attention": "blockwise"}
+        "hbm_per_chip_gib": 15.75, "attention": "blockwise", "vae": "host", "text_encoders": "host"}
 
 
 def test_last_of_an_on_off_pair_wins():

@@ -20,6 +20,8 @@ BAD_VALUES = {
     "conv_kernel_layout": ["oihw", "nhwc", "yes"],
     "spmd": ["maybe", "2", "yes"],
     "mesh": ["model=4", "data=0", "data", "data=2,data=2", "data=four"],
+    "vae": ["gpu", "on", "tpu"],
+    "text_encoders": ["cpu", "1"],
 }
 GOOD_VALUES = {
     "warmup_steps": ("4", 4), "shape_padding_multiple": ("128", 128), "sync_steps": ("3", 3),
@@ -29,6 +31,7 @@ GOOD_VALUES = {
     "execution": ("compiled", "compiled"), "compiled_graph_break_limit": ("3", 3),
     "conv_kernel_layout": ("native", "native"),
     "spmd": ("OFF", "off"), "mesh": (" data = 4 , model=2", "data=4,model=2"),
+    "vae": (" Host", "host"), "text_encoders": ("Device", "device"),
 }
 
 
@@ -49,6 +52,7 @@ def test_defaults_match_the_documented_table():
         None, False, True, 1, False, True, True, True, 64, False, 0, None, "replay", 0)
     assert s.non_defaults() == {}
     assert (s.spmd, s.mesh, s.conv_kernel_layout, s.rewarm) == ("auto", None, "auto", True)
+    assert (s.vae, s.text_encoders) == ("auto", "auto")
 
 
 @pytest.mark.parametrize("field,value", [(f, v) for f, values in BAD_VALUES.items() for v in values])

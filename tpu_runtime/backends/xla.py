@@ -203,6 +203,13 @@ class XlaBackend:
             self._xs.mark_sharding(tensor, self._mesh, (None,) * tensor.dim())
         return tensor.to("cpu")
 
+    def all_to_host(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Host copies of several device tensors in one transfer (a program's outputs: a VAE's image, a
+        text encoder's hidden states and pooled output)."""
+        if not tensors:
+            return []
+        return list(self._torch_xla._XLAC._xla_get_cpu_tensors(list(tensors)))
+
     def data_tensor(self, tensor: torch.Tensor) -> bool:
         """Device tensors are a program's inputs; host tensors are values the trace reads (a key's part)."""
         return tensor.device.type != "cpu"

@@ -273,7 +273,7 @@ class TPUManager(RunObserver):
                sampler_name: str = "euler", scheduler: str = "normal", positive: Optional[list] = None,
                negative: Optional[list] = None, force_recompile: bool = False, control_net: Any = None,
                control_percent: tuple[float, float] = (0.0, 1.0), frames: int = 1,
-               context_tokens: Optional[int] = None) -> WarmupResult:
+               context_tokens: Optional[int] = None, vae: Any = None, clip: Any = None) -> WarmupResult:
         """Compile every graph of this signature now; later runs at it compile nothing.
         ``sampler_name=warmup.ALL_SAMPLERS`` warms each of ``warmup.WARMED_BY_ALL`` in turn.
         The conditioning's shapes come from ``positive``/``negative`` (the workflow's own), else from
@@ -281,7 +281,21 @@ class TPUManager(RunObserver):
         ``WarmupArgumentError`` says what is needed; ``frames``: latent frames of a video model.
         Controls in ``positive``/``negative`` are warmed with them; ``control_net`` (a ControlNet or
         T2I-Adapter as its loader gives it) is applied to both as ``ControlNetApplyAdvanced`` would, with
-        a blank hint and ``control_percent`` as its start/end range."""
+        a blank hint and ``control_percent`` as its start/end range. ``vae`` / ``clip`` (ComfyUI's VAE and
+        CLIP objects of the workflow): their device programs for this size are compiled too (a decode of a
+        blank latent of the sampler's shape, an encode of an empty prompt), when they run on the device."""
+        result = self._warmup_sampling(model, width, height, batch_size, cfg, sampler_name, scheduler, positive,
+                                       negative, force_recompile, control_net, control_percent, frames,
+                                       context_tokens)
+        if vae is not None or clip is not None:
+            shape = model_conditioning.latent_shape(model, width, height, batch_size, frames)
+            self.state.device_parts.warm(vae, clip, shape)
+        return result
+
+    def _warmup_sampling(self, model: Any, width: int, height: int, batch_size: int, cfg: float, sampler_name: str,
+                         scheduler: str, positive: Optional[list], negative: Optional[list], force_recompile: bool,
+                         control_net: Any, control_percent: tuple[float, float], frames: int,
+                         context_tokens: Optional[int]) -> WarmupResult:
         if positive is None:
             positive = model_conditioning.config_conditioning(model, context_tokens, 1)
         if negative is None:
@@ -350,6 +364,8 @@ class TPUManager(RunObserver):
             "deserialize_failures": counters["persistent_cache_deserialize_failures"],
             "note": self.persistent_cache_note}
         stats["spmd"] = self.spmd_stats()
+        parts = self.state.device_parts
+        stats["workflow_parts"] = parts.stats() if parts is not None else None
         stats["options"] = self.options.model_dump()
         stats["auto_warmup"] = self.auto_warmup
         stats["comfyui"] = self.state.comfy.model_dump() if self.state.comfy is not None else None

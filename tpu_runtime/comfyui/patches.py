@@ -3,8 +3,8 @@
 Only what ComfyUI offers no hook for is patched here:
 
 * ``comfy.model_management``: the diffusion model's device is XLA; memory queries answer for XLA;
-  bf16 is reported (and chosen for the UNet) when autocast is on. Text encoders, VAE and
-  intermediates keep the devices stock ComfyUI gives them.
+  bf16 is reported (and chosen for the UNet) when autocast is on. Intermediates keep the device stock
+  ComfyUI gives them; the VAE and text encoders too unless their settings put them on the device.
 * ``comfy.samplers.calculate_sigmas``: schedules are computed from a host copy of ``model_sampling``.
 * ``comfy.sampler_helpers.prepare_model_patcher``: every sampling call of a model that loads on XLA
   gets the sampling wrappers (``sampling.attach``), whatever node loaded the model.
@@ -25,6 +25,9 @@ Only what ComfyUI offers no hook for is patched here:
   whole on the device, with a program compiled per weight shape).
 * ``optimized_attention`` in ComfyUI's model modules, only where ComfyUI has no
   ``optimized_attention_override`` hook: device calls go to the pack's router (``attention_patch``).
+* ``comfy.sd.VAE``'s decode/encode methods, ``vae_device``/``vae_dtype``, and the text encoders' device,
+  ``comfy.sd.CLIP.__init__`` and ``comfy.sd1_clip.SDClipModel.forward``: the VAE and CLIP text encoders as
+  device programs (``vae_patch``, ``text_encoder_patch``; ``COMFY_TPU_VAE``, ``COMFY_TPU_TEXT_ENCODERS``).
 * ``comfy.samplers.pre_run_control``: a ControlNet's start/end percents are converted with the host
   copy of the schedule (ComfyUI's ``percent_to_sigma`` reads a device value with ``.item()``).
 """
@@ -178,8 +181,21 @@ def install(state: "PackState") -> Patches:
     patches.set(mm_name, "should_use_bf16", should_use_bf16)
     patches.set(mm_name, "should_use_fp16", should_use_fp16)
     patches.set(mm_name, "unet_dtype", unet_dtype)
+    parts = state.device_parts
+    on_device = {"vae_device": parts is not None and parts.on_device("vae"),
+                 "text_encoder_device": parts is not None and parts.on_device("text_encoders")}
     for name, device in stock.items():
-        patches.set(mm_name, name, (lambda d: (lambda *a, **k: d))(device))
+        # The VAE and the text encoders go to the XLA device when their setting says so (device_parts).
+        answer = xla_device if on_device.get(name) else device
+        patches.set(mm_name, name, (lambda d: (lambda *a, **k: d))(answer))
+    if parts is not None:  # on the host they are only timed (the per-run figures say where each part ran)
+        from tpu_runtime.comfyui import text_encoder_patch, vae_patch
+
+        if on_device["vae_device"]:
+            patches.set(mm_name, "vae_dtype", vae_patch.vae_dtype(mm.vae_dtype, is_xla))
+        vae_patch.install(patches, state, parts, stock["vae_device"])
+        text_encoder_patch.install(patches, state, parts, stock["text_encoder_device"],
+                                   on_device["text_encoder_device"])
 
     import comfy.model_patcher
     import comfy.samplers

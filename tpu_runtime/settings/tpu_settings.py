@@ -140,13 +140,29 @@ class TPUSettings(BaseSettings):
         accepted="axis=size pairs separated by commas with a 'data' axis, e.g. data=8 or data=4,model=2 "
                  "(unset: every device on one 'data' axis)")
 
+    vae: Literal["auto", "device", "host"] = setting(
+        "auto", "where ComfyUI's VAE decodes and encodes: `device`: on the XLA device, a program per latent "
+                "(or tile) shape and batch, fp32 unless ComfyUI is told otherwise (`--bf16-vae`), the image back "
+                "to the host in one transfer, ComfyUI's own decode on the host if that fails; `host`: where "
+                "stock ComfyUI puts it. torch_xla only (torchax keeps it on the host)",
+        metavar="auto|device|host",
+        default_note="`auto`: `device` on a TPU, `host` elsewhere (on the PJRT CPU device XLA's program is "
+                     "slower than PyTorch's own decode: bench/RESULTS.md)",
+        accepted="auto, device or host")
+    text_encoders: Literal["auto", "device", "host"] = setting(
+        "auto", "where CLIP text encoders (CLIP-L, CLIP-G) run: `device`: on the XLA device, a program per "
+                "token shape (77 per chunk) and chunk count, the result back to the host in one transfer; "
+                "`host`: where stock ComfyUI puts them (T5/umt5 stay there). torch_xla only",
+        metavar="auto|device|host", default_note="`auto`: `device` on a TPU, `host` elsewhere",
+        accepted="auto, device or host")
+
     hbm_per_chip_gib: Optional[float] = setting(
         None, "one chip's memory in GiB, where the runtime does not report it (torch_xla answers no memory "
               "query under SPMD): ComfyUI's load decisions and the auto `model` axis use it",
         gt=0, metavar="GIB", default_note="the runtime's figure, else the TPU type's (v5e 16, v6e 32...)",
         accepted="a positive number of GiB, e.g. 16 or 31.25")
 
-    @field_validator("spmd", "backend", "block_programs", mode="before")
+    @field_validator("spmd", "backend", "block_programs", "vae", "text_encoders", mode="before")
     @classmethod
     def _spmd_word(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value

@@ -1,0 +1,110 @@
+"""Device programs for one module's calls (a VAE's decode/encode, a text encoder): traced once per call
+shape, replayed after, every result back to the host in one transfer.
+
+The diffusion model's replay (``replay.py``) is built around ``apply_model`` and its transformer options;
+the VAE and the text encoders are called once per prompt with plain tensors, so they need only the core
+of it: the backend's ``capture_program`` / ``run_program``, keyed by the call's shapes, dtypes and the
+non-tensor arguments (which the trace bakes in). A call whose Python reads a device value while it is
+traced cannot be a program: that module then runs lazily on the device (its own Python, every call),
+said once in the log.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Hashable, Optional
+
+import torch
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from tpu_runtime.backends.xla import ReplayUnsupported
+from tpu_runtime.execution.call_keys import NotReplayable, _layout
+
+log = logging.getLogger("comfy_tpu")
+
+
+class CallPrograms:
+    """The programs of one module's calls (a key per call form and shape), with its figures."""
+
+    def __init__(self, backend: Any, module: torch.nn.Module, name: str) -> None:
+        self._backend = backend
+        self._module = module
+        self.name = name
+        self._programs: dict[Hashable, tuple[Any, Any, list[Optional[int]]]] = {}
+        self.traces = 0
+        self.replays = 0
+        #: Why this module runs lazily (its own Python on the device each call) instead; None: programs.
+        self.lazy_reason: Optional[str] = None
+
+    def weights(self) -> list[torch.Tensor]:
+        """Every parameter and buffer, read afresh each call: a reload (new tensors) runs the same program."""
+        seen, found = set(), []
+        for tensor in (*self._module.parameters(), *self._module.buffers()):
+            if id(tensor) not in seen:
+                seen.add(id(tensor))
+                found.append(tensor)
+        return found
+
+    def run(self, key: Hashable, function: Callable[[], Any], tensors: list[torch.Tensor]) -> Any:
+        """``function()`` (which computes from ``tensors`` and the module's weights) as a program: traced
+        and compiled the first time its key is seen, replayed after. Returns its outputs as host tensors
+        (one transfer for all of them). Raises :class:`NotReplayable` before running anything when the
+        call cannot be a program; a trace that turns out unusable returns its lazy result instead."""
+        backend = self._backend
+        if any(not isinstance(t, torch.Tensor) or not backend.data_tensor(t) for t in tensors):
+            raise NotReplayable("an input is not on the device")
+        weights = self.weights()
+        full_key = (key, tuple((tuple(t.shape), t.dtype) for t in tensors), _layout(weights, backend))
+        backend.step_boundary()  # the call's inputs become device data (the latent's upload, an embedding lookup)
+        entry = self._programs.get(full_key)
+        if entry is None:
+            return self._trace(full_key, function, tensors, weights)
+        program, spec, positions = entry
+        self.replays += 1
+        return _rebuild(backend.all_to_host(backend.run_program(program, tensors + weights)), spec, positions)
+
+    def _trace(self, full_key: Hashable, function: Callable[[], Any], tensors: list[torch.Tensor],
+               weights: list[torch.Tensor]) -> Any:
+        backend = self._backend
+        transfers = backend.counters()["transfers_to_host"]
+        output = function()
+        leaves, spec = tree_flatten(output)
+        positions: list[Optional[int]] = []
+        distinct: list[torch.Tensor] = []
+        for leaf in leaves:
+            if leaf is None:
+                positions.append(None)
+                continue
+            if not isinstance(leaf, torch.Tensor):
+                return self._lazy(output, "it returns values that are not tensors")
+            index = next((i for i, known in enumerate(distinct) if known is leaf), None)
+            if index is None:
+                distinct.append(leaf)
+                index = len(distinct) - 1
+            positions.append(index)
+        if backend.counters()["transfers_to_host"] != transfers:
+            return self._lazy(output, "its Python reads device values while it runs (a host sync)")
+        start = time.perf_counter()
+        try:
+            program = backend.capture_program(distinct, tensors + weights)
+        except ReplayUnsupported as exc:
+            return self._lazy(output, str(exc))
+        del output, leaves, distinct  # the trace is dropped: the program computes the result
+        self._programs[full_key] = (program, spec, positions)
+        self.traces += 1
+        self.replays += 1
+        log.debug("comfy-tpu: %s: program %d traced and compiled (%.1f s)", self.name, len(self._programs),
+                  time.perf_counter() - start)
+        return _rebuild(backend.all_to_host(backend.run_program(program, tensors + weights)), spec, positions)
+
+    def _lazy(self, output: Any, reason: str) -> Any:
+        self.lazy_reason = reason
+        log.warning("comfy-tpu: %s runs lazily on the device (no program): %s", self.name, reason)
+        return output
+
+    def figures(self) -> dict[str, int]:
+        return {"programs": len(self._programs), "traces": self.traces, "replays": self.replays}
+
+
+def _rebuild(values: list[torch.Tensor], spec: Any, positions: list[Optional[int]]) -> Any:
+    return tree_unflatten([None if index is None else values[index] for index in positions], spec)
