@@ -24,6 +24,8 @@ from typing import Any, Callable, ContextManager, Optional
 
 import torch
 
+from tpu_runtime.backends.torchax_resident import ResidentOps, ResidentTensor
+
 log = logging.getLogger("comfy_tpu")
 
 #: JAX's monitoring events the counters are made of (jax/_src/dispatch.py, compiler.py).
@@ -150,6 +152,9 @@ class TorchaxBackend:
     execution_modes = ("replay",)
     #: Where a model runs when it cannot be traced (the stand-in's fallback line).
     fallback_runs = "eagerly on the host CPU"
+    #: ``run_program(..., resident=True)`` keeps the outputs on the device (``torchax_resident``): a
+    #: ControlNet's outputs reach the diffusion model's program without a trip through the host.
+    resident_outputs = True
 
     def __init__(self, persistent_cache_dir: Optional[str] = None,
                  spmd_request: tuple[str, Optional[str]] = ("off", None)) -> None:
@@ -181,7 +186,8 @@ class TorchaxBackend:
         self.twins = WeightTwins(self._upload)  # replicated over the mesh when there is one
         #: Host seconds spent blocked on the device (the compute of the programs): bench_step_host's meter.
         self.device_wait_s = 0.0
-        self._counts = {"executions": 0, "transfers_to_host": 0, "transfers_to_device": 0}
+        self._counts = {"executions": 0, "transfers_to_host": 0, "transfers_to_device": 0, "device_ops": 0}
+        self._resident = ResidentOps(self._env, self._counts, host_tensor)
         self.spmd = self._plan_mesh(*spmd_request)
 
     def _plan_mesh(self, mode: str, mesh_spec: Optional[str]) -> "Any":
@@ -273,6 +279,8 @@ class TorchaxBackend:
     def _upload(self, tensor: torch.Tensor, placement: Any = None) -> Any:
         """A host tensor to the device, converted on the host: torchax's own ``t2j`` turns bf16 into
         float32 and back with a JAX op, one small compile per weight shape (measured: 76 compiles)."""
+        if isinstance(tensor, ResidentTensor):  # already on the device (a ControlNet's merged output)
+            return tensor.jax() if self._mesh is None else self._jax.device_put(tensor.jax(), placement)
         self._counts["transfers_to_device"] += 1
         return self._jax.device_put(host_array(tensor), placement or self._placement())
 
@@ -294,12 +302,18 @@ class TorchaxBackend:
 
         return JaxProgram(self._jax.jit(traced), len(inputs) - weight_count, weight_count)
 
-    def run_program(self, program: JaxProgram, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Run a program: the call's tensors uploaded, the weights' twins, the outputs back to the host."""
+    def run_program(self, program: JaxProgram, inputs: list[torch.Tensor], *args: Any, resident: bool = False,
+                    **kwargs: Any) -> list[torch.Tensor]:
+        """Run a program: the call's tensors uploaded (device-resident ones as they are), the weights' twins,
+        the outputs back to the host; ``resident``: the outputs stay on the device as
+        :class:`ResidentTensor` (dispatched, not waited for: no host sync)."""
         calls = inputs[:program.input_count]
         arrays = [self._upload(tensor, self._placement(tensor)) for tensor in calls] + self.twins.arrays(
             inputs[program.input_count:])
         outputs = program.jitted(arrays)
+        if resident:
+            self._counts["executions"] += 1
+            return [self._resident.wrap(output) for output in outputs]
         start = time.perf_counter()
         self._jax.block_until_ready(outputs)
         self.device_wait_s += time.perf_counter() - start
