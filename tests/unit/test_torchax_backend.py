@@ -92,7 +92,8 @@ def test_torchax_missing_is_named_with_how_to_install(monkeypatch):
 
 
 def test_only_the_torchax_backend_imports_torchax_and_jax():
-    """The backend and its attention kernels (JAX's Pallas flash, lax.scan loops): nothing else."""
+    """The backend, its attention kernels (JAX's Pallas flash, lax.scan loops), its device-resident outputs and
+    its weight splits: nothing else."""
     pack = Path(__file__).resolve().parents[2]
     importers = set()
     for path in [*(pack / "tpu_runtime").rglob("*.py"), *(pack / "tpu_nodes").rglob("*.py")]:
@@ -101,4 +102,5 @@ def test_only_the_torchax_backend_imports_torchax_and_jax():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
             if any(name.split(".")[0] in ("torchax", "jax", "jaxlib") for name in names):
                 importers.add(path.relative_to(pack).as_posix())
-    assert importers == {"tpu_runtime/backends/torchax.py", "tpu_runtime/backends/torchax_attention.py"}, importers
+    assert importers == {"tpu_runtime/backends/torchax.py", "tpu_runtime/backends/torchax_attention.py",
+                         "tpu_runtime/backends/torchax_resident.py", "tpu_runtime/backends/torchax_shard.py"}, importers

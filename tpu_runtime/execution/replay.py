@@ -121,8 +121,9 @@ class ReplayedDiffusionModel(ModelStandIn):
         try:
             key, tensors = call_key(args, kwargs, self._own_wrappers, data_tensor)
             # The mesh: the inputs' shardings follow it (auto mode may re-plan it while the process runs).
+            # A backend whose autocast acts while it traces (torchax) traces another program under it.
             key = (key, self.model_token, self._layer_functions(), self._backend.mesh_description(),
-                   self.block_programs)
+                   self.block_programs, getattr(self._backend, "autocast_dtype", None))
             weights = self._current_weights()
             entry = self._programs.get(key)
             if entry is None or not entry.fits(weights, self._backend):

@@ -137,7 +137,7 @@ def _control_replay(run):
     replayed = run.state.replayed_models
     if run.options.execution != "replay" or replayed is None:
         return None
-    return replayed.for_module, run.backend.step_boundary, bool(getattr(run.backend, "resident_outputs", False))
+    return replayed.for_module, run.backend.step_boundary, getattr(run.backend, "resident_outputs", False) is True
 
 
 def calc_cond_batch(executor, *args, **kwargs):
