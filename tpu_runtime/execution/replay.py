@@ -121,9 +121,8 @@ class ReplayedDiffusionModel(ModelStandIn):
         try:
             key, tensors = call_key(args, kwargs, self._own_wrappers, data_tensor)
             # The mesh: the inputs' shardings follow it (auto mode may re-plan it while the process runs).
-            # A backend whose autocast acts while it traces (torchax) traces another program under it.
             key = (key, self.model_token, self._layer_functions(), self._backend.mesh_description(),
-                   self.block_programs, getattr(self._backend, "autocast_dtype", None))
+                   self.block_programs, autocast_state(self._backend))
             weights = self._current_weights()
             entry = self._programs.get(key)
             if entry is None or not entry.fits(weights, self._backend):
@@ -286,6 +285,17 @@ class ReplayedDiffusionModel(ModelStandIn):
         self.replays += 1
         return entry.output(outputs)
 
+
+
+def autocast_state(backend) -> Any:
+    """The autocast a call is traced under (None: none): part of a replayed call's key, since a program keeps
+    the casts it was traced with (a run with COMFY_TPU_AUTOCAST_BF16 after an fp32 run of the same shapes
+    would otherwise replay the fp32 program). torch_xla's is torch's ``xla`` autocast; torchax's acts while
+    JAX traces (``TorchaxBackend.autocast_dtype``)."""
+    dtype = getattr(backend, "autocast_dtype", None)
+    if dtype is None and torch.is_autocast_enabled("xla"):
+        dtype = torch.get_autocast_dtype("xla")
+    return dtype
 
 
 def _not_a_trace_failure(exc: BaseException) -> bool:
