@@ -201,8 +201,11 @@ class TorchaxBackend:
         #: Each weight's split over the mesh's 'model' axis (``torchax_shard``): its twin is uploaded with it.
         self.splits = WeightSplits(lambda: self._mesh)
         self.twins = WeightTwins(self._upload_weight)  # split as planned, or replicated over the mesh
-        #: Host seconds spent blocked on the device (the compute of the programs): bench_step_host's meter.
+        #: Host seconds spent blocked on the device (the compute of the programs): bench_step_host's meter;
+        #: and spent sending a call's tensors up and its outputs back (bench_backends' share of a step).
         self.device_wait_s = 0.0
+        self.upload_s = 0.0
+        self.fetch_s = 0.0
         self._counts = {"executions": 0, "transfers_to_host": 0, "transfers_to_device": 0, "device_ops": 0}
         self._resident = ResidentOps(self._env, self._counts, host_tensor)
         self.spmd = self._plan_mesh(*spmd_request)
@@ -345,18 +348,23 @@ class TorchaxBackend:
         the outputs back to the host; ``resident``: the outputs stay on the device as
         :class:`ResidentTensor` (dispatched, not waited for: no host sync)."""
         calls = inputs[:program.input_count]
+        start = time.perf_counter()
         arrays = [self._upload(tensor, self._placement(tensor)) for tensor in calls] + self.twins.arrays(
             inputs[program.input_count:])
+        self.upload_s += time.perf_counter() - start
         outputs = program.jitted(arrays)
         if resident:
             self._counts["executions"] += 1
             return [self._resident.wrap(output) for output in outputs]
         start = time.perf_counter()
         self._jax.block_until_ready(outputs)
-        self.device_wait_s += time.perf_counter() - start
+        fetched = time.perf_counter()
+        self.device_wait_s += fetched - start
         self._counts["executions"] += 1
         self._counts["transfers_to_host"] += len(outputs)
-        return [host_tensor(output) for output in outputs]
+        results = [host_tensor(output) for output in outputs]
+        self.fetch_s += time.perf_counter() - fetched
+        return results
 
     def capture_program(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor]) -> Any:
         raise NotImplementedError("the torchax backend makes programs from functions (capture_function)")
