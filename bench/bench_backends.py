@@ -11,9 +11,15 @@ Per backend:
 * **host ms/step**: bench_step_host's method (SD1.5 topology at 32 channels, 64x64, euler, cfg 7, 8 steps,
   device idle while the host works, best of 3), replay execution;
 * **s/step**: SD1.5's UNet at its real size (320 channels) at ``--sd15-px``, euler, cfg 7, after a warm-up;
-* **parity**: max |backend - eager CPU| on the same weights for those runs.
+* **parity**: max |backend - eager CPU| on the same weights for those runs;
+* **the host's share of a step** (``--share``): SD1.5's UNet topology at 32 channels at SD1.5's and SDXL's
+  latent sizes (512 and 1024 px: 64x64 and 128x128 latents), euler, cfg 7; per step: the device's compute
+  (host blocked on it), and what the device sits idle through: torchax's upload of the call's tensors, the
+  output's trip back, and the rest of the host's work (the sampler's math, ComfyUI's Python, dispatch);
+  torch_xla replay's host work measured as bench_step_host does (the device idle while the host works).
 
     PJRT_DEVICE=CPU .venv/bin/python bench/bench_backends.py [--sd15-px 512] [--sd15-steps 3]
+    PJRT_DEVICE=CPU .venv/bin/python bench/bench_backends.py --share [--share-px 512,1024] [--share-steps 4]
 """
 from __future__ import annotations
 
@@ -80,6 +86,8 @@ def _child(phase: str, args: argparse.Namespace) -> dict:
             host_ms = (wall - meter.wait_s - (_device_wait(backend) - before)) * 1000 / 8
             best = host_ms if best is None else min(best, host_ms)
         return {"host_ms": best, "diff": (out.float() - reference.float()).abs().max().item()}
+    if phase == "share":
+        return {str(px): _share(backend, sample, tiny_model, px, args.share_steps) for px in args.share_px}
     if phase == "sd15":
         cpu = tiny_model.build_patcher("sd15", seed=0, load_device=torch.device("cpu"))
         reference, eager_wall = sample(cpu, args.sd15_steps, args.sd15_px)
@@ -95,6 +103,31 @@ def _child(phase: str, args: argparse.Namespace) -> dict:
     raise ValueError(phase)
 
 
+def _share(backend, sample, tiny_model, px: int, steps: int) -> dict:
+    """Per step at ``px``: wall ms, device compute ms, and the host's parts while the device idles (best of 2)."""
+    from bench.bench_step_host import DeviceIdleMeter
+
+    meter = DeviceIdleMeter(backend) if backend.name != "torchax" else None
+    model = tiny_model.build_patcher("sd15", seed=0, overrides={"model_channels": 32})
+    sample(model, 2, px)  # compiles
+    best = None
+    for _ in range(2):
+        if meter is not None:
+            meter.on, meter.wait_s = True, 0.0
+        parts = {name: getattr(backend, name, 0.0) for name in ("device_wait_s", "upload_s", "fetch_s")}
+        wall = sample(model, steps, px)[1]
+        if meter is not None:
+            meter.on = False
+        spent = {name: getattr(backend, name, 0.0) - before for name, before in parts.items()}
+        device = meter.wait_s if meter is not None else spent["device_wait_s"]
+        row = {"wall_ms": wall * 1000 / steps, "device_ms": device * 1000 / steps,
+               "upload_ms": spent["upload_s"] * 1000 / steps, "fetch_ms": spent["fetch_s"] * 1000 / steps}
+        row["host_other_ms"] = row["wall_ms"] - row["device_ms"] - row["upload_ms"] - row["fetch_ms"]
+        row["host_share"] = 1 - row["device_ms"] / row["wall_ms"]
+        best = row if best is None or row["wall_ms"] < best["wall_ms"] else best
+    return best
+
+
 def _device_wait(backend) -> float:
     """Host seconds blocked on the device so far, as torchax counts them (its programs' compute)."""
     return getattr(backend, "device_wait_s", 0.0)
@@ -104,7 +137,8 @@ def _run(backend: str, phase: str, cache_dir: str, args: argparse.Namespace) -> 
     env = {**os.environ, "PJRT_DEVICE": "CPU", "COMFY_TPU_ENABLE": "1", "COMFY_TPU_AUTOCAST_BF16": "0",
            "COMFY_TPU_BACKEND": backend, "COMFY_TPU_CACHE_DIR": cache_dir, "COMFY_TPU_EXECUTION": "replay"}
     command = [sys.executable, os.path.abspath(__file__), "--child", phase, "--sd15-px", str(args.sd15_px),
-               "--sd15-steps", str(args.sd15_steps)]
+               "--sd15-steps", str(args.sd15_steps), "--share-px", ",".join(map(str, args.share_px)),
+               "--share-steps", str(args.share_steps)]
     out = subprocess.run(command, env=env, cwd=PACK, capture_output=True, text=True)
     lines = [line for line in out.stdout.splitlines() if line.startswith(PREFIX)]
     if out.returncode or not lines:
@@ -120,11 +154,16 @@ def main() -> int:
     parser.add_argument("--sd15-px", type=int, default=512)
     parser.add_argument("--sd15-steps", type=int, default=3)
     parser.add_argument("--skip-sd15", action="store_true")
+    parser.add_argument("--share", action="store_true", help="only the host's share of a step, per backend")
+    parser.add_argument("--share-px", type=lambda text: [int(v) for v in text.split(",")], default=[512, 1024])
+    parser.add_argument("--share-steps", type=int, default=4)
     args = parser.parse_args()
     if args.child:
         sys.path.insert(0, PACK)
         print(PREFIX + json.dumps(_child(args.child, args)), flush=True)
         return 0
+    if args.share:
+        return _print_share({backend: _run(backend, "share", tempfile.mkdtemp(), args) for backend in BACKENDS})
     rows = {}
     for backend in BACKENDS:
         cache_dir = tempfile.mkdtemp(prefix=f"comfy-tpu-bench-{backend}-")
@@ -155,6 +194,23 @@ def main() -> int:
             lambda r: f"{r['sd15']['s_per_step']:.2f} ({r['sd15']['eager_s_per_step']:.2f})")
         row("  first call (compile s)", lambda r: f"{r['sd15']['first_call_wall_s']:.1f} ({r['sd15']['first_compile_s']:.1f})")
         row("  max abs diff vs eager CPU", lambda r: f"{r['sd15']['diff']:.1e}")
+    print("\n".join(lines))
+    return 0
+
+
+def _print_share(rows: dict) -> int:
+    print(json.dumps(rows, indent=1))
+    lines = [f"\n### The host's share of a step ({platform.machine()}, {os.cpu_count()} cores, PJRT/JAX CPU, fp32, "
+             "replay; SD1.5 topology at 32 channels, euler, cfg 7: 2 rows a call)\n",
+             "| latent (px) | backend | ms/step | device compute | upload in | output back | other host work "
+             "| host share (device idle) |", "|---|---|---|---|---|---|---|---|"]
+    for px in next(iter(rows.values())):
+        for backend, by_px in rows.items():
+            r = by_px[px]
+            moved = (f"{r['upload_ms']:.2f} | {r['fetch_ms']:.2f}" if backend == "torchax"
+                     else "(in its step graph) | (at the end of a run)")
+            lines.append(f"| {int(px) // 8}x{int(px) // 8} ({px}) | {backend} | {r['wall_ms']:.1f} | {r['device_ms']:.1f} "
+                         f"| {moved} | {r['host_other_ms']:.1f} | {r['host_share']:.0%} |")
     print("\n".join(lines))
     return 0
 

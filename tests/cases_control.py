@@ -11,6 +11,14 @@ from typing import Optional
 
 from tests.sampling_harness import ksample, max_abs_diff  # noqa: F401  (before ComfyUI's own ``tests``)
 
+#: Counters only the torchax backend keeps, reported per run where the backend has them: ops dispatched on
+#: the device outside programs (a ControlNet's merge of its resident outputs), weights and call tensors sent.
+EXTRA_COUNTERS = ("device_ops", "weight_uploads", "transfers_to_device")
+
+
+def _extra(before: dict, after: dict) -> dict:
+    return {name: after[name] - before[name] for name in EXTRA_COUNTERS if name in after}
+
 #: One run's settings (the keyword arguments of ``ksample`` and of the control's application).
 RUN_DEFAULTS = dict(steps=8, cfg=7.0, sampler="euler", scheduler="normal", seed=42, batch=1, strength=0.9,
                     start=0.0, end=1.0)
@@ -55,14 +63,16 @@ def control_runs(nodes, cases: dict, size: int = 128) -> dict:
             sample_args = dict(steps=run["steps"], cfg=run["cfg"], sampler=run["sampler"],
                                scheduler=run["scheduler"], seed=run["seed"], batch=batch, size=size)
             xpos, xneg = _controls(nodes, on_xla, pos, neg, image, run, apply, chained)
-            replays = state.replayed_models.figures()["replays"]
+            replays, counters = state.replayed_models.figures()["replays"], backend.counters()
             measured = ksample(nodes, xla, xpos, xneg, backend=backend, **sample_args)
             replays = state.replayed_models.figures()["replays"] - replays
+            extra = _extra(counters, backend.counters())
             cpos, cneg = _controls(nodes, on_cpu, pos, neg, image, run, apply, chained)
             reference = ksample(nodes, cpu, cpos, cneg, **sample_args)
             runs.append({"run": run, "compiles": measured.compiles, "executions": measured.executions,
                          "transfers": measured.transfers_to_host, "fallbacks": measured.fallbacks,
                          "model_calls": measured.model_calls, "diff": max_abs_diff(measured.samples, reference.samples),
+                         "extra": extra,
                          # the ControlNets' programs run in this run (replay execution; 0 in the other modes)
                          "control_calls": replays - measured.model_calls if state.options.execution == "replay" else 0,
                          "unchanged_by_control": max_abs_diff(ksample(nodes, cpu, pos, neg, **sample_args).samples,
@@ -147,15 +157,17 @@ def family_runs(nodes, family: str, strengths: list, size: int = 64, steps: int 
     result: dict = {"runs": []}
     for strength in strengths:
         xpos, xneg = nodes.ControlNetApplyAdvanced().apply_controlnet(pos, neg, control, image, strength, 0.0, 1.0)
-        replays = state.replayed_models.figures()["replays"]
+        replays, counters = state.replayed_models.figures()["replays"], backend.counters()
         measured = ksample(nodes, xla, xpos, xneg, steps=steps, cfg=cfg, latent=latent.clone(), backend=backend)
         replays = state.replayed_models.figures()["replays"] - replays
+        extra = _extra(counters, backend.counters())
         cpos, cneg = nodes.ControlNetApplyAdvanced().apply_controlnet(pos, neg, control_cpu, image, strength, 0.0, 1.0)
         reference = ksample(nodes, cpu, cpos, cneg, steps=steps, cfg=cfg, latent=latent.clone())
         plain = ksample(nodes, cpu, pos, neg, steps=steps, cfg=cfg, latent=latent.clone())
         result["runs"].append({"strength": strength, "compiles": measured.compiles, "executions": measured.executions,
                                "transfers": measured.transfers_to_host, "fallbacks": measured.fallbacks,
                                "model_calls": measured.model_calls, "control_calls": replays - measured.model_calls,
+                               "extra": extra,
                                "diff": max_abs_diff(measured.samples, reference.samples),
                                "control_effect": max_abs_diff(plain.samples, reference.samples)})
     result["replay_fallbacks"] = state.replayed_models.fallbacks()

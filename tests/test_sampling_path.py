@@ -161,17 +161,20 @@ def test_step_count_independent_of_cfg_and_seed(comfy, backend, tiny, mode):
         assert run.compiles == 0 and run.dynamo_frames == 0
 
 
-@pytest.mark.skipif(BACKEND == "torchax", reason="torchax has no autocast (torchax 0.0.13's fails on torch.cat): "
-                                                "COMFY_TPU_AUTOCAST_BF16 gives it a bf16 UNet through unet_dtype instead")
 def test_bf16_autocast_parity(comfy, backend, tiny, mode):
     xla, cpu, pos, neg = tiny
     with run_options(autocast_bf16=True):
         run = ksample(comfy, xla, pos, neg, steps=6, backend=backend)
         again = ksample(comfy, xla, pos, neg, steps=12, backend=backend)
-    assert again.compiles == 0 and again.dynamo_frames == 0 and again.transfers_to_host <= 2
+    # torch_xla: one transfer a run; torchax: one a model call (its sampler's math runs on the host).
+    transfers = again.model_calls if BACKEND == "torchax" else 2
+    assert again.compiles == 0 and again.dynamo_frames == 0 and again.transfers_to_host <= transfers
     reference = eager_reference(comfy, cpu, pos, neg, steps=6)
     assert torch.isfinite(run.samples).all()
     # The random tiny model's latents reach ~150 (a trained model's stay near unit scale), so the
     # bf16 bound is taken relative to the latent's magnitude: 3e-2 per unit of scale.
     scale = max(1.0, reference.samples.abs().max().item())
+    print(f"bf16 parity ({BACKEND}): max |diff| {max_abs_diff(run.samples, reference.samples):.4g}, scale {scale:.4g}")
     assert max_abs_diff(run.samples, reference.samples) <= 3e-2 * scale
+    # And it computed in bf16: further from fp32 than fp32 programs get (measured: under 1e-6 of the scale).
+    assert max_abs_diff(run.samples, reference.samples) > 1e-4 * scale

@@ -24,6 +24,10 @@ from typing import Any, Callable, ContextManager, Optional
 
 import torch
 
+from tpu_runtime.backends.torchax_autocast import LowerPrecision
+from tpu_runtime.backends.torchax_resident import ResidentOps, ResidentTensor
+from tpu_runtime.backends.torchax_shard import WeightSplits, bytes_per_device
+
 log = logging.getLogger("comfy_tpu")
 
 #: JAX's monitoring events the counters are made of (jax/_src/dispatch.py, compiler.py).
@@ -94,6 +98,16 @@ class WeightTwins:
             found.append(entry[2])
         return found
 
+    def twin(self, weight: torch.Tensor) -> Optional[Any]:
+        """The device array of ``weight`` as last uploaded (None: not uploaded, or changed since)."""
+        entry = self._twins.get(id(weight))
+        version = None if weight.is_inference() else weight._version
+        return entry[2] if entry is not None and entry[0]() is weight and entry[1] == version else None
+
+    def forget(self, weight: torch.Tensor) -> None:
+        """Drop ``weight``'s twin: the next use uploads it again (its placement changed)."""
+        self._twins.pop(id(weight), None)
+
     def _forget(self, key: int) -> Callable[[Any], None]:
         twins = self._twins
 
@@ -150,6 +164,12 @@ class TorchaxBackend:
     execution_modes = ("replay",)
     #: Where a model runs when it cannot be traced (the stand-in's fallback line).
     fallback_runs = "eagerly on the host CPU"
+    #: ``run_program(..., resident=True)`` keeps the outputs on the device (``torchax_resident``): a
+    #: ControlNet's outputs reach the diffusion model's program without a trip through the host.
+    resident_outputs = True
+    #: ComfyUI's weights stay host tensors (their twins are on the device): ``weight_shard.Placement`` plans and
+    #: marks them as it does torch_xla's device tensors, and the twins are uploaded split.
+    weights_on_host = True
 
     def __init__(self, persistent_cache_dir: Optional[str] = None,
                  spmd_request: tuple[str, Optional[str]] = ("off", None)) -> None:
@@ -178,11 +198,19 @@ class TorchaxBackend:
         self._mesh = None
         self._devices = jax.devices()
         self._jax_device = self._devices[0]
-        self.twins = WeightTwins(self._upload)  # replicated over the mesh when there is one
-        #: Host seconds spent blocked on the device (the compute of the programs): bench_step_host's meter.
+        #: Each weight's split over the mesh's 'model' axis (``torchax_shard``): its twin is uploaded with it.
+        self.splits = WeightSplits(lambda: self._mesh)
+        self.twins = WeightTwins(self._upload_weight)  # split as planned, or replicated over the mesh
+        #: Host seconds spent blocked on the device (the compute of the programs): bench_step_host's meter;
+        #: and spent sending a call's tensors up and its outputs back (bench_backends' share of a step).
         self.device_wait_s = 0.0
-        self._counts = {"executions": 0, "transfers_to_host": 0, "transfers_to_device": 0}
+        self.upload_s = 0.0
+        self.fetch_s = 0.0
+        self._counts = {"executions": 0, "transfers_to_host": 0, "transfers_to_device": 0, "device_ops": 0}
+        self._resident = ResidentOps(self._env, self._counts, host_tensor)
         self.spmd = self._plan_mesh(*spmd_request)
+        #: The autocast dtype while the model call's ``autocast`` is entered (None: none): read while tracing.
+        self._autocast_dtype: Optional[torch.dtype] = None
 
     def _plan_mesh(self, mode: str, mesh_spec: Optional[str]) -> "Any":
         """COMFY_TPU_SPMD / COMFY_TPU_MESH applied to the JAX devices: a ``jax.sharding.Mesh`` whose 'data'
@@ -198,12 +226,10 @@ class TorchaxBackend:
 
             grid = np.array(self._devices).reshape(tuple(plan.axes.values()))
             self._mesh = Mesh(grid, tuple(plan.axes))
+            ways = plan.axes.get("model", 1)
             log.info("comfy-tpu: JAX mesh %s over %d devices; the diffusion model's batch is split over 'data', "
-                     "weights are replicated", plan.mesh, len(self._devices))
-            if plan.axes.get("model", 1) > 1:
-                log.error("comfy-tpu: the torchax backend does not split weights over a 'model' axis yet "
-                          "(COMFY_TPU_MESH=%s): every device holds the whole model; use the torch_xla backend "
-                          "for a model bigger than one chip", plan.mesh)
+                     "%s", plan.mesh, len(self._devices),
+                     f"its weights over 'model' ({ways} ways)" if ways > 1 else "weights are replicated")
         return plan
 
     def _placement(self, tensor: Optional[torch.Tensor] = None) -> Any:
@@ -262,17 +288,37 @@ class TorchaxBackend:
         return True
 
     def autocast(self, dtype: torch.dtype) -> ContextManager:
-        """No autocast: with COMFY_TPU_AUTOCAST_BF16 the pack's ``unet_dtype`` patch makes the UNet's
-        weights bf16, and ComfyUI casts the model's inputs to them (torchax 0.0.13's own autocast fails
-        on ``torch.cat`` of a list, in ComfyUI's timestep embedding)."""
-        return contextlib.nullcontext()
+        """bf16 autocast for what JAX traces inside (``torchax_autocast.LowerPrecision``: torchax's own fails on
+        ``torch.cat`` of a list and misses ``F.linear``); a replayed program keeps the casts it was traced with."""
+        if dtype == torch.float32:
+            return contextlib.nullcontext()
+        return self._autocasting(dtype)
+
+    @property
+    def autocast_dtype(self) -> Optional[torch.dtype]:
+        """The autocast the next trace gets (None: none): part of a replayed call's key, as it changes the program."""
+        return self._autocast_dtype
+
+    @contextlib.contextmanager
+    def _autocasting(self, dtype: torch.dtype) -> Any:
+        saved, self._autocast_dtype = self._autocast_dtype, dtype
+        try:
+            yield
+        finally:
+            self._autocast_dtype = saved
 
     def compile_module(self, module: torch.nn.Module) -> Any:
         raise NotImplementedError("compiled (dynamo) execution is not available on the torchax backend")
 
+    def _upload_weight(self, tensor: torch.Tensor) -> Any:
+        """A weight's twin: split over 'model' as planned (each device gets its part only), else replicated."""
+        return self._upload(tensor, self.splits.sharding(tensor))
+
     def _upload(self, tensor: torch.Tensor, placement: Any = None) -> Any:
         """A host tensor to the device, converted on the host: torchax's own ``t2j`` turns bf16 into
         float32 and back with a JAX op, one small compile per weight shape (measured: 76 compiles)."""
+        if isinstance(tensor, ResidentTensor):  # already on the device (a ControlNet's merged output)
+            return tensor.jax() if self._mesh is None else self._jax.device_put(tensor.jax(), placement)
         self._counts["transfers_to_device"] += 1
         return self._jax.device_put(host_array(tensor), placement or self._placement())
 
@@ -289,25 +335,38 @@ class TorchaxBackend:
         def traced(arrays: list[Any]) -> list[Any]:
             # Outside inference mode (ComfyUI samples inside it): there aten.conv2d reaches torchax
             # undecomposed, with its default arguments dropped, which torchax 0.0.13 cannot take.
-            with torch.inference_mode(False), torch.no_grad(), env:
+            lower = self._autocast_dtype
+            with torch.inference_mode(False), torch.no_grad(), env, (
+                    LowerPrecision(lower) if lower is not None else contextlib.nullcontext()):
                 outputs = function([tensor_type(array, env) for array in arrays])
             return [output.jax() for output in outputs]
 
         jitted = split(traced) if split is not None else self._jax.jit(traced)
         return JaxProgram(jitted, len(inputs) - weight_count, weight_count)
 
-    def run_program(self, program: JaxProgram, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Run a program: the call's tensors uploaded, the weights' twins, the outputs back to the host."""
+    def run_program(self, program: JaxProgram, inputs: list[torch.Tensor], *args: Any, resident: bool = False,
+                    **kwargs: Any) -> list[torch.Tensor]:
+        """Run a program: the call's tensors uploaded (device-resident ones as they are), the weights' twins,
+        the outputs back to the host; ``resident``: the outputs stay on the device as
+        :class:`ResidentTensor` (dispatched, not waited for: no host sync)."""
         calls = inputs[:program.input_count]
+        start = time.perf_counter()
         arrays = [self._upload(tensor, self._placement(tensor)) for tensor in calls] + self.twins.arrays(
             inputs[program.input_count:])
+        self.upload_s += time.perf_counter() - start
         outputs = program.jitted(arrays)
+        if resident:
+            self._counts["executions"] += 1
+            return [self._resident.wrap(output) for output in outputs]
         start = time.perf_counter()
         self._jax.block_until_ready(outputs)
-        self.device_wait_s += time.perf_counter() - start
+        fetched = time.perf_counter()
+        self.device_wait_s += fetched - start
         self._counts["executions"] += 1
         self._counts["transfers_to_host"] += len(outputs)
-        return [host_tensor(output) for output in outputs]
+        results = [host_tensor(output) for output in outputs]
+        self.fetch_s += time.perf_counter() - fetched
+        return results
 
     def capture_program(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor]) -> Any:
         raise NotImplementedError("the torchax backend makes programs from functions (capture_function)")
@@ -371,25 +430,47 @@ class TorchaxBackend:
         """Host tensors carry no placement: ``run_program`` splits a call's rows when it uploads them."""
         return tensor
 
-    # Weights split over a 'model' axis: not under torchax (yet). Weights are whole on every device.
     def model_axis(self) -> int:
-        return 1
+        """How many ways weights are split (the mesh's 'model' axis; 1 without one)."""
+        return self.spmd.axes.get("model", 1) if self.spmd.on else 1
 
     def set_model_axis(self, size: int) -> None:
-        """Auto mode's 'model' axis: refused (the caller keeps the weights whole), said once."""
-        raise ValueError("the torchax backend does not split weights over a 'model' axis (use torch_xla)")
+        """Re-plan the mesh as ``data=devices/size,model=size`` (auto mode, a model too big for one chip).
+        Twins already uploaded keep their shardings (JAX reshards an input where a program needs it)."""
+        from tpu_runtime.backends.device import plan_spmd
+        from tpu_runtime.settings.tpu_settings import format_mesh
+
+        devices = len(self._devices)
+        if not self.spmd.on or size < 1 or devices % size:
+            raise ValueError(f"a model axis of {size} does not divide the {devices} devices of the mesh")
+        plan = plan_spmd("on", format_mesh({"data": devices // size, "model": size}), devices)
+        self.spmd = self._plan_mesh("on", plan.mesh).model_copy(
+            update={"reason": "auto mode: a model bigger than one chip"})
 
     def device_total(self) -> int:
         return len(self._devices) if self.spmd.on else 1
 
     def shard_tensor(self, tensor: torch.Tensor, spec: tuple[Optional[str], ...]) -> None:
-        raise ValueError("the torchax backend does not split weights over a 'model' axis (use torch_xla)")
+        """Record a weight's split; its twin is (re)uploaded split at its next use."""
+        self.splits.mark(tensor, spec)
+        self.twins.forget(tensor)
 
     def tensor_sharding(self, tensor: torch.Tensor) -> str:
-        return ""
+        return self.splits.describe(tensor)
 
     def device_bytes(self, tensor: torch.Tensor) -> list[int]:
-        return [tensor.numel() * tensor.element_size()] * self.device_total()
+        """Bytes of ``tensor`` on each device: read from its twin's shards once uploaded, else as planned."""
+        devices = list(self._mesh.devices.flat) if self._mesh is not None else [self._jax_device]
+        twin = self.twins.twin(tensor)
+        if twin is not None:
+            return bytes_per_device(twin, devices)
+        nbytes = tensor.numel() * tensor.element_size()
+        spec = self.splits.spec(tensor) if self._mesh is not None else None
+        ways = 1
+        for axis in spec or ():
+            ways *= self._mesh.shape[axis] if axis else 1
+        return [nbytes // ways] * len(devices)
 
     def gather_on_host(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.to("cpu")
+        """The weight itself: ComfyUI's weights are host tensors here (only their twins are split)."""
+        return tensor

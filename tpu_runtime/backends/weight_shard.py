@@ -201,9 +201,14 @@ class Placement:
                      counts["column_layers"], counts["row_layers"], counts["split"], counts["whole"])
         return found
 
+    def _held(self, tensor: torch.Tensor) -> bool:
+        """Whether a tensor of a model placed on the device is the backend's to split: a device tensor, or any
+        weight where the backend keeps weights on the host and splits their device twins (torchax)."""
+        return getattr(self.backend, "weights_on_host", False) is True or self.backend.is_device(tensor.device)
+
     def shard(self, model: torch.nn.Module, name: str, tensor: torch.Tensor) -> bool:
         """Mark one device tensor of ``model`` with its planned split (if it has one and is not split yet)."""
-        if not self.on or not self.backend.is_device(tensor.device):
+        if not self.on or not self._held(tensor):
             return False
         spec = self.placement(model).plan.spec(name)
         if spec is None or self.backend.tensor_sharding(tensor):
@@ -226,8 +231,8 @@ class Placement:
     def bring_to_host(self, model: torch.nn.Module) -> int:
         """Replace every split device tensor of ``model`` by a host copy read from its parts, before ComfyUI
         moves the model off the device (its ``.to(cpu)`` then has nothing left to gather). Returns how many."""
-        if not self.on:
-            return 0
+        if not self.on or getattr(self.backend, "weights_on_host", False) is True:
+            return 0  # torchax: the weights are host tensors already (only their twins are split)
         moved = 0
         for module in model.modules():
             for table in (module._parameters, module._buffers):
@@ -256,7 +261,7 @@ class Placement:
         devices = self.backend.device_total()
         per_device, total, whole = [0] * devices, 0, 0
         for _, tensor in _tensors(model):
-            if not self.backend.is_device(tensor.device):
+            if not self._held(tensor):
                 continue
             nbytes = tensor.numel() * tensor.element_size()
             total += nbytes

@@ -75,7 +75,8 @@ def call_key(args: tuple, kwargs: dict, own_wrappers: str,
 class _Program:
     """One traced call shape: the backend's program, the output's structure, the weights it read.
     ``positions``: for each output leaf, which of the program's outputs it is (a model may return one
-    tensor in several places, as Flux ControlNets repeat their block outputs; the program has it once)."""
+    tensor in several places, as Flux ControlNets repeat their block outputs; the program has it once), or
+    None for a leaf that is None (torchax's programs return tensors only)."""
 
     def __init__(self, program: Any, out_spec: Any, weight_layout: tuple, weight_ids: tuple,
                  positions: Optional[list[int]] = None) -> None:
@@ -87,7 +88,8 @@ class _Program:
 
     def output(self, outputs: list[torch.Tensor]) -> Any:
         """The call's result from the program's outputs."""
-        leaves = list(outputs) if self.positions is None else [outputs[index] for index in self.positions]
+        leaves = (list(outputs) if self.positions is None
+                  else [None if index is None else outputs[index] for index in self.positions])
         return tree_unflatten(leaves, self.out_spec)
 
     def fits(self, weights: list[torch.Tensor], backend) -> bool:

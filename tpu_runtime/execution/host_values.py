@@ -17,11 +17,17 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 
 def _device_of(values: Any) -> Optional[torch.device]:
-    """The first non-CPU tensor device among the arguments of an op."""
+    """The first device other than the host among the arguments of an op (torch_xla's, or ``cpu:0``: a
+    torchax program's output kept on the JAX device, ``backends.torchax_resident``)."""
     for leaf in tree_flatten(values)[0]:
-        if isinstance(leaf, torch.Tensor) and leaf.device.type != "cpu":
+        if isinstance(leaf, torch.Tensor) and not _on_host(leaf):
             return leaf.device
     return None
+
+
+def _on_host(tensor: torch.Tensor) -> bool:
+    """Whether a tensor's values are in host memory: ComfyUI's ``cpu`` (a host tensor has no device index)."""
+    return tensor.device.type == "cpu" and tensor.device.index is None
 
 
 def upload(value: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -63,7 +69,7 @@ class HostTensor(torch.Tensor):
 
 
 def _tag_if_host(value: Any) -> Any:
-    if isinstance(value, torch.Tensor) and not isinstance(value, HostTensor) and value.device.type == "cpu":
+    if isinstance(value, torch.Tensor) and not isinstance(value, HostTensor) and _on_host(value):
         return value.as_subclass(HostTensor)
     return value
 

@@ -66,6 +66,9 @@ class ReplayedDiffusionModel(ModelStandIn):
         #: compiled once (``execution.program_chain``) instead of one program; 0: never.
         self.block_programs = 0
         self.__dict__["_blocks"] = None  # (model token, BlockPrograms) of the model as last seen
+        #: Set for the length of a model call on a ControlNet's stand-in where the backend can keep a
+        #: program's outputs on the device (torchax: ``resident_outputs``); torch_xla's always are.
+        self.resident_outputs = False
 
     def _weight_slots(self) -> list[tuple[dict, str]]:
         """Every parameter and buffer of the model as (its owner's parameter or buffer dict, name): read
@@ -120,7 +123,7 @@ class ReplayedDiffusionModel(ModelStandIn):
             key, tensors = call_key(args, kwargs, self._own_wrappers, data_tensor)
             # The mesh: the inputs' shardings follow it (auto mode may re-plan it while the process runs).
             key = (key, self.model_token, self._layer_functions(), self._backend.mesh_description(),
-                   self.block_programs)
+                   self.block_programs, autocast_state(self._backend))
             weights = self._current_weights()
             entry = self._programs.get(key)
             if entry is None or not entry.fits(weights, self._backend):
@@ -142,7 +145,13 @@ class ReplayedDiffusionModel(ModelStandIn):
         self.replays += 1
         if entry.positions == CHAIN:  # recorded as a chain of programs (repeated blocks)
             return entry.program.run(self._backend, tensors + weights)
-        return entry.output(self._backend.run_program(entry.program, tensors + weights))
+        return entry.output(self._run(entry.program, tensors + weights))
+
+    def _run(self, program: Any, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The backend runs the program; its outputs stay on the device when ``resident_outputs`` asks."""
+        if self.resident_outputs:
+            return self._backend.run_program(program, inputs, resident=True)
+        return self._backend.run_program(program, inputs)
 
     def _block_programs(self) -> Any:
         """The model's repeated blocks as shared programs (found again when modules were swapped in or out)."""
@@ -252,16 +261,22 @@ class ReplayedDiffusionModel(ModelStandIn):
                 for (table, name), tensor in zip(slots, saved):
                     table[name] = tensor
             out_leaves, out_spec = tree_flatten(output)
-            if not all(isinstance(leaf, torch.Tensor) for leaf in out_leaves):
+            if not all(isinstance(leaf, torch.Tensor) or leaf is None for leaf in out_leaves):
                 raise NotReplayable("it returns values that are not tensors")
-            out_specs.append(out_spec)
-            return out_leaves
+            # None among the outputs (a T2I-Adapter's levels without features) is kept out of the program.
+            kept, places = [], []
+            for leaf in out_leaves:
+                places.append(None if leaf is None else len(kept))
+                if leaf is not None:
+                    kept.append(leaf)
+            out_specs.append((out_spec, places))
+            return kept
 
         compile_start = self._backend.compile_seconds()
         program = self._backend.capture_function(function, tensors + weights, len(weights),
                                                  split=blocks.chain if blocks else None)
         try:
-            outputs = self._backend.run_program(program, tensors + weights)  # traced and compiled here
+            outputs = self._run(program, tensors + weights)  # traced and compiled here
         except Exception as exc:  # the model runs on the host from now on (or fails there with its own error)
             if _not_a_trace_failure(exc):
                 raise
@@ -271,11 +286,24 @@ class ReplayedDiffusionModel(ModelStandIn):
             call_kwargs = kwargs if full is None else {**kwargs, "transformer_options": full}
             return self.inner(*args, **call_kwargs)
         self._on_compiled(self._backend.compile_seconds() - compile_start)
-        self._programs[key] = _Program(program, out_specs[-1], layout, tuple(map(id, weights)))
+        out_spec, places = out_specs[-1]
+        entry = _Program(program, out_spec, layout, tuple(map(id, weights)), places)
+        self._programs[key] = entry
         self.traces += 1
         self.replays += 1
-        return tree_unflatten(list(outputs), out_specs[-1])
+        return entry.output(outputs)
 
+
+
+def autocast_state(backend) -> Any:
+    """The autocast a call is traced under (None: none): part of a replayed call's key, since a program keeps
+    the casts it was traced with (a run with COMFY_TPU_AUTOCAST_BF16 after an fp32 run of the same shapes
+    would otherwise replay the fp32 program). torch_xla's is torch's ``xla`` autocast; torchax's acts while
+    JAX traces (``TorchaxBackend.autocast_dtype``)."""
+    dtype = getattr(backend, "autocast_dtype", None)
+    if dtype is None and torch.is_autocast_enabled("xla"):
+        dtype = torch.get_autocast_dtype("xla")
+    return dtype
 
 
 def _not_a_trace_failure(exc: BaseException) -> bool:

@@ -242,10 +242,7 @@ def format_doctor(data: dict[str, Any]) -> str:
         f"{' (' + r['spmd_reason'] + ')' if r.get('spmd_reason') else ''}",
     ]
     ways = _model_axis(r.get("mesh") or "")
-    if r.get("spmd") and ways > 1 and backend == "torchax":
-        lines.append("  weights      whole on every device: the torchax backend splits no weights over 'model' "
-                     "(use torch_xla for a model bigger than a chip)")
-    elif r.get("spmd") and ways > 1:
+    if r.get("spmd") and ways > 1:
         share = (f", at most {r['hbm_per_chip_bytes'] * ways / 2**30:.1f} GiB of weights over the {ways} chips"
                  if r["hbm_per_chip_bytes"] else "")
         lines.append(f"  weights      split over 'model' ({ways} ways): each chip holds ~1/{ways} of a diffusion "

@@ -22,8 +22,11 @@ Here, for a run whose conditioning holds a control:
 In replay execution (the default) each ControlNet's model is replayed as the diffusion model is: traced
 once per call shape, then run as its own program, its Python not run again (:func:`control_models_replayed`).
 A model call with a control then runs the sampler's math, the control's program, a small graph of its
-outputs and the model's input, and the model's program. In the other modes (and on torchax, where a
-control runs on the host) the control model is traced in the small graph before each model call.
+outputs and the model's input, and the model's program. In the other modes the control model is traced
+in the small graph before each model call. On torchax (replay only) the control's program keeps its outputs
+on the JAX device (``backends.torchax_resident``): ComfyUI's merge of them (the strength, the chain) runs
+there op by op, and the diffusion model's program takes them with no trip through the host; a
+T2I-Adapter's model is replayed the same way.
 """
 from __future__ import annotations
 
@@ -110,31 +113,38 @@ def adapters_stay_on_device(conds: Any) -> Iterator[None]:
 
 @contextlib.contextmanager
 def control_models_replayed(conds: Any, stand_in_for: Callable[[torch.nn.Module, str], Any],
-                            before_call: Callable[[], None]) -> Iterator[None]:
+                            before_call: Callable[[], None], resident: bool = False) -> Iterator[None]:
     """For the length of one model call, every ControlNet's model (``control_model``) is its replayed
     stand-in (``stand_in_for(module, label)``); ``before_call`` dispatches what was traced before it, so
-    the control's inputs are device data when its program runs."""
-    saved: list[tuple[Any, torch.nn.Module, Any]] = []
+    the control's inputs are device data when its program runs. ``resident`` (torchax: the backend keeps a
+    program's outputs on the device only when asked): the stand-ins' outputs stay on the device, and a
+    T2I-Adapter's model (``t2i_model``, run once a run) is replayed too, or it would run on the host."""
+    saved: list[tuple[Any, str, Any, Any]] = []
+    names = ("control_model", "t2i_model") if resident else ("control_model",)
     try:
         for control in controls_in(conds):
-            module = vars(control).get("control_model")
-            if isinstance(module, torch.nn.Module) and not isinstance(module, ModelStandIn):
+            for name in names:
+                held = vars(control).get(name)
+                module = held._module if isinstance(held, _StaysOnDevice) else held
+                if not isinstance(module, torch.nn.Module) or isinstance(module, ModelStandIn):
+                    continue
                 stand_in = stand_in_for(module, f"{type(control).__name__} ({type(module).__name__})")
                 stand_in.before_call = before_call
-                saved.append((control, module, stand_in))
-                control.control_model = stand_in
+                stand_in.resident_outputs = resident
+                saved.append((control, name, held, stand_in))
+                setattr(control, name, _StaysOnDevice(stand_in) if isinstance(held, _StaysOnDevice) else stand_in)
         yield
     finally:
-        for control, module, stand_in in saved:
-            control.control_model = module
+        for control, name, held, stand_in in saved:
+            setattr(control, name, held)
             stand_in.before_call = None
+            stand_in.resident_outputs = False
 
 
 @contextlib.contextmanager
-def during_model_call(conds: Any, replay: Optional[tuple[Callable[[torch.nn.Module, str], Any], Callable[[], None]]]
-                      = None) -> Iterator[None]:
+def during_model_call(conds: Any, replay: Optional[tuple] = None) -> Iterator[None]:
     """What one model call (``calc_cond_batch``) of a run with controls runs inside; ``replay``
-    (``stand_in_for``, ``before_call``) replays the ControlNets' models (:func:`control_models_replayed`)."""
+    (``stand_in_for``, ``before_call``[, ``resident``]) replays the controls' models (:func:`control_models_replayed`)."""
     replayed = control_models_replayed(conds, *replay) if replay is not None else contextlib.nullcontext()
     with strengths_as_data(conds), adapters_stay_on_device(conds), replayed:
         yield

@@ -50,10 +50,6 @@ def outer_sample_wrapper(state: "PackState", options: RunOptions):
         run = SamplingRun(state=state, options=options, host_sigmas=as_host(sigmas),
                           model_name=type(patcher.model).__name__, user_shape=user_shape)
         run.controlled = control.has_controls(guider)
-        if run.controlled and backend.traces_functions and state.notices.first_time("controls", backend.name):
-            log.warning("comfy-tpu: on the %s backend a ControlNet or T2I-Adapter runs on the host CPU, eagerly, "
-                        "at every model call (only the diffusion model is compiled there); the torch_xla backend "
-                        "runs it on the device", backend.name)
         run.signature = run_signature(guider, sampler, user_shape, tuple(noise.shape), options, len(sigmas) - 1,
                                       backend.mesh_description())
         for observer in list(state.observers):

@@ -132,12 +132,12 @@ def _zero_memory_required(*args, **kwargs) -> int:
 
 
 def _control_replay(run):
-    """How ControlNets' models are replayed in this run (replay execution on a backend that runs device
-    tensors: torch_xla), else None: (their stand-ins, the dispatch before each)."""
+    """How controls' models are replayed in this run (replay execution), else None: (their stand-ins, the
+    dispatch before each, whether their outputs stay on the device: torchax's ``resident_outputs``)."""
     replayed = run.state.replayed_models
-    if run.options.execution != "replay" or replayed is None or run.backend.traces_functions:
+    if run.options.execution != "replay" or replayed is None:
         return None
-    return replayed.for_module, run.backend.step_boundary
+    return replayed.for_module, run.backend.step_boundary, getattr(run.backend, "resident_outputs", False) is True
 
 
 def calc_cond_batch(executor, *args, **kwargs):
