@@ -148,3 +148,28 @@ def warmup_node_runs(nodes, family: str, depth: int) -> dict:
     result["blocks"] = runtime.current().replayed_models.block_figures()
     result["replay_fallbacks"] = runtime.current().replayed_models.fallbacks()
     return result
+
+
+def autocast_after_fp32(nodes, family: str = "flux", steps: int = 2) -> dict:
+    """An fp32 run, then a bf16-autocast run of the same shapes, block programs on: each block program keeps
+    the casts it was traced with, so the bf16 run must trace its own (else it replays fp32 blocks: a "bf16"
+    result that computed in fp32). Both compared with eager fp32 on the same weights."""
+    import torch
+
+    from bench import tiny_zoo
+    from tests.sampling_harness import run_options
+    from tpu_runtime import runtime
+
+    state = runtime.current()
+    backend = state.backend
+    eager = tiny_zoo.build_patcher(family, seed=0, load_device=torch.device("cpu"), dtype=torch.float32,
+                                   overrides=DEPTHS[family][0])
+    reference = _sample(nodes, family, eager, steps)
+    model = tiny_zoo.build_patcher(family, seed=0, dtype=torch.float32, overrides=DEPTHS[family][0])
+    fp32 = _sample(nodes, family, model, steps, backend)
+    with run_options(autocast_bf16=True):
+        bf16 = _sample(nodes, family, model, steps, backend)
+    return {"scale": max(1.0, reference.samples.abs().max().item()),
+            "fp32_diff": max_abs_diff(fp32.samples, reference.samples),
+            "bf16_diff": max_abs_diff(bf16.samples, reference.samples),
+            "blocks": state.replayed_models.block_figures()}

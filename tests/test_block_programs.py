@@ -108,3 +108,14 @@ def test_under_spmd_the_whole_model_program_runs_and_keeps_parity():
     assert _run(result, "deep", "again")["compiles"] == 0, result["runs"]
     assert result["blocks"].get("block_kinds", 0) == 0, result["blocks"]
     assert "split over 'model'" in result["log"], result["log"][-2000:]
+
+
+def test_a_bf16_run_after_an_fp32_run_traces_its_own_block_programs():
+    """A block program keeps the casts it was traced with: with autocast in its key, a bf16 run of the same
+    shapes gets programs of its own (one per kind per autocast state) and computes in bf16."""
+    result = run_child("cases_blocks:autocast_after_fp32", family="flux",
+                       env={"COMFY_TPU_EXECUTION": "replay", "COMFY_TPU_BLOCK_PROGRAMS": "on"})
+    assert result["fp32_diff"] <= PARITY, result
+    # computed in bf16: within bf16's bound of eager fp32 and further from it than fp32 programs get
+    assert 1e-4 * result["scale"] < result["bf16_diff"] <= 3e-2 * result["scale"], result
+    assert result["blocks"]["block_programs"] == 2 * KINDS["flux"], result["blocks"]

@@ -121,3 +121,12 @@ def test_the_warmup_node_compiles_the_block_programs_the_next_prompts_run():
     for run in result["runs"]:
         assert run["compiles"] == 0 and run["max_diff"] <= PARITY, result["runs"]
     assert not result["replay_fallbacks"], result["replay_fallbacks"]
+
+
+def test_a_bf16_run_after_an_fp32_run_traces_its_own_block_functions():
+    """A block function keeps the casts it was traced with (torchax's autocast acts while JAX traces): with
+    autocast in its key, a bf16 run of the same shapes gets functions of its own and computes in bf16."""
+    result = run_child("cases_blocks:autocast_after_fp32", family="flux", env=TORCHAX)
+    assert result["fp32_diff"] <= PARITY, result
+    assert 1e-4 * result["scale"] < result["bf16_diff"] <= 3e-2 * result["scale"], result
+    assert result["blocks"]["block_programs"] == 2 * KINDS["flux"], result["blocks"]

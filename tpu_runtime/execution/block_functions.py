@@ -26,7 +26,7 @@ import torch
 from torch.utils._pytree import tree_flatten
 
 from tpu_runtime.execution.block_programs import INDEX_OPTIONS, _layer_functions
-from tpu_runtime.execution.call_keys import call_key
+from tpu_runtime.execution.call_keys import autocast_state, call_key
 from tpu_runtime.execution.repeated_blocks import BlockGroup, describe, find_repeated_blocks
 from tpu_runtime.execution.stand_in import STEP_DEPENDENT_OPTIONS
 
@@ -53,6 +53,7 @@ class FunctionBlockPrograms:
         from tpu_runtime.backends import torchax_blocks
 
         self._blocks = torchax_blocks  # the backend's side: block functions, the chain
+        self._backend = backend  # its autocast is part of a block's key (a block keeps the casts it was traced with)
         self._model_name = model_name
         self._own_wrappers = own_wrappers
         groups = find_repeated_blocks(module)
@@ -139,7 +140,8 @@ class FunctionBlockPrograms:
         key, tensors = call_key(args, kwargs, self._own_wrappers, _every_tensor, patches_by_identity=True,
                                 left_out=left_out)
         slots = _weight_slots(member)
-        key = (key, _layer_functions(member), options.get("block_index") if patched else None)
+        key = (key, _layer_functions(member), options.get("block_index") if patched else None,
+               autocast_state(self._backend))
         function = kind.functions.get(key)
         if function is None:
             leaves, spec = tree_flatten((args, kwargs))

@@ -29,7 +29,7 @@ from torch.utils._pytree import tree_flatten
 from tpu_runtime.backends.xla import ReplayUnsupported
 from tpu_runtime.execution.program_chain import ChainRecorder
 from tpu_runtime.execution.repeated_blocks import BlockGroup, describe, find_repeated_blocks
-from tpu_runtime.execution.call_keys import NotReplayable, _distinct, _layout, _Program, call_key
+from tpu_runtime.execution.call_keys import NotReplayable, _distinct, _layout, _Program, autocast_state, call_key
 from tpu_runtime.execution.stand_in import STEP_DEPENDENT_OPTIONS
 
 log = logging.getLogger("comfy_tpu")
@@ -144,7 +144,8 @@ class BlockPrograms:
         left_out = STEP_DEPENDENT_OPTIONS + (() if patched else INDEX_OPTIONS)
         key, tensors = call_key(args, kwargs, self._own_wrappers, backend.data_tensor, patches_by_identity=True,
                                 left_out=left_out)
-        key = (key, _layer_functions(member), backend.mesh_description(), index if patched else None)
+        key = (key, _layer_functions(member), backend.mesh_description(), index if patched else None,
+               autocast_state(backend))
         weights = _weights(member)
         layout = self._layout(member, weights)
         try:

@@ -122,3 +122,14 @@ def _layout(weights: list[torch.Tensor], backend) -> tuple:
     if any(tensor is None or not backend.data_tensor(tensor) for tensor in weights):
         raise NotReplayable("some of its weights are on the CPU (a partly loaded model)")
     return tuple((tuple(w.shape), w.dtype, backend.tensor_sharding(w)) for w in weights)
+
+
+def autocast_state(backend) -> Any:
+    """The autocast a call is traced under (None: none): part of a replayed call's key, since a program keeps
+    the casts it was traced with (a run with COMFY_TPU_AUTOCAST_BF16 after an fp32 run of the same shapes
+    would otherwise replay the fp32 program). torch_xla's is torch's ``xla`` autocast; torchax's acts while
+    JAX traces (``TorchaxBackend.autocast_dtype``)."""
+    dtype = getattr(backend, "autocast_dtype", None)
+    if dtype is None and torch.is_autocast_enabled("xla"):
+        dtype = torch.get_autocast_dtype("xla")
+    return dtype

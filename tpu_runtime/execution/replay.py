@@ -30,7 +30,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from tpu_runtime.backends.xla import ReplayUnsupported
 from tpu_runtime.execution.call_keys import (  # noqa: F401  (re-exported: tests import them from here)
     CHAIN, HOST_VALUES_IN_KEY, IGNORED_OPTIONS, PER_CALL_PATCHES, NotReplayable, _distinct, _layout, _Program,
-    call_key)
+    autocast_state, call_key)
 from tpu_runtime.execution.block_programs import BlockPrograms
 from tpu_runtime.execution.host_values import without_twins
 from tpu_runtime.execution.block_functions import FunctionBlockPrograms
@@ -293,17 +293,6 @@ class ReplayedDiffusionModel(ModelStandIn):
         self.replays += 1
         return entry.output(outputs)
 
-
-
-def autocast_state(backend) -> Any:
-    """The autocast a call is traced under (None: none): part of a replayed call's key, since a program keeps
-    the casts it was traced with (a run with COMFY_TPU_AUTOCAST_BF16 after an fp32 run of the same shapes
-    would otherwise replay the fp32 program). torch_xla's is torch's ``xla`` autocast; torchax's acts while
-    JAX traces (``TorchaxBackend.autocast_dtype``)."""
-    dtype = getattr(backend, "autocast_dtype", None)
-    if dtype is None and torch.is_autocast_enabled("xla"):
-        dtype = torch.get_autocast_dtype("xla")
-    return dtype
 
 
 def _not_a_trace_failure(exc: BaseException) -> bool:
