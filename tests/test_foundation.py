@@ -12,9 +12,10 @@ from tests.comfy_env import PACK_DIR
 
 def test_comfy_reports_the_xla_device(comfy):
     import comfy.model_management as mm
+    import comfy.sd as comfy_sd
 
     assert str(mm.get_torch_device()) == "xla:0"
-    assert hasattr(vars(comfy.sd.VAE)["decode"], "__wrapped__")  # installed again
+    assert hasattr(vars(comfy_sd.VAE)["decode"], "__wrapped__")  # installed again
     assert mm.text_encoder_device().type == "cpu" and mm.vae_device().type == "cpu"
     assert mm.intermediate_device().type == "cpu"
     assert mm.get_total_memory(mm.get_torch_device()) > 0 and mm.get_free_memory(mm.get_torch_device()) > 0
