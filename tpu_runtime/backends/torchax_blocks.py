@@ -18,6 +18,8 @@ from typing import Any, Callable, ContextManager, Optional
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from tpu_runtime.execution.call_keys import call_with_views
+
 log = logging.getLogger("comfy_tpu")
 
 #: The ``name`` of a block function's ``jit`` equation in the model's jaxpr (how the chain finds block calls).
@@ -55,18 +57,7 @@ class BlockFunction:
             on_trace()
             env = torchax.default_env()
             views = [tensor_type(array, env) for array in arrays]
-            bound = list(template)
-            for index, view in zip(positions, views[:input_count]):
-                bound[index] = view
-            args, kwargs = tree_unflatten(bound, spec)
-            saved = [table[key] for table, key in slots]
-            for (table, key), view in zip(slots, views[input_count:]):
-                table[key] = view
-            try:
-                output = original(*args, **kwargs)
-            finally:
-                for (table, key), tensor in zip(slots, saved):
-                    table[key] = tensor
+            output = call_with_views(original, template, spec, positions, slots, views)
             leaves, out_spec = tree_flatten(output)
             if not all(isinstance(leaf, tensor_type) for leaf in leaves):
                 raise BlockNotJittable("it returns values that are not device tensors")

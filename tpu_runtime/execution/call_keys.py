@@ -133,3 +133,22 @@ def autocast_state(backend) -> Any:
     if dtype is None and torch.is_autocast_enabled("xla"):
         dtype = torch.get_autocast_dtype("xla")
     return dtype
+
+
+def call_with_views(inner: Callable, template: list, spec: Any, positions: list[int],
+                    slots: list[tuple[dict, str]], views: list) -> Any:
+    """``inner`` called as a traced program's body: the call's tensors replaced by ``views`` at ``positions``
+    of the flattened call (``template`` holds the rest), the weights after them bound into their ``slots``
+    for the call and put back after it. Both backends' traced functions (the whole model, a block) call it."""
+    bound = list(template)
+    for index, view in zip(positions, views):
+        bound[index] = view
+    args, kwargs = tree_unflatten(bound, spec)
+    saved = [table[name] for table, name in slots]
+    for (table, name), view in zip(slots, views[len(positions):]):
+        table[name] = view
+    try:
+        return inner(*args, **kwargs)
+    finally:
+        for (table, name), tensor in zip(slots, saved):
+            table[name] = tensor

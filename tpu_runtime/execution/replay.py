@@ -30,7 +30,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from tpu_runtime.backends.xla import ReplayUnsupported
 from tpu_runtime.execution.call_keys import (  # noqa: F401  (re-exported: tests import them from here)
     CHAIN, HOST_VALUES_IN_KEY, IGNORED_OPTIONS, PER_CALL_PATCHES, NotReplayable, _distinct, _layout, _Program,
-    autocast_state, call_key)
+    autocast_state, call_key, call_with_views)
 from tpu_runtime.execution.block_programs import BlockPrograms
 from tpu_runtime.execution.host_values import without_twins
 from tpu_runtime.execution.block_functions import FunctionBlockPrograms
@@ -248,18 +248,7 @@ class ReplayedDiffusionModel(ModelStandIn):
         slots, inner, out_specs = self._weight_slots(), self.inner, []
 
         def function(views: list[torch.Tensor]) -> list[torch.Tensor]:
-            bound = list(template)
-            for index, view in zip(positions, views):
-                bound[index] = view
-            call_args, call_kwargs = tree_unflatten(bound, spec)
-            saved = [table[name] for table, name in slots]
-            for (table, name), view in zip(slots, views[len(positions):]):
-                table[name] = view
-            try:
-                output = inner(*call_args, **call_kwargs)
-            finally:
-                for (table, name), tensor in zip(slots, saved):
-                    table[name] = tensor
+            output = call_with_views(inner, template, spec, positions, slots, views)
             out_leaves, out_spec = tree_flatten(output)
             if not all(isinstance(leaf, torch.Tensor) or leaf is None for leaf in out_leaves):
                 raise NotReplayable("it returns values that are not tensors")
