@@ -3,17 +3,22 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
+
+from tests.suite_xla_flags import with_suite_flags
 
 # Before torch_xla or ComfyUI is imported anywhere in the test process.
 os.environ.setdefault("PJRT_DEVICE", "CPU")
 os.environ.setdefault("COMFY_TPU_ENABLE", "1")
 os.environ.setdefault("COMFY_TPU_AUTOCAST_BF16", "0")
 os.environ.setdefault("COMFY_TPU_CACHE_DIR", tempfile.mkdtemp(prefix="comfy-tpu-test-cache-"))
+os.environ["XLA_FLAGS"] = with_suite_flags(os.environ.get("XLA_FLAGS", ""))  # children inherit it
 
 import pytest
 import torch
 
-from tests.fresh_process import BOTH_BACKENDS_MARKER, FRESH_PROCESS_ID, MARKER, regroup
+from tests.fresh_process import BOTH_BACKENDS_MARKER, MARKER, in_child, regroup
+from tests.scope_order import RECORD_ENV, SecondsRecorder, order_items, recorded_seconds, scope_of
 
 #: Where ``make test`` keeps the snapshot of the user's ComfyUI taken before the first test (see
 #: ``comfyui_before``); unset, each test session takes its own.
@@ -31,29 +36,38 @@ def pytest_configure(config) -> None:
                                        "ComfyUI, 0.33.0, in its own venv)")
     config.addinivalue_line("markers", "runs_last: run after every other test of the session, to see what "
                                        "the whole suite left behind")
+    record = os.environ.get(RECORD_ENV)
+    if record and not in_child() and not hasattr(config, "workerinput"):  # the controller only
+        config.pluginmanager.register(SecondsRecorder(Path(record)), "comfy-tpu-scope-seconds")
 
 
 def pytest_xdist_make_scheduler(config, log):
     """Under ``pytest -n N --dist loadscope`` (``make test``): each module's in-process tests stay on one
     worker, so its module-scoped fixtures (most start a child or a server) are made once, not once per
     worker; each fresh-process item (tests/fresh_process.py) is a scope of its own, for whichever worker
-    is free. (xdist's ``loadgroup`` marks no longer reach its scheduler on pytest 9.2.)"""
+    is free. (xdist's ``loadgroup`` marks no longer reach its scheduler on pytest 9.2.) Scopes are taken
+    in the collection's order, which ``pytest_collection_modifyitems`` makes longest first (xdist's own
+    reorder, by number of tests, put the long one-test children last)."""
     if config.getvalue("dist") != "loadscope":
         return None
     from xdist.scheduler import LoadScopeScheduling
 
+    config.option.loadscopereorder = False
+
     class ModulesAndFreshProcesses(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return nodeid if FRESH_PROCESS_ID in nodeid else nodeid.split("::", 1)[0]
+            return scope_of(nodeid)
 
     return ModulesAndFreshProcesses(config, log)
 
 
 @pytest.hookimpl(trylast=True)  # after -k/-m deselection: a fresh process runs what was selected
 def pytest_collection_modifyitems(session, config, items: list) -> None:
-    """Marked modules go to fresh processes; tests marked ``runs_last`` go to the end, whatever their
-    file's place in the order."""
+    """Marked modules go to fresh processes; scopes go longest first (tests/scope_order.py); tests marked
+    ``runs_last`` go to the end, whatever their file's place in the order."""
     regroup(session, items)
+    if not in_child():
+        order_items(items, recorded_seconds())
     items.sort(key=lambda item: item.get_closest_marker("runs_last") is not None)  # stable: order kept
 
 

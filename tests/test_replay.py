@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from tests.child import run_child
+from tests.suite_xla_flags import DEFAULT_OPTIMIZATION
 
 OTHER_SAMPLERS = ["euler_ancestral", "heun", "dpm_2", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_sde", "lcm", "ddim",
                   "uni_pc"]
@@ -18,7 +19,8 @@ PARITY = 1e-3
 
 @pytest.fixture(scope="module")
 def after_euler():
-    return run_child("cases_replay:new_samplers", samplers=OTHER_SAMPLERS, env={"COMFY_TPU_EXECUTION": "replay"})
+    return run_child("cases_replay:new_samplers", samplers=OTHER_SAMPLERS, env={"COMFY_TPU_EXECUTION": "replay",
+                                                                                **DEFAULT_OPTIMIZATION})
 
 
 @pytest.mark.parametrize("sampler", OTHER_SAMPLERS)
