@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Optional
 
 import pytest
+
+from tests.zygote import run_python
 
 IN_CHILD_ENV = "COMFY_TPU_FRESH_PROCESS_CHILD"
 CHUNK_ENV = "COMFY_TPU_FRESH_PROCESS_CHUNK"  # "i/N": the child keeps the i-th of N slices of its tests
@@ -56,16 +57,15 @@ class FreshProcessModule(pytest.Item):
     def runtest(self) -> None:
         if self.backend == "torchax" and importlib.util.find_spec("torchax") is None:
             pytest.skip("torchax is not installed (make setup installs the comfy-tpu[torchax] extra)")
-        env = {**os.environ, IN_CHILD_ENV: "1",
-               "COMFY_TPU_CACHE_DIR": tempfile.mkdtemp(prefix="comfy-tpu-fresh-cache-")}
-        if self.backend is not None:
-            env["COMFY_TPU_BACKEND"] = self.backend
-        if self.chunk is not None:
-            env[CHUNK_ENV] = f"{self.chunk[0]}/{self.chunk[1]}"
-        root = Path(self.config.rootpath)
-        out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-ra", "--tb=short", "--show-capture=no",
-                              "-p", "no:cacheprovider", *self.nodeids],
-                             cwd=root, env=env, capture_output=True, text=True)
+        with tempfile.TemporaryDirectory(prefix="comfy-tpu-fresh-cache-", ignore_cleanup_errors=True) as cache:
+            env = {**os.environ, IN_CHILD_ENV: "1", "COMFY_TPU_CACHE_DIR": cache}
+            if self.backend is not None:
+                env["COMFY_TPU_BACKEND"] = self.backend
+            if self.chunk is not None:
+                env[CHUNK_ENV] = f"{self.chunk[0]}/{self.chunk[1]}"
+            root = Path(self.config.rootpath)
+            out = run_python([sys.executable, "-m", "pytest", "-q", "-ra", "--tb=short", "--show-capture=no",
+                              "-p", "no:cacheprovider", *self.nodeids], cwd=str(root), env=env)
         self.child_output = out.stdout + out.stderr
         summary = self.child_output.strip().splitlines()[-1:] or ["(no output)"]
         self.add_report_section("call", "fresh process", summary[0])
