@@ -27,10 +27,12 @@ from pathlib import Path
 from typing import Optional
 
 ENABLE_ENV = "COMFY_TPU_TEST_ZYGOTE"
-#: Imported once in the zygote: libraries whose import is pure Python work and starts no thread or device.
+#: Imported once in the zygote: what every child imports anyway (ComfyUI and torch_xla bring them), whose
+#: import starts no thread or device. Not jax/torchax: a torch_xla child never imports them (torchax's
+#: import registers things with torch), so they would make it differ from a new interpreter.
 PRELOAD = ("torch", "torch_xla", "torch_xla.core.xla_model", "torch_xla.runtime", "torchvision", "torch._dynamo",
            "torch._inductor.lowering", "aiohttp", "numpy", "safetensors", "einops", "PIL.Image", "yaml",
-           "transformers", "scipy", "jax", "torchax")
+           "transformers", "scipy")
 
 
 class ChildResult:
@@ -124,7 +126,7 @@ def _serve(socket_path: str) -> None:
     for name in PRELOAD:
         try:
             importlib.import_module(name)
-        except Exception:  # an optional library (torchax, jax) missing: children import it if they need it
+        except Exception:  # a library this ComfyUI does not need: a child imports what it needs itself
             pass
     _check_nothing_started()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
