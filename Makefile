@@ -56,7 +56,9 @@ demo: setup
 
 # Tests run side by side on this many xdist workers (the cores, at most 4: each worker and its child
 # processes hold a few GB). Each module's in-process tests stay on one worker (--dist loadscope, with
-# the scopes of tests/conftest.py); each fresh-process child (tests/fresh_process.py) goes to a free one.
+# the scopes of tests/conftest.py); each fresh-process child (tests/fresh_process.py) goes to a free one,
+# longest first by tests/scope_seconds.json (each run records its own in .cache/test-scope-seconds.json:
+# copy it over the tracked one to refresh the order).
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadscope
 
@@ -66,7 +68,8 @@ PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadscope
 # the compat layer on 0.33.0.
 test: setup chromium lint
 	@snapshot="$$(mktemp -u /tmp/comfy-tpu-comfyui-snapshot.XXXXXX)"; \
-	COMFY_TPU_TEST_COMFYUI_SNAPSHOT="$$snapshot" $(VPY) -m pytest -q -ra $(PYTEST_PARALLEL) -m "not runs_last" tests; \
+	COMFY_TPU_TEST_COMFYUI_SNAPSHOT="$$snapshot" COMFY_TPU_TEST_RECORD_SECONDS="$(CURDIR)/.cache/test-scope-seconds.json" \
+	  $(VPY) -m pytest -q -ra $(PYTEST_PARALLEL) -m "not runs_last" tests; \
 	suite=$$?; \
 	COMFY_TPU_TEST_COMFYUI_SNAPSHOT="$$snapshot" $(VPY) -m pytest -q -ra -m runs_last tests; \
 	last=$$?; rm -f "$$snapshot"; [ $$suite -eq 0 ] && [ $$last -eq 0 ]
