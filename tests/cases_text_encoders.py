@@ -70,3 +70,59 @@ def t5_encoders(nodes) -> dict:
                         "programs": [state.device_parts.programs(t, kind).figures() for t in transformers]}
     result["lazy"] = state.device_parts.stats()["lazy"]
     return result
+
+
+def torchax_parts(nodes) -> dict:
+    """Under torchax: Flux's VAE (decode, encode) and text encoders (CLIP-L + T5) as jitted programs, twice
+    each, against ComfyUI's own decode and encode on the host (the same weights)."""
+    import torch
+
+    from bench import workflow_parts
+    from tpu_runtime import runtime
+
+    state = runtime.current()
+    backend, parts = state.backend, state.device_parts
+    generator = torch.Generator().manual_seed(0)
+    state_dict = workflow_parts.vae_state_dict("flux", seed=3)
+    import comfy.sd
+
+    device_vae = comfy.sd.VAE(sd=state_dict)
+    host_vae = comfy.sd.VAE(sd=dict(state_dict), device=torch.device("cpu"))
+    device_clip = workflow_parts.build_text_encoder("flux", seed=5)
+    host_clip = workflow_parts.build_text_encoder("flux", seed=5, host=True)
+    calls = {
+        "decode": (lambda vae, x: vae.decode(x), [torch.randn(1, 16, 8, 8, generator=generator) for _ in range(2)]),
+        "encode": (lambda vae, x: vae.encode(x), [torch.rand(1, 64, 64, 3, generator=generator) for _ in range(2)]),
+    }
+    result = {"vae_device": str(device_vae.device), "on_device": backend.is_device(device_vae.device)}
+    for name, (call, inputs) in calls.items():
+        runs = []
+        for x in inputs:
+            before = backend.counters()
+            with torch.inference_mode():
+                out = call(device_vae, x)
+            after = backend.counters()
+            with torch.inference_mode():
+                reference = call(host_vae, x)
+            runs.append({**_change(before, after), "where": parts.stats()["vae"]["where"],
+                         "diff": float((out - reference).abs().max()), "scale": float(reference.abs().max())})
+        result[name] = runs
+    runs = []
+    for text in ("cat " * 260, "dog " * 290):
+        tokens = workflow_parts.fold_t5_tokens(host_clip.tokenize(text))
+        before = backend.counters()
+        with torch.inference_mode():
+            out = device_clip.encode_from_tokens(tokens, return_pooled=True, return_dict=True)
+        after, where = backend.counters(), parts.stats()["text_encoders"]["where"]
+        with torch.inference_mode():
+            reference = host_clip.encode_from_tokens(tokens, return_pooled=True, return_dict=True)
+        runs.append({**_change(before, after), "where": where, "diff": _diff(out, reference),
+                     "scale": float(reference["cond"].abs().max())})
+    result["text"] = runs
+    stats = parts.stats()
+    result.update(lazy=stats["lazy"], programs=stats["programs"], traces=stats["traces"], replays=stats["replays"])
+    return result
+
+
+def _change(before: dict, after: dict) -> dict:
+    return {key: after[key] - before[key] for key in ("compiles", "executions", "weight_uploads")}

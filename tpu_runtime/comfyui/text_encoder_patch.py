@@ -54,7 +54,7 @@ def install(patches: "Patches", state: "PackState", parts: "DeviceParts", host_d
     import comfy.sd1_clip
 
     if on_device:
-        patches.set("comfy.sd.CLIP", "__init__", _clip_init(comfy.sd.CLIP.__init__, state, host_device))
+        patches.set("comfy.sd.CLIP", "__init__", _clip_init(comfy.sd.CLIP.__init__, state, parts, host_device))
     patches.set("comfy.sd1_clip.SDClipModel", "forward",
                 _clip_forward(comfy.sd1_clip.SDClipModel.forward, state, parts))
 
@@ -74,7 +74,7 @@ def device_encoder_types() -> tuple[type, ...]:
     return comfy.clip_model.CLIPTextModel, comfy.text_encoders.t5.T5
 
 
-def _clip_init(original: Callable, state: "PackState", host_device: Any) -> Callable:
+def _clip_init(original: Callable, state: "PackState", parts: "DeviceParts", host_device: Any) -> Callable:
     """``CLIP.__init__`` that keeps a CLIP with encoders other than CLIP and T5 transformers on the host."""
     kinds = device_encoder_types()
 
@@ -92,6 +92,9 @@ def _clip_init(original: Callable, state: "PackState", host_device: Any) -> Call
             patcher.load_device = host_device
             if any(p.device.type != torch.device(host_device).type for p in self.cond_stage_model.parameters()):
                 self.cond_stage_model.to(host_device)
+            return result
+        for transformer in encoders(self.cond_stage_model):
+            parts.load_for_device(transformer)
         return result
 
     init.__wrapped__ = original
@@ -113,7 +116,8 @@ def _clip_forward(original: Callable, state: "PackState", parts: "DeviceParts") 
                 and getattr(getattr(transformer, "text_projection", None), "weight", None) is not None)
         t5 = isinstance(transformer, comfy.text_encoders.t5.T5) and not own_forward
         weight = _embedding_weight(transformer)
-        on_device = weight is not None and backend.is_device(weight.device)
+        on_device = weight is not None and (backend.is_device(weight.device) or (
+            backend.traces_functions and parts.loaded_for_device(transformer)))  # torchax: host tensors
         if not (clip or t5) or not on_device:
             with parts.timed("text_encoders", "device" if on_device else "host"):
                 return original(self, *args, **kwargs)
@@ -179,7 +183,10 @@ def _program_call(transformer: torch.nn.Module, programs: Any, state: "PackState
         static = repr((given.get("intermediate_output"), given.get("final_layer_norm_intermediate", True),
                        given.get("dtype", torch.float32), mask is None, ids is not None))
 
-        def function():
+        def function(views: list[torch.Tensor]):
+            first, ends = views[0], views[1]
+            if mask is not None:
+                given.set("attention_mask", views[2])
             given.set("embeds", embedding(first, out_dtype=torch.float32) if ids is not None else first)
             hidden, intermediate, _, _ = given.forward(method)
             pooled = hidden[torch.arange(batch, device=hidden.device), ends]
@@ -223,7 +230,9 @@ def _t5_program_call(transformer: torch.nn.Module, programs: Any, state: "PackSt
         static = repr((given.get("intermediate_output"), given.get("final_layer_norm_intermediate", True),
                        given.get("dtype", torch.float32), ids is not None))
 
-        def function():
+        def function(views: list[torch.Tensor]):
+            first, mask = views
+            given.set("attention_mask", mask)
             # A fresh tensor either way: T5's blocks add to their input in place (``x += ...``).
             given.set("embeds", embedding(first, out_dtype=torch.float32) if ids is not None else first.clone())
             return given.forward(method)

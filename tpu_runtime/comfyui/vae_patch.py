@@ -24,6 +24,7 @@ from torch.utils._pytree import tree_flatten
 
 from tpu_runtime.comfyui.calls import Call
 from tpu_runtime.execution.call_keys import NotReplayable
+from tpu_runtime.execution.module_programs import with_tensors
 from tpu_runtime.execution.trace_fixes import EagerSemantics
 
 if TYPE_CHECKING:
@@ -120,7 +121,8 @@ def _program_call(method: Callable, name: str, programs: Any, state: "PackState"
                          programs.name)
             return traced(*args, **kwargs)
         try:
-            return programs.run((name, static, len(leaves)), lambda: traced(*args, **kwargs), tensors)
+            return programs.run((name, static, len(leaves)), lambda views: _call_with(traced, args, kwargs, views),
+                                tensors)
         except NotReplayable as exc:
             programs.lazy_reason = str(exc)
             if state.notices.first_time("vae lazy", programs.name, str(exc)):
@@ -132,6 +134,12 @@ def _program_call(method: Callable, name: str, programs: Any, state: "PackState"
             raise
 
     return call
+
+
+def _call_with(method: Callable, args: tuple, kwargs: dict, tensors: list[torch.Tensor]) -> Any:
+    """``method`` called with the call's tensors replaced, in order, by ``tensors`` (a trace's views)."""
+    args, kwargs = with_tensors((args, kwargs), tensors)
+    return method(*args, **kwargs)
 
 
 def _send_to_host(vae: Any, host_device: Any) -> None:

@@ -21,8 +21,8 @@ from tpu_runtime.execution.module_programs import CallPrograms
 log = logging.getLogger("comfy_tpu")
 
 Part = Literal["vae", "text_encoders"]
-#: Backends whose programs these parts can run as (torchax keeps them where ComfyUI puts them).
-DEVICE_BACKENDS = ("torch_xla",)
+#: Backends whose programs these parts can run as (torch_xla: lazy traces; torchax: jitted functions).
+DEVICE_BACKENDS = ("torch_xla", "torchax")
 
 
 class PartFigures(BaseModel):
@@ -56,14 +56,23 @@ class DeviceParts:
         device_type = backend.device_type()
         self.where = {part: placement(value, backend.name, device_type) for part, value in self.settings.items()}
         self._programs: "weakref.WeakKeyDictionary[torch.nn.Module, CallPrograms]" = weakref.WeakKeyDictionary()
+        #: Modules loaded for the device (a text encoder whose CLIP's load device is the pack's): on torchax
+        #: their weights are host tensors, so where they run is known from here, not from the weights.
+        self._for_device: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()
         self._figures = {part: PartFigures(setting=value, where="not run yet") for part, value in self.settings.items()}
         for part, value in self.settings.items():
             if value == "device" and self.where[part] == "host":
                 log.info("comfy-tpu: %s stay on the host with the %s backend (device programs for them are "
-                         "torch_xla only)", "the VAE" if part == "vae" else "text encoders", backend.name)
+                         "torch_xla and torchax only)", "the VAE" if part == "vae" else "text encoders", backend.name)
 
     def on_device(self, part: Part) -> bool:
         return self.where[part] == "device"
+
+    def load_for_device(self, module: torch.nn.Module) -> None:
+        self._for_device.add(module)
+
+    def loaded_for_device(self, module: torch.nn.Module) -> bool:
+        return module in self._for_device
 
     def programs(self, module: torch.nn.Module, name: str) -> CallPrograms:
         """The programs of ``module`` (made on first use)."""
