@@ -126,3 +126,24 @@ def torchax_parts(nodes) -> dict:
 
 def _change(before: dict, after: dict) -> dict:
     return {key: after[key] - before[key] for key in ("compiles", "executions", "weight_uploads")}
+
+
+def parts_after_restart(nodes) -> dict:
+    """One VAE decode and one text encode (Flux's, tiny text encoders): what they compiled, and what the
+    persistent compilation cache served (run twice with one cache dir: the second is a restart)."""
+    import torch
+
+    from bench import workflow_parts
+    from tpu_runtime import runtime
+
+    backend = runtime.current().backend
+    keys = ("compiles", "uncached_compiles", "cached_compiles", "persistent_cache_hits", "persistent_cache_misses")
+    vae = workflow_parts.build_vae("flux", seed=3)
+    clip = workflow_parts.build_text_encoder("flux", seed=5)
+    tokens = workflow_parts.fold_t5_tokens(clip.tokenize("a photo of a cat"))
+    before = backend.counters()
+    with torch.inference_mode():
+        vae.decode(torch.zeros(1, 16, 8, 8))
+        clip.encode_from_tokens(tokens, return_pooled=True)
+    after = backend.counters()
+    return {key: after[key] - before[key] for key in keys}

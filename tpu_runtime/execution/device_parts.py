@@ -16,6 +16,7 @@ from typing import Any, Iterator, Literal, Optional
 import torch
 from pydantic import BaseModel
 
+from tpu_runtime.cache.part_shapes import PartShapes
 from tpu_runtime.execution.module_programs import CallPrograms
 
 log = logging.getLogger("comfy_tpu")
@@ -50,8 +51,14 @@ def placement(setting: str, backend_name: str, device_type: str) -> str:
 class DeviceParts:
     """Where the VAE and the text encoders run, their programs and figures."""
 
-    def __init__(self, backend: Any, vae: str, text_encoders: str) -> None:
+    def __init__(self, backend: Any, vae: str, text_encoders: str, shapes: Optional[PartShapes] = None,
+                 rewarm: bool = True) -> None:
         self._backend = backend
+        #: The VAE call shapes compiled in this and earlier sessions; compiled at a VAE's first use when
+        #: ``rewarm`` (``COMFY_TPU_REWARM``).
+        self.shapes = shapes if shapes is not None else PartShapes(None)
+        self.rewarm = rewarm
+        self._used: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()
         self.settings = {"vae": vae, "text_encoders": text_encoders}
         device_type = backend.device_type()
         self.where = {part: placement(value, backend.name, device_type) for part, value in self.settings.items()}
@@ -67,6 +74,13 @@ class DeviceParts:
 
     def on_device(self, part: Part) -> bool:
         return self.where[part] == "device"
+
+    def first_use(self, module: torch.nn.Module) -> bool:
+        """True the first time it is asked of ``module`` in this process."""
+        if module in self._used:
+            return False
+        self._used.add(module)
+        return True
 
     def load_for_device(self, module: torch.nn.Module) -> None:
         self._for_device.add(module)

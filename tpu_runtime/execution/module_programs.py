@@ -57,6 +57,10 @@ class CallPrograms:
         """Every parameter and buffer, read afresh each call: a reload (new tensors) runs the same program."""
         return [table[name] for table, name in self.slots()]
 
+    def layout(self) -> tuple:
+        """The weights' shapes, dtypes and shardings (a program is for one layout)."""
+        return _layout(self.weights(), self._backend)
+
     def run(self, key: Hashable, function: Callable[[list[torch.Tensor]], Any], tensors: list[torch.Tensor]) -> Any:
         """``function(tensors)`` (which computes from the tensors it is given and the module's weights) as a
         program: traced and compiled the first time its key is seen, replayed after. Returns its outputs
