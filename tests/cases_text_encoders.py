@@ -101,10 +101,10 @@ def torchax_parts(nodes) -> dict:
             before = backend.counters()
             with torch.inference_mode():
                 out = call(device_vae, x)
-            after = backend.counters()
+            after, where = backend.counters(), parts.stats()["vae"]["where"]
             with torch.inference_mode():
                 reference = call(host_vae, x)
-            runs.append({**_change(before, after), "where": parts.stats()["vae"]["where"],
+            runs.append({**_change(before, after), "where": where,
                          "diff": float((out - reference).abs().max()), "scale": float(reference.abs().max())})
         result[name] = runs
     runs = []
