@@ -113,8 +113,8 @@ class DeviceParts:
 
     def warm(self, vae: Any, clip: Any, latent_shape: tuple[int, ...]) -> dict[str, int]:
         """Compile the parts' programs for a size ahead of a prompt: ``vae.decode`` of a blank latent of the
-        sampler's ``latent_shape``, ``clip`` encoding an empty prompt (one 77-token chunk: the shape of any
-        prompt under 75 tokens without weights). Parts on the host are skipped. Returns the compiles."""
+        sampler's ``latent_shape``, ``clip`` encoding an empty prompt (one 77-token CLIP chunk, T5 at its
+        tokenizer's minimum length: the buckets of any prompt under 75 tokens without weights). Parts on the host are skipped. Returns the compiles."""
         before = self._backend.counters()["compiles"]
         with torch.inference_mode():
             if vae is not None and self.on_device("vae"):
