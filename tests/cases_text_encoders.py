@@ -68,8 +68,34 @@ def t5_encoders(nodes) -> dict:
         result[kind] = {"runs": runs,
                         "on_device": [backend.is_device(t.get_input_embeddings().weight.device) for t in transformers],
                         "programs": [state.device_parts.programs(t, kind).figures() for t in transformers]}
+        if kind == "wan21":
+            result["wan21_vector"] = _with_a_vector(backend, device_clip, host_clip)
     result["lazy"] = state.device_parts.stats()["lazy"]
     return result
+
+
+def _with_a_vector(backend, device_clip, host_clip) -> dict:
+    """A umt5 prompt with a textual-inversion vector among its ids: ComfyUI's own lookup on the device (the
+    embeddings are the program's input), the mask kept on the host; parity with the host."""
+    import torch
+
+    tokens = _wan_tokens(100, 170, seed=7)
+    vector = torch.randn(1, workflow_width(device_clip), generator=torch.Generator().manual_seed(8))
+    tokens["umt5xxl"][0].insert(50, (vector, 1.0))
+    before = backend.counters()
+    with torch.inference_mode():
+        device = device_clip.encode_from_tokens(tokens, return_pooled=True, return_dict=True)
+    after = backend.counters()
+    with torch.inference_mode():
+        host = host_clip.encode_from_tokens(tokens, return_pooled=True, return_dict=True)
+    return {"compiles": after["compiles"] - before["compiles"], "diff": _diff(device, host),
+            "shape": list(host["cond"].shape)}
+
+
+def workflow_width(clip) -> int:
+    from tpu_runtime.comfyui.text_encoder_patch import encoders
+
+    return encoders(clip.cond_stage_model)[0].get_input_embeddings().weight.shape[1]
 
 
 def torchax_parts(nodes) -> dict:

@@ -54,3 +54,10 @@ def test_the_prompts_differ_in_length_within_one_bucket(encoded):
         lengths = [value[0] if isinstance(value, list) else value for value in lengths]
         assert lengths[0] != lengths[1] and length_bucket(lengths[0]) == length_bucket(lengths[1]), (kind, lengths)
         assert lengths[0] % 128, "a length on a bucket's edge would not be padded"
+
+
+def test_a_prompt_with_a_textual_inversion_vector_matches_the_host(encoded):
+    """Not ids only: ComfyUI's own lookup on the device feeds the program; still one program, no lazy run."""
+    run = encoded["wan21_vector"]
+    assert run["shape"] == [1, 171, 64] and max(run["diff"].values()) <= TOLERANCE, run
+    assert not encoded["lazy"], encoded["lazy"]
