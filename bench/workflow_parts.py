@@ -76,3 +76,54 @@ def build_clip_l(seed: int = 0):
     clip = comfy.sd.CLIP(Target())
     fill_random(clip.cond_stage_model, seed)
     return clip
+
+
+TextEncoderKind = Literal["sd3", "flux", "wan21"]
+#: Scaled-down text encoders (ComfyUI reads these keys over its JSON configs: ``<model_name>_model_config``).
+TINY_CLIP = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 3,
+             "projection_dim": 32}
+#: T5's vocabulary, scaled down: callers fold the real tokenizer's ids into it (``fold_t5_tokens``).
+T5_TINY_VOCAB = 256
+
+
+def tiny_t5(d_model: int) -> dict:
+    return {"d_model": d_model, "d_ff": 32, "d_kv": 8, "num_heads": 2, "num_layers": 2, "vocab_size": T5_TINY_VOCAB}
+
+
+def build_text_encoder(kind: TextEncoderKind, seed: int = 0, host: bool = False):
+    """``comfy.sd.CLIP`` with ``kind``'s text encoders (SD3: CLIP-L + CLIP-G + T5-XXL; Flux: CLIP-L + T5-XXL;
+    Wan 2.1: umt5-XXL), tiny and fp32 with random weights, and ComfyUI's tokenizer for it (Wan's needs the
+    sentencepiece model of a real checkpoint: its tokens are given by the caller, CLIP-L's tokenizer stands
+    in). ``host``: on the CPU, as ComfyUI's own encode."""
+    import comfy.sd
+    import comfy.sd1_clip
+    from comfy.text_encoders import flux, sd3_clip, wan
+
+    if kind == "sd3":  # SD3 pads CLIP-L+G's width to T5's 4096 and joins them: T5 keeps its width
+        clip, tokenizer = sd3_clip.sd3_clip(), sd3_clip.SD3Tokenizer
+        configs = {"clip_l": TINY_CLIP, "clip_g": TINY_CLIP, "t5xxl": tiny_t5(4096)}
+    elif kind == "flux":
+        clip, tokenizer = flux.flux_clip(), flux.FluxTokenizer
+        configs = {"clip_l": TINY_CLIP, "t5xxl": tiny_t5(64)}
+    else:
+        clip, tokenizer = wan.te(), comfy.sd1_clip.SD1Tokenizer
+        configs = {"umt5xxl": tiny_t5(64)}
+    options = {f"{name}_model_config": dict(config) for name, config in configs.items()}
+    options["dtype"] = torch.float32
+    if host:
+        options.update(load_device=torch.device("cpu"), offload_device=torch.device("cpu"),
+                       initial_device=torch.device("cpu"))
+
+    class Target:
+        params: dict = {}
+
+    Target.clip, Target.tokenizer = clip, tokenizer
+    made = comfy.sd.CLIP(Target(), model_options=options)
+    fill_random(made.cond_stage_model, seed)
+    return made
+
+
+def fold_t5_tokens(tokens: dict) -> dict:
+    """``tokens`` (a tokenizer's output) with T5's ids folded into :data:`T5_TINY_VOCAB` (pad 0 and end 1 kept)."""
+    return {key: [[(token % T5_TINY_VOCAB, *rest) for token, *rest in chunk] for chunk in chunks]
+            if key == "t5xxl" else chunks for key, chunks in tokens.items()}

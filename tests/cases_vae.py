@@ -157,3 +157,34 @@ def warmed_workflow(nodes) -> dict:
     after = backend.counters()
     return {"compiles": after["compiles"] - before["compiles"], "image": list(image.shape),
             "parts": runtime.current().device_parts.stats()}
+
+
+def vae_shapes_across_restart(nodes, latents: list) -> dict:
+    """Decodes of Wan 2.1's VAE at ``latents`` (shapes) in order: each one's compiles, and the log's re-warm
+    line. Run twice with one cache dir: the second process is a restart."""
+    import torch
+
+    from bench import workflow_parts
+    from tpu_runtime import runtime
+
+    backend = runtime.current().backend
+    vae = workflow_parts.build_vae("wan21", seed=3)
+    records = []
+
+    class Catch(logging.Handler):
+        def emit(self, record):
+            if "re-warmed" in record.getMessage():
+                records.append(record.getMessage())
+
+    handler = Catch()
+    logging.getLogger("comfy_tpu").addHandler(handler)
+    compiles = []
+    try:
+        for shape in latents:
+            before = backend.counters()["compiles"]
+            with torch.inference_mode():
+                vae.decode(torch.randn(shape))
+            compiles.append(backend.counters()["compiles"] - before)
+    finally:
+        logging.getLogger("comfy_tpu").removeHandler(handler)
+    return {"compiles": compiles, "rewarmed": records}

@@ -126,6 +126,7 @@ def _assemble(state: PackState, backend: Any, cache_dir: Path) -> None:
     from tpu_runtime.backends.kernel_layout import KernelTwins
     from tpu_runtime.execution.replay import ReplayedModels
     from tpu_runtime.execution.device_parts import DeviceParts
+    from tpu_runtime.cache.part_shapes import PartShapes, part_shapes_file
     from tpu_runtime.sampling import WRAPPER_KEY
     from tpu_runtime.sampling.schedule import HostSchedules
     from tpu_runtime.install.versions import libtpu_version, torch_xla_version
@@ -140,7 +141,8 @@ def _assemble(state: PackState, backend: Any, cache_dir: Path) -> None:
     state.kernel_twins = KernelTwins(backend, state.placement)
     state.compiled_models = CompiledModels(backend)
     state.replayed_models = ReplayedModels(backend, WRAPPER_KEY)
-    state.device_parts = DeviceParts(backend, settings.vae, settings.text_encoders)
+    state.device_parts = DeviceParts(backend, settings.vae, settings.text_encoders,
+                                     PartShapes(part_shapes_file(cache_dir, backend.name)), rewarm=settings.rewarm)
     # Another backend's programs are not torch_xla's: its warm set is a file of its own (signatures hold
     # no backend, so one file would add one backend's compile seconds to the other's entries).
     registry = SignatureRegistry(cache_dir, {"torch": torch.__version__, "torch_xla": torch_xla_version(),

@@ -55,6 +55,10 @@ class FakeBackend:
         self._counters["transfers_to_host"] += 1
         return tensor.to("cpu")
 
+    def all_to_host(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        self._counters["transfers_to_host"] += 1
+        return [tensor.to("cpu") for tensor in tensors]
+
     def data_tensor(self, tensor: torch.Tensor) -> bool:
         return tensor.device.type != "cpu"
 

@@ -13,7 +13,8 @@ from tpu_runtime.execution.module_programs import CallPrograms
 @pytest.mark.parametrize("setting,backend,device_type,where", [
     ("device", "torch_xla", "CPU", "device"), ("host", "torch_xla", "TPU", "host"),
     ("auto", "torch_xla", "TPU", "device"), ("auto", "torch_xla", "CPU", "host"),
-    ("device", "torchax", "TPU", "host"), ("auto", "torchax", "TPU", "host")])
+    ("device", "torchax", "CPU", "device"), ("auto", "torchax", "TPU", "device"), ("auto", "torchax", "CPU", "host"),
+    ("device", "other", "TPU", "host")])
 def test_a_part_goes_to_the_device_only_when_asked_and_the_backend_runs_it(setting, backend, device_type, where):
     assert placement(setting, backend, device_type) == where
 
@@ -51,9 +52,9 @@ def test_a_program_per_call_shape_and_form_then_replays():
     programs = _programs(backend)
     for shape in [(1, 4), (1, 4), (2, 4), (1, 4)]:
         x = torch.ones(shape)
-        out = programs.run(("decode", "{}"), lambda: programs._module(x), [x])
+        out = programs.run(("decode", "{}"), lambda views: programs._module(views[0]), [x])
         assert out.shape == (shape[0], 4)
-    programs.run(("encode", "{}"), lambda: programs._module(torch.ones(1, 4)), [torch.ones(1, 4)])
+    programs.run(("encode", "{}"), lambda views: programs._module(views[0]), [torch.ones(1, 4)])
     assert programs.figures() == {"programs": 3, "traces": 3, "replays": 5}
     assert backend.counters()["compiles"] == 3 and backend.counters()["transfers_to_host"] == 5
 
@@ -63,9 +64,9 @@ def test_outputs_keep_their_structure_with_none_and_repeats():
     programs = _programs(backend)
     x = torch.ones(1, 4)
 
-    def function():
-        y = x * 2
-        return y, None, (y, x + 1)
+    def function(views):
+        y = views[0] * 2
+        return y, None, (y, views[0] + 1)
 
     for _ in range(2):
         y, none, (again, other) = programs.run("k", function, [x])
@@ -78,9 +79,9 @@ def test_a_host_read_while_tracing_makes_the_module_lazy():
     programs = _programs(backend)
     x = torch.ones(1, 4)
 
-    def reads_a_value():
+    def reads_a_value(views):
         backend._counters["transfers_to_host"] += 1  # what .item() on a device tensor does
-        return x * 3
+        return views[0] * 3
 
     assert torch.equal(programs.run("k", reads_a_value, [x]), x * 3)
     assert programs.lazy_reason and "host" in programs.lazy_reason and programs.figures()["programs"] == 0
@@ -88,14 +89,14 @@ def test_a_host_read_while_tracing_makes_the_module_lazy():
 
 def test_non_tensor_outputs_make_the_module_lazy():
     programs = _programs(ProgramBackend())
-    assert programs.run("k", lambda: {"a": 1}, [torch.ones(1)]) == {"a": 1}
+    assert programs.run("k", lambda views: {"a": 1}, [torch.ones(1)]) == {"a": 1}
     assert "not tensors" in programs.lazy_reason
 
 
 def test_an_input_off_the_device_is_refused_before_anything_runs():
     backend = FakeBackend()  # host tensors are not device data there
     with pytest.raises(NotReplayable):
-        _programs(backend).run("k", lambda: pytest.fail("must not run"), [torch.ones(1)])
+        _programs(backend).run("k", lambda views: pytest.fail("must not run"), [torch.ones(1)])
 
 
 def test_figures_say_where_each_part_ran_with_its_compiles_and_transfers():
@@ -111,13 +112,13 @@ def test_figures_say_where_each_part_ran_with_its_compiles_and_transfers():
     assert stats["text_encoders"]["where"] == "not run yet"
 
 
-def test_torchax_keeps_both_parts_on_the_host_and_says_so(caplog):
+def test_a_backend_without_part_programs_keeps_both_parts_on_the_host_and_says_so(caplog):
     backend = FakeBackend()
-    backend.name = "torchax"
+    backend.name = "other"
     with caplog.at_level("INFO", logger="comfy_tpu"):
         parts = DeviceParts(backend, "device", "device")
     assert not parts.on_device("vae") and not parts.on_device("text_encoders")
-    assert "stay on the host with the torchax backend" in caplog.text
+    assert "stay on the host with the other backend" in caplog.text
 
 
 @pytest.mark.parametrize("shape,index,expected", [

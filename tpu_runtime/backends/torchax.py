@@ -283,6 +283,10 @@ class TorchaxBackend:
     def to_host(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor
 
+    def all_to_host(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """A program's outputs are host tensors already (``run_program`` fetched them)."""
+        return list(tensors)
+
     def data_tensor(self, tensor: torch.Tensor) -> bool:
         """Every tensor of a model call is program input (none is read on the host while tracing)."""
         return True

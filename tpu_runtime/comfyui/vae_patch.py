@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch.utils._pytree import tree_flatten
 
+from tpu_runtime.cache.part_shapes import PartShape, layout_key
 from tpu_runtime.comfyui.calls import Call
 from tpu_runtime.execution.call_keys import NotReplayable
+from tpu_runtime.execution.module_programs import with_tensors
 from tpu_runtime.execution.trace_fixes import EagerSemantics
 
 if TYPE_CHECKING:
@@ -88,7 +90,8 @@ class _stand_ins:
         for name in MODEL_METHODS:
             if name in vars(model) or not callable(getattr(type(model), name, None)):
                 continue  # someone else's instance attribute (or no such method): left alone
-            vars(model)[name] = _program_call(getattr(type(model), name).__get__(model), name, programs, self._state)
+            vars(model)[name] = _program_call(getattr(type(model), name).__get__(model), name, programs, self._state,
+                                              self._parts)
             self._installed.append(name)
 
     def __exit__(self, *exc: Any) -> None:
@@ -96,7 +99,40 @@ class _stand_ins:
             vars(self._model).pop(name, None)
 
 
-def _program_call(method: Callable, name: str, programs: Any, state: "PackState") -> Callable:
+def _rewarm(model: torch.nn.Module, programs: Any, parts: "DeviceParts") -> None:
+    """Compile the shapes this VAE (its class and weight layout) compiled in earlier sessions, at its first
+    call in this process, its weights loaded (``cache/part_shapes.py``). A failure is logged and ends the
+    re-warm only."""
+    try:
+        recorded = parts.shapes.recorded(type(model).__name__, layout_key(programs.layout()))
+    except NotReplayable:
+        return
+    recorded = [entry for entry in recorded if entry.method in vars(model)]
+    if not recorded:
+        return
+    device = next(iter(programs.weights()), torch.zeros(())).device
+    try:
+        with torch.inference_mode():
+            for entry in recorded:
+                vars(model)[entry.method](torch.zeros(entry.shape, dtype=getattr(torch, entry.dtype)).to(device))
+    except Exception as exc:  # noqa: BLE001 - the user's call runs as it would without the re-warm
+        log.warning("comfy-tpu: re-warm of VAE %s shapes failed (%s: %s); its calls compile when they come",
+                    type(model).__name__, type(exc).__name__, str(exc)[:300])
+        return
+    log.info("comfy-tpu: re-warmed %d VAE %s shape(s) recorded in earlier sessions", len(recorded),
+             type(model).__name__)
+
+
+def _record(model: Any, name: str, args: tuple, kwargs: dict, programs: Any, parts: "DeviceParts") -> None:
+    """A newly compiled single-tensor call of ``model``'s ``name``: its shape, for a later session's re-warm."""
+    if kwargs or len(args) != 1 or not isinstance(args[0], torch.Tensor) or programs.lazy_reason is not None:
+        return
+    parts.shapes.record(PartShape(module=type(model).__name__, layout=layout_key(programs.layout()), method=name,
+                                  shape=tuple(args[0].shape), dtype=str(args[0].dtype).removeprefix("torch.")))
+
+
+def _program_call(method: Callable, name: str, programs: Any, state: "PackState",
+                  parts: "DeviceParts") -> Callable:
     """``method`` run as a program per call shape; lazily on the device once it cannot be one."""
     import comfy.model_management as mm
 
@@ -119,8 +155,15 @@ def _program_call(method: Callable, name: str, programs: Any, state: "PackState"
                 log.info("comfy-tpu: %s: a call with host tensors among its inputs runs lazily on the device",
                          programs.name)
             return traced(*args, **kwargs)
+        if parts.first_use(method.__self__) and parts.rewarm:
+            _rewarm(method.__self__, programs, parts)
         try:
-            return programs.run((name, static, len(leaves)), lambda: traced(*args, **kwargs), tensors)
+            traces = programs.traces
+            result = programs.run((name, static, len(leaves)), lambda views: _call_with(traced, args, kwargs, views),
+                                  tensors)
+            if programs.traces != traces:
+                _record(method.__self__, name, args, kwargs, programs, parts)
+            return result
         except NotReplayable as exc:
             programs.lazy_reason = str(exc)
             if state.notices.first_time("vae lazy", programs.name, str(exc)):
@@ -132,6 +175,12 @@ def _program_call(method: Callable, name: str, programs: Any, state: "PackState"
             raise
 
     return call
+
+
+def _call_with(method: Callable, args: tuple, kwargs: dict, tensors: list[torch.Tensor]) -> Any:
+    """``method`` called with the call's tensors replaced, in order, by ``tensors`` (a trace's views)."""
+    args, kwargs = with_tensors((args, kwargs), tensors)
+    return method(*args, **kwargs)
 
 
 def _send_to_host(vae: Any, host_device: Any) -> None:

@@ -16,13 +16,14 @@ from typing import Any, Iterator, Literal, Optional
 import torch
 from pydantic import BaseModel
 
+from tpu_runtime.cache.part_shapes import PartShapes
 from tpu_runtime.execution.module_programs import CallPrograms
 
 log = logging.getLogger("comfy_tpu")
 
 Part = Literal["vae", "text_encoders"]
-#: Backends whose programs these parts can run as (torchax keeps them where ComfyUI puts them).
-DEVICE_BACKENDS = ("torch_xla",)
+#: Backends whose programs these parts can run as (torch_xla: lazy traces; torchax: jitted functions).
+DEVICE_BACKENDS = ("torch_xla", "torchax")
 
 
 class PartFigures(BaseModel):
@@ -50,20 +51,42 @@ def placement(setting: str, backend_name: str, device_type: str) -> str:
 class DeviceParts:
     """Where the VAE and the text encoders run, their programs and figures."""
 
-    def __init__(self, backend: Any, vae: str, text_encoders: str) -> None:
+    def __init__(self, backend: Any, vae: str, text_encoders: str, shapes: Optional[PartShapes] = None,
+                 rewarm: bool = True) -> None:
         self._backend = backend
+        #: The VAE call shapes compiled in this and earlier sessions; compiled at a VAE's first use when
+        #: ``rewarm`` (``COMFY_TPU_REWARM``).
+        self.shapes = shapes if shapes is not None else PartShapes(None)
+        self.rewarm = rewarm
+        self._used: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()
         self.settings = {"vae": vae, "text_encoders": text_encoders}
         device_type = backend.device_type()
         self.where = {part: placement(value, backend.name, device_type) for part, value in self.settings.items()}
         self._programs: "weakref.WeakKeyDictionary[torch.nn.Module, CallPrograms]" = weakref.WeakKeyDictionary()
+        #: Modules loaded for the device (a text encoder whose CLIP's load device is the pack's): on torchax
+        #: their weights are host tensors, so where they run is known from here, not from the weights.
+        self._for_device: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()
         self._figures = {part: PartFigures(setting=value, where="not run yet") for part, value in self.settings.items()}
         for part, value in self.settings.items():
             if value == "device" and self.where[part] == "host":
                 log.info("comfy-tpu: %s stay on the host with the %s backend (device programs for them are "
-                         "torch_xla only)", "the VAE" if part == "vae" else "text encoders", backend.name)
+                         "torch_xla and torchax only)", "the VAE" if part == "vae" else "text encoders", backend.name)
 
     def on_device(self, part: Part) -> bool:
         return self.where[part] == "device"
+
+    def first_use(self, module: torch.nn.Module) -> bool:
+        """True the first time it is asked of ``module`` in this process."""
+        if module in self._used:
+            return False
+        self._used.add(module)
+        return True
+
+    def load_for_device(self, module: torch.nn.Module) -> None:
+        self._for_device.add(module)
+
+    def loaded_for_device(self, module: torch.nn.Module) -> bool:
+        return module in self._for_device
 
     def programs(self, module: torch.nn.Module, name: str) -> CallPrograms:
         """The programs of ``module`` (made on first use)."""
@@ -90,8 +113,8 @@ class DeviceParts:
 
     def warm(self, vae: Any, clip: Any, latent_shape: tuple[int, ...]) -> dict[str, int]:
         """Compile the parts' programs for a size ahead of a prompt: ``vae.decode`` of a blank latent of the
-        sampler's ``latent_shape``, ``clip`` encoding an empty prompt (one 77-token chunk: the shape of any
-        prompt under 75 tokens without weights). Parts on the host are skipped. Returns the compiles."""
+        sampler's ``latent_shape``, ``clip`` encoding an empty prompt (one 77-token CLIP chunk, T5 at its
+        tokenizer's minimum length: the buckets of any prompt under 75 tokens without weights). Parts on the host are skipped. Returns the compiles."""
         before = self._backend.counters()["compiles"]
         with torch.inference_mode():
             if vae is not None and self.on_device("vae"):

@@ -144,15 +144,16 @@ class TPUSettings(BaseSettings):
         "auto", "where ComfyUI's VAE decodes and encodes: `device`: on the XLA device, a program per latent "
                 "(or tile) shape and batch, fp32 unless ComfyUI is told otherwise (`--bf16-vae`), the image back "
                 "to the host in one transfer, ComfyUI's own decode on the host if that fails; `host`: where "
-                "stock ComfyUI puts it. torch_xla only (torchax keeps it on the host)",
+                "stock ComfyUI puts it. torch_xla (lazy trace) and torchax (jitted function)",
         metavar="auto|device|host",
         default_note="`auto`: `device` on a TPU, `host` elsewhere (on the PJRT CPU device XLA's program is "
                      "slower than PyTorch's own decode: bench/RESULTS.md)",
         accepted="auto, device or host")
     text_encoders: Literal["auto", "device", "host"] = setting(
-        "auto", "where CLIP text encoders (CLIP-L, CLIP-G) run: `device`: on the XLA device, a program per "
-                "token shape (77 per chunk) and chunk count, the result back to the host in one transfer; "
-                "`host`: where stock ComfyUI puts them (T5/umt5 stay there). torch_xla only",
+        "auto", "where the text encoders (CLIP-L, CLIP-G, T5-XXL, umt5) run: `device`: on the XLA device, a "
+                "program per token bucket (CLIP: 77 per chunk, chunk count a power of two; T5: length a "
+                "multiple of 128, the added keys masked), the result back to the host in one transfer; "
+                "`host`: where stock ComfyUI puts them (LLM encoders stay there). torch_xla and torchax",
         metavar="auto|device|host", default_note="`auto`: `device` on a TPU, `host` elsewhere",
         accepted="auto, device or host")
 
