@@ -9,7 +9,7 @@ the same reference in test_attention_kernels); and the program each device runs 
 has no collective at all, so a device computes from its own share of q, k and v only, and its largest
 tensor is at most a quarter of a whole call's scores or padded q (what one device of four holds).
 torch_xla's flash kernel runs on a TPU only: its SPMD arguments are unit-tested
-(tests/unit/test_attention_split.py)."""
+(tests/unit/test_attention_split.py). The start line says which attention runs, and that it splits."""
 from __future__ import annotations
 
 import importlib.util
@@ -30,6 +30,9 @@ def _check(result: dict, implementations: list) -> None:
     runs = result["runs"]
     print(runs)
     assert result["devices"] == DEVICES
+    start = next(line for line in result["log"].splitlines() if "comfy-tpu: TPU path on" in line)
+    assert "attention auto: SDPA below 4,096 tokens, memory-bounded blockwise from 4,096; on mesh data=2,model=2" \
+        in start, start  # the start line says what runs, and that it splits
     assert {(r["mesh"], r["implementation"], r["cross"]) for r in runs} == {
         (mesh, impl, cross) for mesh in ("data=2,model=2", "data=1,model=4") for impl in implementations
         for cross in (False, True)}
