@@ -3,7 +3,9 @@ over the pack's SPMD mesh (``data=2,model=2``, then ``model=4``: ``Backend.set_m
 devices, each implementation through the router ``attach`` installs, its inputs split as the model's are
 (rows over ``data``, the q/k/v projections' features, i.e. heads, over ``model``). Per run: the max
 difference from ComfyUI's attention on the host, and the program each device runs (XLA's partitioned,
-optimized HLO): its collectives and its largest tensor."""
+optimized HLO): its collectives and its largest tensor. First, a whole tiny Flux model sampled on the
+``data=2,model=2`` mesh with the implementation forced (its weights split over ``model``), against
+eager CPU."""
 from __future__ import annotations
 
 import glob
@@ -52,6 +54,30 @@ def _newest_dump(dump_dir: str, seen: set) -> str:
     return max(found, key=os.path.getsize)  # the attention program (the others move tensors)
 
 
+def _model_on_mesh(nodes, state, implementation: str) -> dict:
+    """Tiny Flux (2 heads), 2 euler steps on the mesh with ``implementation`` forced for this model (its
+    own override), against eager CPU; how many attention calls the router handed a kernel with the mesh."""
+    import torch
+
+    from bench import tiny_zoo
+    from tests.sampling_harness import ksample
+    from tpu_runtime.execution.attention import route
+    from tpu_runtime.settings.run_options import OPTIONS_KEY
+
+    name, backend = "flux", state.backend
+    device = tiny_zoo.build_patcher(name, seed=0, dtype=torch.float32)
+    device.model_options.setdefault("transformer_options", {})[OPTIONS_KEY] = {"attention": implementation}
+    cpu = tiny_zoo.build_patcher(name, seed=0, load_device=torch.device("cpu"), dtype=torch.float32)
+    positive, negative = tiny_zoo.conditioning(name, 1, size=64), tiny_zoo.conditioning(name, 2, size=64)
+    latent, cfg = torch.zeros(tiny_zoo.latent_shape(name, size=64)), tiny_zoo.family(name).cfg
+    router = route.router_for(implementation, backend.name, backend.device_type(), backend.spmd_mesh())
+    before = router.calls_on_mesh
+    run = ksample(nodes, device, positive, negative, steps=2, cfg=cfg, seed=3, latent=latent, backend=backend)
+    eager = ksample(nodes, cpu, positive, negative, steps=2, cfg=cfg, seed=3, latent=latent)
+    return {"mesh": backend.mesh_description(), "implementation": implementation, "model_axis": backend.model_axis(),
+            "diff": max_abs_diff(run.samples, eager.samples), "calls_on_mesh": router.calls_on_mesh - before}
+
+
 def xla_split(nodes, implementations: list, dump_dir: str) -> dict:
     """torch_xla SPMD: each implementation and case on each mesh; the program from XLA's dump."""
     import torch
@@ -63,6 +89,7 @@ def xla_split(nodes, implementations: list, dump_dir: str) -> dict:
     state = runtime.current()
     backend = state.backend
     device = torch_xla.device()
+    models = [_model_on_mesh(nodes, state, implementation) for implementation in implementations]
     runs, seen = [], set(glob.glob(os.path.join(dump_dir, "*after_optimizations.txt")))
     for model_axis in MESHES:
         if model_axis != backend.model_axis():
@@ -80,7 +107,7 @@ def xla_split(nodes, implementations: list, dump_dir: str) -> dict:
                 runs.append({"mesh": backend.mesh_description(), "implementation": implementation, "cross": cross,
                              "router": repr(router), "diff": max_abs_diff(out, _reference(q, k, v, mask)),
                              **_program_figures(open(_newest_dump(dump_dir, seen)).read())})
-    return {"runs": runs, "devices": backend.device_total()}
+    return {"runs": runs, "models": models, "devices": backend.device_total()}
 
 
 def torchax_split(nodes, implementations: list) -> dict:
@@ -98,6 +125,7 @@ def torchax_split(nodes, implementations: list) -> dict:
     state = runtime.current()
     backend = state.backend
     env = torchax.default_env()
+    models = [_model_on_mesh(nodes, state, implementation) for implementation in implementations]
     runs = []
     for model_axis in MESHES:
         if model_axis != backend.model_axis():
@@ -123,4 +151,4 @@ def torchax_split(nodes, implementations: list) -> dict:
                 runs.append({"mesh": backend.mesh_description(), "implementation": implementation, "cross": cross,
                              "router": repr(router), "diff": max_abs_diff(out, _reference(q, k, v, mask)),
                              **_program_figures(compiled.as_text())})
-    return {"runs": runs, "devices": backend.device_total()}
+    return {"runs": runs, "models": models, "devices": backend.device_total()}

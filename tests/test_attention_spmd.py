@@ -4,7 +4,9 @@ torch_xla's blockwise loop (sharding annotations XLA's partitioner keeps), torch
 its Pallas flash kernel (inside ``shard_map``; the kernel in Pallas's generic interpreter). Self-attention,
 and cross-attention with a key-padding mask.
 
-Each run: parity with ComfyUI's attention on the host, 1e-5 fp32 (one device's result is checked against
+A whole tiny Flux model (weights split over ``model``) sampled with each implementation forced, within
+1e-3 of eager CPU, its attention calls handed to the kernels with the mesh. Each call run: parity with
+ComfyUI's attention on the host, 1e-5 fp32 (one device's result is checked against
 the same reference in test_attention_kernels); and the program each device runs (XLA's partitioned HLO)
 has no collective at all, so a device computes from its own share of q, k and v only, and its largest
 tensor is at most a quarter of a whole call's scores or padded q (what one device of four holds).
@@ -20,6 +22,7 @@ from tests.cases_attention_spmd import BATCH, CONTEXT, HEADS, TOKENS
 from tests.child import run_child
 
 PARITY = 1e-5
+MODEL_PARITY = 1e-3  # a whole model against eager CPU, as the families suite (test_attention_routes)
 DEVICES = 4
 #: A device's share: a quarter of the largest whole-call tensor (fp32 scores, or q padded to 128 wide).
 SHARE = BATCH * HEADS * TOKENS * max(TOKENS, CONTEXT, 128) // DEVICES
@@ -36,6 +39,12 @@ def _check(result: dict, implementations: list) -> None:
     assert {(r["mesh"], r["implementation"], r["cross"]) for r in runs} == {
         (mesh, impl, cross) for mesh in ("data=2,model=2", "data=1,model=4") for impl in implementations
         for cross in (False, True)}
+    models = result["models"]
+    print(models)
+    assert [m["implementation"] for m in models] == implementations
+    for model in models:  # the router ``attach`` installed had the mesh, the weights were split, parity
+        assert model["mesh"] == "data=2,model=2" and model["model_axis"] == 2, model
+        assert model["calls_on_mesh"] > 0 and model["diff"] <= MODEL_PARITY, model
     for run in runs:
         assert "on a mesh" in run["router"], run
         assert run["diff"] <= PARITY, run

@@ -45,7 +45,9 @@ def describe(setting: Setting, backend: str, device_type: str, mesh: str = "sing
     or ``single``."""
     big = f"{AUTO_MIN_TOKENS:,}"
     split = ("" if mesh == "single" else
-             f"; on mesh {mesh} blockwise and flash split each call by rows over 'data' and heads over 'model'")
+             f"; on mesh {mesh} blockwise and flash split each call by rows over 'data' and heads over 'model'"
+             + ("" if device_type.upper() == "TPU" or backend != "torchax" else
+                " (flash in Pallas's generic interpreter there, not its TPU interpret mode)"))
     if setting == "auto":
         above = ("Pallas flash (blockwise when masked)" if device_type.upper() == "TPU"
                  else "memory-bounded blockwise")

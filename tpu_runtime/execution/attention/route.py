@@ -46,6 +46,7 @@ class AttentionRouter:
     def __init__(self, setting: choice.Setting, backend: str, device_type: str, mesh: Any = None) -> None:
         self.setting, self.backend, self.device_type, self.mesh = setting, backend, device_type, mesh
         self._said: set[str] = set()
+        self.calls_on_mesh = 0  # calls handed to a kernel with the mesh (tests read it)
 
     def __repr__(self) -> str:
         on_mesh = "" if self.mesh is None else ", on a mesh"
@@ -68,6 +69,7 @@ class AttentionRouter:
         if picked.implementation == "sdpa":
             return comfy_sdpa(*args, **kwargs)
         call = layout.to_heads(*args, **kwargs)
+        self.calls_on_mesh += self.mesh is not None
         return layout.from_heads(_kernels(self.backend)[picked.implementation](call, self.mesh), call)
 
 
