@@ -9,6 +9,7 @@ traced graph; torchax: ``jax.jit(...).lower(...).as_text()``). Then the seconds 
 XLA:CPU is not the target: these times say nothing about a TPU.
 
     PJRT_DEVICE=CPU .venv/bin/python bench/bench_attention.py [--tokens 4608,16900,75600] [--repeat 2] [--no-time]
+        [--no-audit] [--flash-tpu-interpret] [--only torchax-flash]
 """
 from __future__ import annotations
 
@@ -138,14 +139,14 @@ def audits(tokens_list: list[int]) -> None:
         sys.stdout.flush()
 
 
-def times(tokens: int, repeat: int) -> None:
+def times(tokens: int, repeat: int, tpu_interpret: bool = False, only: str = "") -> None:
     import jax
     import numpy as np
     import torch
 
     print(f"\n| {tokens:,} tokens x {FLUX_HEADS} heads x {DIM}, bf16 | first call (compile + run) s | warm s |")
     print("|---|---|---|")
-    for implementation in ("sdpa", "blockwise"):
+    for implementation in ("sdpa", "blockwise") if only != "torchax-flash" else ():
         with torch.inference_mode():
             runs = []
             for _ in range(1 + repeat):
@@ -156,16 +157,37 @@ def times(tokens: int, repeat: int) -> None:
         sys.stdout.flush()
     arrays = [jax.numpy.asarray(np.random.randn(1, tokens, FLUX_HEADS * DIM).astype(np.float32)).astype(jax.numpy.bfloat16)
               for _ in range(3)]
-    for implementation in IMPLEMENTATIONS:
-        program = _jax_attention(implementation, FLUX_HEADS)
+    for implementation in IMPLEMENTATIONS if only != "torchax-flash" else ("flash",):
+        if implementation == "flash" and not tpu_interpret:
+            program, label = _generic_flash(FLUX_HEADS), "torchax flash (Pallas generic interpreter: the kernel as XLA ops)"
+        else:
+            program = _jax_attention(implementation, FLUX_HEADS)
+            label = "torchax flash (Pallas TPU interpret mode)" if implementation == "flash" else f"torchax {implementation}"
         runs = []
         for _ in range(1 + (repeat if implementation != "flash" else 1)):
             start = time.perf_counter()
             jax.block_until_ready(program(*arrays))
             runs.append(time.perf_counter() - start)
-        label = "torchax flash (Pallas interpret mode)" if implementation == "flash" else f"torchax {implementation}"
         print(f"| {label} | {runs[0]:.2f} | {statistics.median(runs[1:]):.2f} |")
         sys.stdout.flush()
+
+
+def _generic_flash(heads: int):
+    """The torchax flash kernel as the pack runs it on a mesh off a TPU: Pallas's generic interpreter (TPU
+    interpret mode simulates the chip call by call: at 4,608 tokens it did not finish in 33 min here)."""
+    import functools
+
+    from torchax import interop
+
+    from tpu_runtime.backends.torchax_attention import pallas_flash
+    from tpu_runtime.execution.attention import layout
+
+    def attention(q, k, v):
+        call = layout.to_heads(q, k, v, heads)
+        kernel = functools.partial(pallas_flash, scale=call.scale, simulate_tpu=False)
+        return layout.from_heads(interop.call_jax(kernel, call.q, call.k, call.v, None).to(q.dtype), call)
+
+    return _jax_program(attention)
 
 
 def main() -> None:
@@ -175,6 +197,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--no-time", action="store_true")
     parser.add_argument("--no-audit", action="store_true")
+    parser.add_argument("--flash-tpu-interpret", action="store_true",
+                        help="time torchax flash in Pallas's TPU interpret mode (slow) instead of its generic interpreter")
+    parser.add_argument("--only", choices=["torchax-flash"], default="", help="time only this row")
     args = parser.parse_args()
     os.environ.update(PJRT_DEVICE="CPU", COMFY_TPU_ENABLE="1", COMFY_TPU_CACHE_DIR=tempfile.mkdtemp(prefix="comfy-tpu-bench-"))
     sys.path.insert(0, PACK)
@@ -184,7 +209,7 @@ def main() -> None:
     if not args.no_audit:
         audits([int(n) for n in args.tokens.split(",")])
     if not args.no_time:
-        times(args.time_tokens, args.repeat)
+        times(args.time_tokens, args.repeat, args.flash_tpu_interpret, args.only)
 
 
 if __name__ == "__main__":

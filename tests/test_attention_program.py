@@ -5,7 +5,8 @@ inputs and output themselves (re-laid out or padded to whole blocks); it compile
 is audited the same way, so the audit is seen to find the scores it is looking for. Inside ComfyUI's
 own Wan block (``WanAttentionBlock``, real width 5120 = 40 x 128) no tensor has a seq x seq extent,
 and every tensor over 256 MiB is a per-token activation (x, q/k/v, the FFN hidden: at most the FFN's
-13,824 values a token; that hidden alone is 2 GiB at this length, whatever the attention)."""
+13,824 values a token; that hidden alone is 2 GiB at this length, whatever the attention); the block's
+program compiles here too."""
 from __future__ import annotations
 
 import importlib.util
@@ -129,6 +130,7 @@ def test_inside_comfyuis_wan_block_torch_xla(comfy):
         inputs = _block_inputs(lambda shape, dtype: torch.zeros(shape, dtype=dtype, device=device))
         out = torch.func.functional_call(block, weights, inputs, {"transformer_options": options})
         _check_block(torch_xla._XLAC._get_xla_tensors_hlo([out]), "torch_xla Wan block")
+        torch_xla._XLAC._xla_warm_up_cache([out], [])  # compiles (nothing runs)
 
 
 def test_inside_comfyuis_wan_block_torchax(comfy):
@@ -148,4 +150,6 @@ def test_inside_comfyuis_wan_block_torchax(comfy):
              for shape, dtype in _block_inputs(lambda shape, dtype: (shape, dtype))]
     specs += [jax.ShapeDtypeStruct(tuple(p.shape), host_array(torch.zeros((), dtype=p.dtype)).dtype)
               for p in block.parameters()]
-    _check_block(_jax_lowered(run, *specs).as_text(), "torchax Wan block")
+    lowered = _jax_lowered(run, *specs)
+    _check_block(lowered.as_text(), "torchax Wan block")
+    lowered.compile()

@@ -97,9 +97,18 @@ def start(force: bool = False) -> PackState:
         log.info("comfy-tpu: TPU path off: %s. ComfyUI runs as stock.", decision.reason)
         return state
     _assemble(state, started["backend"], cache_dir)
-    log.info("comfy-tpu: TPU path on (%s): %s; settings changed from defaults: %s", decision.reason,
-             report.summary() if report else "?", loaded.settings.non_defaults() or "none")
+    log.info("comfy-tpu: TPU path on (%s): %s; attention %s; settings changed from defaults: %s", decision.reason,
+             report.summary() if report else "?", _attention_words(state), loaded.settings.non_defaults() or "none")
     return state
+
+
+def _attention_words(state: PackState) -> str:
+    """Which attention runs (``choice.describe``), for the start line."""
+    from tpu_runtime.execution.attention import choice
+
+    backend = state.backend
+    return choice.describe(state.loaded.settings.attention, backend.name, backend.device_type(),
+                           backend.mesh_description())
 
 
 def _persistent_cache_dir(cache_dir: Path, settings: TPUSettings) -> Optional[str]:

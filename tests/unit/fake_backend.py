@@ -107,6 +107,9 @@ class FakeBackend:
             return f"data={self.shards},model={self.model_ways}"
         return "single" if self.shards == 1 else f"data={self.shards}"
 
+    def spmd_mesh(self) -> Any:
+        return None
+
     def shard_count(self) -> int:
         return self.shards
 

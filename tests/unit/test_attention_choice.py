@@ -71,3 +71,10 @@ def test_the_audit_reads_hlo_and_stablehlo_shapes():
     blocks = program_audit.audit(mlir, 75600, [40 * 75600 * 128])
     assert blocks.seq_by_seq == () and blocks.largest_inner.dims == (1, 40, 256, 1024)
     assert blocks.largest_inner.nbytes == 40 * 256 * 1024 * 4
+
+
+def test_the_description_says_the_split_under_spmd():
+    on_mesh = choice.describe("auto", "torchax", "TPU", "data=2,model=2")
+    assert "on mesh data=2,model=2" in on_mesh and "heads over 'model'" in on_mesh
+    assert "mesh" not in choice.describe("auto", "torchax", "TPU")
+    assert "mesh" not in choice.describe("sdpa", "torch_xla", "TPU", "data=4")  # SDPA is left to the partitioner

@@ -250,3 +250,20 @@ def test_doctor_text_shows_report_settings_and_decision():
     assert "COMFY_TPU_SYNC_STEPS=4" in text
     assert "execution    lazy" in text
     assert text.splitlines()[-1] == "TPU path OFF: torch_xla is not installed"
+
+
+def test_doctor_text_says_which_attention_runs():
+    data = {"report": {"torch_version": "2.9.0", "torch_xla_version": "2.9.0", "libtpu_version": "0.0.21",
+                       "device": "xla:0", "device_type": "TPU", "device_count": 4, "tpu_type": "v5e",
+                       "hbm_per_chip_bytes": 16 * 2**30, "error": None, "spmd": True, "mesh": "data=2,model=2"},
+            "settings": {"non_defaults": {}, "cache_dir": None, "execution": "replay", "problems": [],
+                         "attention": "auto"},
+            "decision": {"on": True, "reason": "TPU found"}}
+    line = next(text for text in launcher.format_doctor(data).splitlines() if text.startswith("  attention"))
+    assert "auto: SDPA below 4,096 tokens, Pallas flash (blockwise when masked) from 4,096" in line
+    assert "on mesh data=2,model=2" in line and "(COMFY_TPU_ATTENTION)" in line
+    data["report"].update(spmd=False, device_type="CPU")
+    data["settings"]["attention"] = "flash"
+    line = next(text for text in launcher.format_doctor(data).splitlines() if text.startswith("  attention"))
+    assert "flash: memory-bounded blockwise at every length (torch_xla's Pallas flash kernel runs on a TPU only" in line
+    assert "mesh" not in line

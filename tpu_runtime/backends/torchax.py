@@ -426,6 +426,10 @@ class TorchaxBackend:
     def mesh_description(self) -> str:
         return self.spmd.mesh
 
+    def spmd_mesh(self) -> "Any":
+        """The JAX mesh under SPMD (attention splits its calls over it), else None."""
+        return self._mesh
+
     def shard_count(self) -> int:
         """How many ways the batch is split (the 'data' axis size; 1 without a mesh)."""
         return self.spmd.axes.get("data", 1) if self.spmd.on else 1

@@ -251,7 +251,7 @@ def _route_attention_without_hook(state: "PackState", patches: Patches) -> None:
 
     backend = state.backend
     attention_patch.install(patches, lambda: route.router_for(state.options.attention, backend.name,
-                                                              backend.device_type()),
+                                                              backend.device_type(), backend.spmd_mesh()),
                             lambda tensor: route.on_device(backend.name, tensor))
 
 

@@ -253,7 +253,7 @@ def format_doctor(data: dict[str, Any]) -> str:
               f"  cache dir    {s['cache_dir'] or '<ComfyUI user dir>/comfy-tpu (default)'}",
               f"  execution    {s['execution']}",
               f"  conv kernels {s.get('conv_kernel_layout', 'auto')} (COMFY_TPU_CONV_KERNEL_LAYOUT)",
-              f"  attention    {_attention_line(s.get('attention', 'auto'), backend, r['device_type'])}"
+              f"  attention    {_attention_line(s.get('attention', 'auto'), backend, r['device_type'], r.get('mesh') if r.get('spmd') else 'single')}"
               " (COMFY_TPU_ATTENTION)"]
     lines += [f"  settings problem: {p}" for p in s["problems"]]
     comfy = data.get("comfyui") or {}
@@ -265,10 +265,10 @@ def format_doctor(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _attention_line(setting: str, backend: str, device_type: str) -> str:
+def _attention_line(setting: str, backend: str, device_type: str, mesh: str = "single") -> str:
     from tpu_runtime.execution.attention import choice
 
-    return choice.describe(setting, backend, device_type)
+    return choice.describe(setting, backend, device_type, mesh or "single")
 
 
 def doctor(as_json: bool) -> int:

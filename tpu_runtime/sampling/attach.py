@@ -49,8 +49,10 @@ def attach(model_options: dict, state: "PackState") -> None:
 
 
 def attention_router(state: "PackState", setting: choice.Setting) -> route.AttentionRouter:
-    """The attention router for this setting on this backend (what runs is said once a process)."""
+    """The attention router for this setting on this backend, with its SPMD mesh (what runs is said
+    once a process)."""
     backend, device_type = state.backend.name, state.backend.device_type()
-    if state.notices.first_time("attention", setting, backend, device_type):
-        log.info("comfy-tpu: attention %s", choice.describe(setting, backend, device_type))
-    return route.router_for(setting, backend, device_type)
+    mesh = state.backend.mesh_description()
+    if state.notices.first_time("attention", setting, backend, device_type, mesh):
+        log.info("comfy-tpu: attention %s", choice.describe(setting, backend, device_type, mesh))
+    return route.router_for(setting, backend, device_type, state.backend.spmd_mesh())

@@ -18,6 +18,8 @@ import torch
 from tpu_runtime.execution.attention.layout import HeadsCall
 
 Scan = Callable[..., tuple]
+#: ``a @ b`` over the last two dims of 4-d tensors, the first two (batch, heads) batch dims.
+MatMul = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 #: What one block's fp32 scores may take (bytes): well under the 256 MiB any intermediate may hold.
 SCORE_BLOCK_BYTES = 64 << 20
 #: Key block length; query blocks shrink from MAX_BLOCK_Q to fit SCORE_BLOCK_BYTES.
@@ -97,10 +99,11 @@ def _to_blocks(t: torch.Tensor, dim: int, block: int) -> torch.Tensor:
     return t.movedim(dim, 0)
 
 
-def attention(call: HeadsCall, scan: Scan = python_scan) -> torch.Tensor:
+def attention(call: HeadsCall, scan: Scan = python_scan, matmul: MatMul = torch.matmul) -> torch.Tensor:
     """``softmax(q k^T * scale + mask) v`` in ``(batch, heads, q_tokens, dim)``, in q's dtype, computed
     block by block in fp32: bf16 blocks are upcast for both products (with bf16 scores the error
-    against ComfyUI's attention was 5.3e-3 at 300 tokens, measured; upcast, 1.4e-3, as SDPA's own bf16)."""
+    against ComfyUI's attention was 5.3e-3 at 300 tokens, measured; upcast, 1.4e-3, as SDPA's own bf16).
+    ``matmul``: the two products (torch_xla under SPMD hands one that keeps batch and heads apart)."""
     q, k, v = call.q, call.k, call.v
     batch, heads, q_tokens, dim = q.shape
     blocks = block_sizes(batch, heads, q_tokens, k.shape[2])
@@ -123,13 +126,13 @@ def attention(call: HeadsCall, scan: Scan = python_scan) -> torch.Tensor:
         def one_key_block(state: tuple, kv: tuple) -> tuple:
             running_max, total, acc, q_block, *fixed_bias = state
             k_block, v_block, *k_bias = kv
-            scores = torch.matmul(q_block.float(), k_block.float().transpose(-1, -2)) * scale
+            scores = matmul(q_block.float(), k_block.float().transpose(-1, -2)) * scale
             scores = scores + (k_bias[0] if bias_per_k else fixed_bias[0])
             new_max = torch.maximum(running_max, scores.amax(dim=-1, keepdim=True))
             weights = torch.exp(scores - new_max)
             correction = torch.exp(running_max - new_max)
             total = total * correction + weights.sum(dim=-1, keepdim=True)
-            acc = acc * correction + torch.matmul(weights, v_block.float())
+            acc = acc * correction + matmul(weights, v_block.float())
             return (new_max, total, acc, q_block, *fixed_bias), (torch.zeros((), device=q_block.device),)
 
         kv_xs = (k_all, v_all) + ((_to_blocks(bias_q, 3, blocks.block_k),) if bias_per_k else ())

@@ -40,14 +40,20 @@ def choose(setting: Setting, backend: str, device_type: str, q_tokens: int, k_to
     return Choice("flash" if on_tpu and not masked else "blockwise")
 
 
-def describe(setting: Setting, backend: str, device_type: str) -> str:
-    """What runs, in words (the start line and the doctor)."""
+def describe(setting: Setting, backend: str, device_type: str, mesh: str = "single") -> str:
+    """What runs, in words (the start line and the doctor); ``mesh``: the SPMD mesh (``data=2,model=2``)
+    or ``single``."""
     big = f"{AUTO_MIN_TOKENS:,}"
+    split = ("" if mesh == "single" else
+             f"; on mesh {mesh} blockwise and flash split each call by rows over 'data' and heads over 'model'"
+             + ("" if device_type.upper() == "TPU" or backend != "torchax" else
+                " (flash in Pallas's generic interpreter there, not its TPU interpret mode)"))
     if setting == "auto":
         above = ("Pallas flash (blockwise when masked)" if device_type.upper() == "TPU"
                  else "memory-bounded blockwise")
-        return f"auto: SDPA below {big} tokens, {above} from {big}"
+        return f"auto: SDPA below {big} tokens, {above} from {big}{split}"
     picked = choose(setting, backend, device_type, AUTO_MIN_TOKENS, AUTO_MIN_TOKENS, False)
     words = {"sdpa": "PyTorch SDPA at every length", "blockwise": "memory-bounded blockwise at every length",
              "flash": "Pallas flash at every length"}[picked.implementation]
-    return f"{setting}: {words}" + (f" ({picked.note})" if picked.note else "")
+    return f"{setting}: {words}" + (f" ({picked.note})" if picked.note else "") + (
+        split if picked.implementation != "sdpa" else "")

@@ -1,8 +1,9 @@
 """The function installed as ComfyUI's ``transformer_options["optimized_attention_override"]``: it takes
 ComfyUI's call (``func, q, k, v, heads, mask=None, ...``) and runs the chosen implementation.
 
-One router per (setting, backend, device), so its identity (part of a replayed program's call key)
-changes only when the setting does."""
+One router per (setting, backend, device, mesh), so its identity (part of a replayed program's call key)
+changes only when the setting or the SPMD mesh does. Under SPMD the router hands the backend's mesh to
+the kernels, which split each call by rows and heads over it (``split``)."""
 from __future__ import annotations
 
 import functools
@@ -22,7 +23,7 @@ def comfy_sdpa(*args: Any, **kwargs: Any) -> torch.Tensor:
     return comfy_attention.attention_pytorch(*args, **kwargs)
 
 
-def _kernels(backend: str) -> dict[str, Callable[[layout.HeadsCall], torch.Tensor]]:
+def _kernels(backend: str) -> dict[str, Callable[[layout.HeadsCall, Any], torch.Tensor]]:
     if backend == "torchax":
         from tpu_runtime.backends import torchax_attention as kernels
     else:
@@ -42,12 +43,14 @@ def on_device(backend: str, tensor: torch.Tensor) -> bool:
 class AttentionRouter:
     """Runs each attention call with the implementation ``choice.choose`` names for it."""
 
-    def __init__(self, setting: choice.Setting, backend: str, device_type: str) -> None:
-        self.setting, self.backend, self.device_type = setting, backend, device_type
+    def __init__(self, setting: choice.Setting, backend: str, device_type: str, mesh: Any = None) -> None:
+        self.setting, self.backend, self.device_type, self.mesh = setting, backend, device_type, mesh
         self._said: set[str] = set()
+        self.calls_on_mesh = 0  # calls handed to a kernel with the mesh (tests read it)
 
     def __repr__(self) -> str:
-        return f"AttentionRouter({self.setting}, {self.backend}, {self.device_type})"
+        on_mesh = "" if self.mesh is None else ", on a mesh"
+        return f"AttentionRouter({self.setting}, {self.backend}, {self.device_type}{on_mesh})"
 
     def __call__(self, func: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
         """``func`` (the attention ComfyUI would have run) is not used: ComfyUI's CPU default asks for free
@@ -66,10 +69,15 @@ class AttentionRouter:
         if picked.implementation == "sdpa":
             return comfy_sdpa(*args, **kwargs)
         call = layout.to_heads(*args, **kwargs)
-        return layout.from_heads(_kernels(self.backend)[picked.implementation](call), call)
+        self.calls_on_mesh += self.mesh is not None
+        return layout.from_heads(_kernels(self.backend)[picked.implementation](call, self.mesh), call)
+
+
+def router_for(setting: choice.Setting, backend: str, device_type: str, mesh: Any = None) -> AttentionRouter:
+    """The one router for these values; ``mesh``: the backend's SPMD mesh (``Backend.spmd_mesh``), or None."""
+    return _router(setting, backend, device_type, mesh)
 
 
 @functools.lru_cache(maxsize=None)
-def router_for(setting: choice.Setting, backend: str, device_type: str) -> AttentionRouter:
-    """The one router for these values."""
-    return AttentionRouter(setting, backend, device_type)
+def _router(setting: choice.Setting, backend: str, device_type: str, mesh: Any) -> AttentionRouter:
+    return AttentionRouter(setting, backend, device_type, mesh)
