@@ -175,8 +175,10 @@ class TorchaxBackend:
                  spmd_request: tuple[str, Optional[str]] = ("off", None)) -> None:
         import jax
         import jax.monitoring
-        import torchax
 
+        from tpu_runtime.backends.torchax_torch_compat import import_torchax
+
+        torchax, env = import_torchax()  # on torch >= 2.13 with placeholders for the aten names it lacks
         self._jax = jax
         self._torchax = torchax
         self.figures = JaxCompileFigures()
@@ -194,7 +196,7 @@ class TorchaxBackend:
                 self.persistent_cache_error = f"{type(exc).__name__}: {exc}"
                 log.warning("comfy-tpu: JAX persistent cache not set at %s: %s", persistent_cache_dir,
                             self.persistent_cache_error)
-        self._env = torchax.default_env()
+        self._env = env
         self._mesh = None
         self._devices = jax.devices()
         self._jax_device = self._devices[0]
