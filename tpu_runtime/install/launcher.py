@@ -161,8 +161,11 @@ def doctor_data() -> dict[str, Any]:
     from tpu_runtime.backends import xla as backend_mod
     from tpu_runtime.backends.device import decide_path, describe, detect  # imports torch: only here
 
+    from tpu_runtime.backends.backend_choice import resolve as resolve_backend
+
     loaded = load_settings()
-    installed = detect(loaded.settings.backend if loaded.ok else "torch_xla")
+    choice = resolve_backend(loaded.settings.backend if loaded.ok else "torch_xla")
+    installed = detect(choice.name).model_copy(update={"backend_reason": choice.reason})
 
     def probe():
         if installed.error:
@@ -227,7 +230,7 @@ def format_doctor(data: dict[str, Any]) -> str:
     backend = r.get("backend", "torch_xla")
     lines = [
         "comfy-tpu doctor",
-        f"  backend      {backend} (COMFY_TPU_BACKEND)",
+        f"  backend      {backend} ({r.get('backend_reason') or 'COMFY_TPU_BACKEND'})",
         f"  torch        {r['torch_version']}",
         f"  torch_xla    {r['torch_xla_version'] or 'missing (python install.py in the pack folder)'}",
         *([f"  torchax      {r.get('torchax_version') or 'missing (python install.py --backend torchax)'}",

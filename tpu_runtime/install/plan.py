@@ -52,7 +52,16 @@ def _torchax_instead(torch_version: str) -> str:
     if torchax_torch_problem(torch_version, TORCHAX_PINS["torchax"]) is not None:
         return ""
     return (f"; the torchax backend runs on torch {torch_version}: python install.py --backend torchax, then "
-            "COMFY_TPU_BACKEND=torchax")
+            "COMFY_TPU_BACKEND=torchax (or auto)")
+
+
+def torch_xla_missing(torch_version: str) -> str:
+    """Why the torch_xla backend cannot start when torch_xla is not installed, and what gives a backend."""
+    wanted = TORCH_XLA_PINS.get(minor_of(torch_version) or "")
+    if wanted:
+        return f"torch_xla is not installed (python install.py in the pack folder installs torch_xla=={wanted})"
+    return (f"torch_xla is not installed, and no torch_xla release matches torch {torch_version} (torch_xla exists "
+            f"for torch {supported_torch()}){_torchax_instead(torch_version)}")
 
 
 def supported_torch() -> str:
