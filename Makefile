@@ -121,8 +121,9 @@ $(COMPAT_VENV)/.comfyui: $(COMPAT_VENV)/.base $(COMPAT_COMFYUI)/main.py
 
 # The torchax backend on the newest torch it runs on (tpu_runtime/install/plan.py NEWEST_TORCH_CHECKED), in a
 # venv of its own (torch + torchvision at that release, the pinned torchax extra, ComfyUI 0.3.75's requirements,
-# the pack): tiny SD1.5 and Flux through nodes.common_ksampler, parity with stock, no recompile, the restart
-# loads JAX's cache (scripts/check_torchax_stack.py; ~1 min once the venv exists). Not part of `make test`:
+# the pack): with COMFY_TPU_BACKEND=auto (which must take torchax there: torch_xla has no release for it), tiny
+# SD1.5 and Flux through nodes.common_ksampler, parity with stock, no recompile, the restart loads JAX's cache
+# (scripts/check_torchax_stack.py; 1-2 min once the venv exists). Not part of `make test`:
 # the venv is a ~5 GB torch download the first time. NEWEST_TORCH_VENV may name one outside the repository.
 NEWEST_TORCH ?= 2.14.1
 NEWEST_TORCHVISION ?= 0.29.1
@@ -137,7 +138,7 @@ $(NEWEST_TORCH_VENV)/.stack: pyproject.toml requirements.txt | $(COMFYUI_PATH)/m
 	touch $@
 
 check-newest-torch: $(NEWEST_TORCH_VENV)/.stack
-	$(NEWEST_TORCH_VPY) scripts/check_torchax_stack.py
+	$(NEWEST_TORCH_VPY) scripts/check_torchax_stack.py --backend auto
 
 # The unit layer only: no ComfyUI, no XLA device (seconds).
 test-fast: setup

@@ -7,7 +7,10 @@ parity with ComfyUI stock on the same weights within 1e-3, a second run compiles
 restarted process loads its programs from JAX's persistent cache (no compile). Prints the versions and figures
 as one JSON line per process; exits 1 naming what failed.
 
-    /path/to/venv/bin/python scripts/check_torchax_stack.py     # needs ComfyUI (COMFYUI_PATH) and the pack
+    /path/to/venv/bin/python scripts/check_torchax_stack.py [--backend auto]   # needs ComfyUI (COMFYUI_PATH), the pack
+
+``--backend auto`` starts the pack with ``COMFY_TPU_BACKEND=auto`` and checks that it took torchax (what it does
+off a TPU on a torch torch_xla has no release for). The pack's start line is printed for each process.
 """
 from __future__ import annotations
 
@@ -25,6 +28,9 @@ TOLERANCE = 1e-3
 
 
 def _child() -> dict:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the pack's start line, as ComfyUI shows it
     sys.path.insert(0, PACK)
     from bench.comfy_host import import_comfy
 
@@ -97,9 +103,10 @@ def main() -> int:
     if sys.argv[1:] == ["--child"]:
         print(PREFIX + json.dumps(_child()), flush=True)
         return 0
+    backend = sys.argv[sys.argv.index("--backend") + 1] if "--backend" in sys.argv else "torchax"
     failed = []
     with tempfile.TemporaryDirectory(prefix="comfy-tpu-stack-") as cache_dir:
-        env = {**os.environ, "PJRT_DEVICE": "CPU", "COMFY_TPU_ENABLE": "1", "COMFY_TPU_BACKEND": "torchax",
+        env = {**os.environ, "PJRT_DEVICE": "CPU", "COMFY_TPU_ENABLE": "1", "COMFY_TPU_BACKEND": backend,
                "COMFY_TPU_CACHE_DIR": cache_dir, "COMFY_TPU_AUTOCAST_BF16": "0"}
         for phase in ("first process", "restarted process"):
             out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child"], env=env, cwd=PACK,
@@ -109,13 +116,16 @@ def main() -> int:
                 print(f"{phase}: failed (exit {out.returncode}):\n{out.stderr[-4000:]}", flush=True)
                 return 1
             result = json.loads(lines[-1][len(PREFIX):])
+            for line in out.stderr.splitlines():
+                if "comfy-tpu: TPU path" in line or "placeholders while torchax loads" in line:
+                    print(f"{phase}: {line.strip()}", flush=True)
             print(f"{phase}: {json.dumps(result)}", flush=True)
             failed += [f"{phase}: {p}" for p in _problems(result, phase == "restarted process")]
     for line in failed:
         print(f"FAILED {line}")
     if not failed:
         print(f"OK: the torchax backend runs on torch {result['torch']} (torchax {result['torchax']}, "
-              f"jax {result['jax']})")
+              f"jax {result['jax']}; COMFY_TPU_BACKEND={backend})")
     return 1 if failed else 0
 
 
