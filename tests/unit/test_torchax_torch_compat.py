@@ -50,3 +50,25 @@ def test_the_removed_names_are_the_ones_torch_2_13_dropped():
         assert len(compat.missing_names()) == 23
     else:
         assert compat.missing_names() == []
+
+
+def test_the_window_opens_only_for_a_release_known_to_need_it(mocker):
+    """torchax 0.0.13 on torch >= 2.13 loads inside the window; on torch 2.9, or a torchax not known to need it
+    (the 0.0.14 nightlies load on torch 2.14.1 by themselves), no placeholder is set."""
+    import contextlib
+    import sys
+    import types
+
+    from tpu_runtime.install import versions
+
+    fake = types.SimpleNamespace(default_env=lambda: "env")
+    mocker.patch.dict(sys.modules, {"torchax": fake})
+    window = mocker.patch.object(compat, "removed_aten_placeholders", side_effect=lambda: contextlib.nullcontext())
+    installed = mocker.patch.object(versions, "installed_version", return_value="0.0.13")
+    for torch_version, torchax_version, opened in (("2.14.1+cu130", "0.0.13", True), ("2.9.0", "0.0.13", False),
+                                                   ("2.14.1", "0.0.14.dev20261026", False)):
+        window.reset_mock()
+        installed.return_value = torchax_version
+        mocker.patch.object(compat.torch, "__version__", torch_version)
+        assert compat.import_torchax() == (fake, "env")
+        assert window.called is opened, (torch_version, torchax_version)

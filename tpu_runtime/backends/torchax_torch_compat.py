@@ -114,8 +114,13 @@ def removed_aten_placeholders(removed: Optional[dict[str, Optional[tuple[str, ..
 
 def import_torchax():
     """``torchax`` imported and its default environment made (op registry loaded), within the placeholders'
-    window. Returns ``(torchax, env)``."""
-    with removed_aten_placeholders():
+    window where this torchax release is known to name what this torch removed (``install/plan.py``: 0.0.13 on
+    torch >= 2.13; a newer torchax, such as the 0.0.14 nightlies, loads without them). Returns ``(torchax, env)``."""
+    from tpu_runtime.install.plan import torchax_needs_placeholders
+    from tpu_runtime.install.versions import installed_version
+
+    needed = torchax_needs_placeholders(torch.__version__, installed_version("torchax"))
+    with removed_aten_placeholders() if needed else contextlib.nullcontext():
         import torchax
 
         env = torchax.default_env()
