@@ -19,7 +19,7 @@ COMPAT_VPY := $(COMPAT_VENV)/bin/python
 export PJRT_DEVICE ?= CPU
 export COMFYUI_PATH
 
-.PHONY: setup demo test test-fast lint bench doctor clean chromium setup-compat test-compat
+.PHONY: setup demo test test-fast lint bench doctor clean chromium setup-compat test-compat check-newest-torch
 
 setup: $(VENV)/.stack $(COMFYUI_STAMP) $(VENV)/.pack
 
@@ -119,6 +119,27 @@ $(COMPAT_VENV)/.comfyui: $(COMPAT_VENV)/.base $(COMPAT_COMFYUI)/main.py
 	$(COMPAT_VPY) scripts/link_pack.py "$(COMPAT_COMFYUI)"
 	touch $@
 
+# The torchax backend on the newest torch it runs on (tpu_runtime/install/plan.py NEWEST_TORCH_CHECKED), in a
+# venv of its own (torch + torchvision at that release, the pinned torchax extra, ComfyUI 0.3.75's requirements,
+# the pack): with COMFY_TPU_BACKEND=auto (which must take torchax there: torch_xla has no release for it), tiny
+# SD1.5 and Flux through nodes.common_ksampler, parity with stock, no recompile, the restart loads JAX's cache
+# (scripts/check_torchax_stack.py; 1-2 min once the venv exists). Not part of `make test`:
+# the venv is a ~5 GB torch download the first time. NEWEST_TORCH_VENV may name one outside the repository.
+NEWEST_TORCH ?= 2.14.1
+NEWEST_TORCHVISION ?= 0.29.1
+NEWEST_TORCH_VENV ?= $(CURDIR)/.venv-torch$(NEWEST_TORCH)
+NEWEST_TORCH_VPY := $(NEWEST_TORCH_VENV)/bin/python
+
+$(NEWEST_TORCH_VENV)/.stack: pyproject.toml requirements.txt | $(COMFYUI_PATH)/main.py
+	[ -x "$(NEWEST_TORCH_VPY)" ] || $(PYTHON) -m venv "$(NEWEST_TORCH_VENV)"
+	$(NEWEST_TORCH_VPY) -m pip install -q torch==$(NEWEST_TORCH) torchvision==$(NEWEST_TORCHVISION)
+	$(NEWEST_TORCH_VPY) scripts/install_comfy_requirements.py "$(COMFYUI_PATH)/requirements.txt"
+	$(NEWEST_TORCH_VPY) -m pip install -q -e ".[torchax]"
+	touch $@
+
+check-newest-torch: $(NEWEST_TORCH_VENV)/.stack
+	$(NEWEST_TORCH_VPY) scripts/check_torchax_stack.py --backend auto
+
 # The unit layer only: no ComfyUI, no XLA device (seconds).
 test-fast: setup
 	$(VPY) -m pytest -q -ra tests/unit
@@ -133,4 +154,4 @@ doctor: setup
 	COMFY_TPU_ENABLE=$${COMFY_TPU_ENABLE:-1} $(VPY) -m tpu_runtime doctor
 
 clean:
-	rm -rf $(VENV) $(COMPAT_VENV) .cache
+	rm -rf $(VENV) $(COMPAT_VENV) .cache .venv-torch*

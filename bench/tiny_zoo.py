@@ -83,7 +83,10 @@ FAMILIES: dict[str, Family] = {
 }
 
 
-def family(name: str) -> Family:
+def family(name: "str | Family") -> Family:
+    """The zoo's family called ``name``; a :class:`Family` given is used as it is (bench_gpu_torchax's real sizes)."""
+    if isinstance(name, Family):
+        return name
     try:
         return FAMILIES[name]
     except KeyError:

@@ -12,8 +12,9 @@ from typing import Optional
 from tests.sampling_harness import ksample, max_abs_diff  # noqa: F401  (before ComfyUI's own ``tests``)
 
 #: Counters only the torchax backend keeps, reported per run where the backend has them: ops dispatched on
-#: the device outside programs (a ControlNet's merge of its resident outputs), weights and call tensors sent.
-EXTRA_COUNTERS = ("device_ops", "weight_uploads", "transfers_to_device")
+#: the device outside programs (a ControlNet's merge of its resident outputs), weights and call tensors sent, and
+#: call inputs held on the device while their host tensor lives (a ControlNet's hint).
+EXTRA_COUNTERS = ("device_ops", "weight_uploads", "transfers_to_device", "held_input_uploads")
 
 
 def _extra(before: dict, after: dict) -> dict:

@@ -69,6 +69,18 @@ def test_one_transfer_to_the_host_per_model_call(measured):
         assert run["transfers"] == run["model_calls"], (case, index, run)
 
 
+def test_a_controls_hint_is_uploaded_once_a_run(measured):
+    """ComfyUI computes a ControlNet's hint once a run: it goes to the device once a run for each ControlNet,
+    not with every control call (a T2I-Adapter's model takes its hint once a run anyway, positionally)."""
+    for case, runs in measured["controls"]["cases"].items():
+        for index, run in enumerate(runs):
+            assert run["control_calls"] > 1 and run["extra"]["held_input_uploads"] == CASES[case].get("chained", 1), \
+                (case, index, run)
+    for family, family_measured in measured["families"].items():
+        for run in family_measured["runs"]:
+            assert run["extra"]["held_input_uploads"] == (0 if family == "t2i" else 1), (family, run)
+
+
 def test_a_new_strength_or_range_compiles_nothing(measured):
     for case, index, run in _all_runs(measured):
         if index:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from tpu_runtime.backends import xla as backend_mod
+from tpu_runtime.backends.backend_choice import resolve as resolve_backend
 from tpu_runtime.backends.device import DeviceReport, decide_path, describe, detect
 from tpu_runtime.settings.run_options import RunOptions
 from tpu_runtime.settings.tpu_settings import TPUSettings, env_var, load_settings
@@ -73,18 +74,19 @@ def start(force: bool = False) -> PackState:
 
     def start_backend() -> DeviceReport:
         """The probe of ``decide_path``: starts the XLA runtime (only when the decision needs it)."""
-        report = detect(settings.backend if loaded.ok else "torch_xla")
+        choice = resolve_backend(settings.backend if loaded.ok else "torch_xla")
+        report = detect(choice.name).model_copy(update={"backend_reason": choice.reason})
         if report.error:
             return report
         backend = previous.backend if previous is not None else None
-        if backend is not None and loaded.ok and backend.name != settings.backend:
-            log.error("comfy-tpu: %s=%s asked for, but this process runs the %s backend (one per process, chosen "
-                      "at its first start): restart ComfyUI to change it", env_var("backend"), settings.backend,
-                      backend.name)
+        if backend is not None and loaded.ok and backend.name != choice.name:
+            log.error("comfy-tpu: %s=%s asked for (%s), but this process runs the %s backend (one per process, "
+                      "chosen at its first start): restart ComfyUI to change it", env_var("backend"), settings.backend,
+                      choice.reason, backend.name)
         if backend is None:
             try:
-                backend = backend_mod.create_backend(_persistent_cache_dir(cache_dir, settings),
-                                                     (settings.spmd, settings.mesh), settings.backend)
+                backend = backend_mod.create_backend(_persistent_cache_dir(cache_dir, settings, choice.name),
+                                                     (settings.spmd, settings.mesh), choice.name)
             except backend_mod.BackendUnavailable as exc:
                 return report.model_copy(update={"error": str(exc)})
         started["backend"] = backend
@@ -111,11 +113,12 @@ def _attention_words(state: PackState) -> str:
                            backend.mesh_description())
 
 
-def _persistent_cache_dir(cache_dir: Path, settings: TPUSettings) -> Optional[str]:
-    """XLA's persistent cache folder, made (None when the cache is off or the folder cannot be made)."""
+def _persistent_cache_dir(cache_dir: Path, settings: TPUSettings, backend: str) -> Optional[str]:
+    """XLA's persistent cache folder for ``backend``, made (None when the cache is off or the folder cannot be
+    made)."""
     if not settings.compilation_cache:
         return None
-    xla_dir = xla_cache_subdir(cache_dir, settings.backend)
+    xla_dir = xla_cache_subdir(cache_dir, backend)
     try:
         xla_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -267,3 +267,23 @@ def test_doctor_text_says_which_attention_runs():
     line = next(text for text in launcher.format_doctor(data).splitlines() if text.startswith("  attention"))
     assert "flash: memory-bounded blockwise at every length (torch_xla's Pallas flash kernel runs on a TPU only" in line
     assert "mesh" not in line
+
+
+def test_doctor_says_when_torchax_runs_with_the_placeholders():
+    """torchax 0.0.13 on torch 2.14 loads with the pack's placeholders (the doctor says so); on torch 2.9 it needs
+    none (no line)."""
+    def text(torch_version: str) -> str:
+        report = {"torch_version": torch_version, "torch_xla_version": None, "libtpu_version": None, "device": "cpu:0",
+                  "device_type": "CPU", "device_count": 1, "tpu_type": "n/a", "hbm_per_chip_bytes": None, "error": None,
+                  "backend": "torchax", "backend_reason": "auto off a TPU: torchax", "torchax_version": "0.0.13",
+                  "jax_version": "0.10.2"}
+        return launcher.format_doctor({"report": report, "settings": {"non_defaults": {}, "cache_dir": None,
+                                                                      "execution": "replay", "problems": []},
+                                       "decision": {"on": True, "reason": "enabled"}})
+
+    newest = text("2.14.1+cu130")
+    assert "backend      torchax (auto off a TPU: torchax)" in newest
+    assert "torch compat torchax 0.0.13 names aten ops torch 2.14.1+cu130 removed" in newest
+    assert "torch compat" not in text("2.9.0")
+    assert "torch_xla    missing: no release for torch 2.14.1+cu130" in newest
+    assert "torch_xla    missing (python install.py in the pack folder)" in text("2.9.0")

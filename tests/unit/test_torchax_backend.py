@@ -94,7 +94,7 @@ def test_torchax_missing_is_named_with_how_to_install(monkeypatch):
 def test_only_the_torchax_backend_imports_torchax_and_jax():
     """The backend, its attention kernels (JAX's Pallas flash, lax.scan loops), its block programs (a block
     jitted on its own, the model's jaxpr cut into a chain), its device-resident outputs and its weight
-    splits: nothing else."""
+    splits, and the window that loads torchax on a torch that removed names it uses: nothing else."""
     pack = Path(__file__).resolve().parents[2]
     importers = set()
     for path in [*(pack / "tpu_runtime").rglob("*.py"), *(pack / "tpu_nodes").rglob("*.py")]:
@@ -105,4 +105,5 @@ def test_only_the_torchax_backend_imports_torchax_and_jax():
                 importers.add(path.relative_to(pack).as_posix())
     assert importers == {"tpu_runtime/backends/torchax.py", "tpu_runtime/backends/torchax_attention.py",
                          "tpu_runtime/backends/torchax_blocks.py", "tpu_runtime/backends/torchax_resident.py",
-                         "tpu_runtime/backends/torchax_shard.py"}, importers
+                         "tpu_runtime/backends/torchax_shard.py", "tpu_runtime/backends/torchax_torch_compat.py"}, \
+        importers

@@ -30,6 +30,8 @@ class DeviceReport(BaseModel):
     torch_xla_importable: bool
     #: ``COMFY_TPU_BACKEND``: torch_xla, or torchax (JAX) with its versions.
     backend: str = "torch_xla"
+    #: Why this backend: ``COMFY_TPU_BACKEND=...``, or what ``auto`` chose it for (backends/backend_choice.py).
+    backend_reason: str = ""
     jax_version: Optional[str] = None
     torchax_version: Optional[str] = None
     device: Optional[str] = None
@@ -46,7 +48,8 @@ class DeviceReport(BaseModel):
         hbm = f"{self.hbm_per_chip_bytes / 2**30:.1f} GiB" if self.hbm_per_chip_bytes else "unknown"
         stack = (f"torchax {self.torchax_version or 'missing'}, jax {self.jax_version or 'missing'}"
                  if self.backend == "torchax" else f"torch_xla {self.torch_xla_version or 'missing'}")
-        return (f"backend {self.backend}, device {self.device or 'none'} ({self.device_type} x{self.device_count}, "
+        why = f" ({self.backend_reason})" if self.backend_reason.startswith("auto") else ""
+        return (f"backend {self.backend}{why}, device {self.device or 'none'} ({self.device_type} x{self.device_count}, "
                 f"TPU type {self.tpu_type}, HBM/chip {hbm}, SPMD {'on, mesh ' + self.mesh if self.spmd else 'off'}); "
                 f"torch {self.torch_version}, {stack}, libtpu {self.libtpu_version or 'none'}")
 
@@ -130,7 +133,9 @@ def detect(backend: str = "torch_xla") -> DeviceReport:
             report.error = torchax_torch_problem(report.torch_version, report.torchax_version)
         return report
     if not report.torch_xla_importable:
-        report.error = "torch_xla is not installed"
+        from tpu_runtime.install.plan import torch_xla_missing
+
+        report.error = torch_xla_missing(report.torch_version)
         return report
     report.error = version_mismatch(report.torch_version, report.torch_xla_version)
     return report

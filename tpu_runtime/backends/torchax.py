@@ -175,8 +175,10 @@ class TorchaxBackend:
                  spmd_request: tuple[str, Optional[str]] = ("off", None)) -> None:
         import jax
         import jax.monitoring
-        import torchax
 
+        from tpu_runtime.backends.torchax_torch_compat import import_torchax
+
+        torchax, env = import_torchax()  # on torch >= 2.13 with placeholders for the aten names it lacks
         self._jax = jax
         self._torchax = torchax
         self.figures = JaxCompileFigures()
@@ -194,13 +196,16 @@ class TorchaxBackend:
                 self.persistent_cache_error = f"{type(exc).__name__}: {exc}"
                 log.warning("comfy-tpu: JAX persistent cache not set at %s: %s", persistent_cache_dir,
                             self.persistent_cache_error)
-        self._env = torchax.default_env()
+        self._env = env
         self._mesh = None
         self._devices = jax.devices()
         self._jax_device = self._devices[0]
         #: Each weight's split over the mesh's 'model' axis (``torchax_shard``): its twin is uploaded with it.
         self.splits = WeightSplits(lambda: self._mesh)
         self.twins = WeightTwins(self._upload_weight)  # split as planned, or replicated over the mesh
+        #: Call inputs a run passes unchanged to every call (a ControlNet's hint), held on the device while their host
+        #: tensor lives, found by identity as the weights' twins are: one upload a run instead of one a call.
+        self.held_inputs = WeightTwins(lambda tensor: self._upload(tensor, self._placement(tensor)))
         #: Host seconds spent blocked on the device (the compute of the programs): bench_step_host's meter;
         #: and spent sending a call's tensors up and its outputs back (bench_backends' share of a step).
         self.device_wait_s = 0.0
@@ -326,6 +331,14 @@ class TorchaxBackend:
         self._counts["transfers_to_device"] += 1
         return self._jax.device_put(host_array(tensor), placement or self._placement())
 
+    def held_input(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` as a device-resident tensor, uploaded the first time it is seen while it lives (then the
+        same array each call): for a host tensor a run passes unchanged to every call, such as a ControlNet's
+        hint (ComfyUI computes it once a run and drops it at the run's end)."""
+        if isinstance(tensor, ResidentTensor):
+            return tensor
+        return self._resident.wrap(self.held_inputs.arrays([tensor])[0])
+
     # -- programs ------------------------------------------------------------------------------
     def capture_function(self, function: Callable[[list[torch.Tensor]], list[torch.Tensor]], inputs: list[torch.Tensor],
                          weight_count: int, split: Optional[Callable[[Callable], Callable]] = None) -> JaxProgram:
@@ -398,6 +411,7 @@ class TorchaxBackend:
             "persistent_cache_deserialize_failures": 0,
             "jax_traces": events.get(TRACE_EVENT, 0),
             "weight_uploads": self.twins.uploads,  # weights sent to the device (first use, or changed)
+            "held_input_uploads": self.held_inputs.uploads,  # held call inputs sent (a ControlNet's hint: once a run)
         }
 
     def compile_seconds(self) -> float:

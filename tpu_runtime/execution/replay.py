@@ -69,6 +69,10 @@ class ReplayedDiffusionModel(ModelStandIn):
         #: Set for the length of a model call on a ControlNet's stand-in where the backend can keep a
         #: program's outputs on the device (torchax: ``resident_outputs``); torch_xla's always are.
         self.resident_outputs = False
+        #: Set for the length of a model call on a ControlNet's stand-in where the backend holds inputs on the
+        #: device (torchax: ``held_input``): the keyword inputs a run passes unchanged to every call (its hint),
+        #: uploaded once while their host tensor lives instead of at every call.
+        self.held_inputs: tuple[str, ...] = ()
 
     def _weight_slots(self) -> list[tuple[dict, str]]:
         """Every parameter and buffer of the model as (its owner's parameter or buffer dict, name): read
@@ -114,6 +118,8 @@ class ReplayedDiffusionModel(ModelStandIn):
         if self.fallback_reason is not None:
             with self.trace_context(self.inner):
                 return self.inner(*args, **kwargs)
+        if self.held_inputs:
+            kwargs = self._with_held_inputs(kwargs)
         options = kwargs.get("transformer_options")
         self.__dict__["_full_options"] = options
         if isinstance(options, dict):
@@ -146,6 +152,14 @@ class ReplayedDiffusionModel(ModelStandIn):
         if entry.positions == CHAIN:  # recorded as a chain of programs (repeated blocks)
             return entry.program.run(self._backend, tensors + weights)
         return entry.output(self._run(entry.program, tensors + weights))
+
+    def _with_held_inputs(self, kwargs: dict) -> dict:
+        """``kwargs`` with each of ``held_inputs`` as the backend's device-resident copy of it."""
+        hold = getattr(self._backend, "held_input", None)
+        if hold is None:
+            return kwargs
+        return {**kwargs, **{name: hold(kwargs[name]) for name in self.held_inputs
+                             if isinstance(kwargs.get(name), torch.Tensor)}}
 
     def _run(self, program: Any, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         """The backend runs the program; its outputs stay on the device when ``resident_outputs`` asks."""

@@ -161,8 +161,11 @@ def doctor_data() -> dict[str, Any]:
     from tpu_runtime.backends import xla as backend_mod
     from tpu_runtime.backends.device import decide_path, describe, detect  # imports torch: only here
 
+    from tpu_runtime.backends.backend_choice import resolve as resolve_backend
+
     loaded = load_settings()
-    installed = detect(loaded.settings.backend if loaded.ok else "torch_xla")
+    choice = resolve_backend(loaded.settings.backend if loaded.ok else "torch_xla")
+    installed = detect(choice.name).model_copy(update={"backend_reason": choice.reason})
 
     def probe():
         if installed.error:
@@ -227,12 +230,14 @@ def format_doctor(data: dict[str, Any]) -> str:
     backend = r.get("backend", "torch_xla")
     lines = [
         "comfy-tpu doctor",
-        f"  backend      {backend} (COMFY_TPU_BACKEND)",
+        f"  backend      {backend} ({r.get('backend_reason') or 'COMFY_TPU_BACKEND'})",
         f"  torch        {r['torch_version']}",
-        f"  torch_xla    {r['torch_xla_version'] or 'missing (python install.py in the pack folder)'}",
+        f"  torch_xla    {r['torch_xla_version'] or _torch_xla_missing_line(r['torch_version'])}",
         *([f"  torchax      {r.get('torchax_version') or 'missing (python install.py --backend torchax)'}",
            f"  jax          {r.get('jax_version') or 'missing (python install.py --backend torchax)'}"]
           if backend == "torchax" else []),
+        *([f"  torch compat {_torchax_compat_line(r['torch_version'], r.get('torchax_version'))}"]
+          if backend == "torchax" and _torchax_compat_line(r["torch_version"], r.get("torchax_version")) else []),
         f"  libtpu       {r['libtpu_version'] or 'none'}",
         f"  device       {r['device'] or 'none'}",
         f"  device type  {r['device_type']} x{r['device_count']}",
@@ -263,6 +268,25 @@ def format_doctor(data: dict[str, Any]) -> str:
         lines.append(f"  ComfyUI      {comfy.get('path', 'not found')}: {comfy.get('reason', '?')}")
     lines.append(f"TPU path {'ON' if d['on'] else 'OFF'}: {d['reason']}")
     return "\n".join(lines)
+
+
+def _torch_xla_missing_line(torch_version: str) -> str:
+    """What the doctor says of a missing torch_xla: how to install it, or that this torch has no release of it."""
+    from tpu_runtime.install.plan import TORCH_XLA_PINS, minor_of, supported_torch
+
+    if minor_of(torch_version) in TORCH_XLA_PINS:
+        return "missing (python install.py in the pack folder)"
+    return f"missing: no release for torch {torch_version} (torch_xla exists for torch {supported_torch()})"
+
+
+def _torchax_compat_line(torch_version: str, torchax_version: Optional[str]) -> str:
+    """Where this torchax needs the pack's placeholders on this torch, a line saying so (else empty)."""
+    from tpu_runtime.install.plan import NEWEST_TORCH_CHECKED, torchax_needs_placeholders
+
+    if not torchax_version or not torchax_needs_placeholders(torch_version, torchax_version):
+        return ""
+    return (f"torchax {torchax_version} names aten ops torch {torch_version} removed: the pack sets placeholders "
+            f"while it loads (checked up to torch {NEWEST_TORCH_CHECKED}; backends/torchax_torch_compat.py)")
 
 
 def _attention_line(setting: str, backend: str, device_type: str, mesh: str = "single") -> str:

@@ -47,6 +47,23 @@ def minor_of(version: Optional[str]) -> Optional[str]:
     return f"{match.group(1)}.{match.group(2)}" if match else None
 
 
+def _torchax_instead(torch_version: str) -> str:
+    """On a torch torch_xla lacks but the torchax backend runs on: the command that gives a backend."""
+    if torchax_torch_problem(torch_version, TORCHAX_PINS["torchax"]) is not None:
+        return ""
+    return (f"; the torchax backend runs on torch {torch_version}: python install.py --backend torchax, then "
+            "COMFY_TPU_BACKEND=torchax (or auto)")
+
+
+def torch_xla_missing(torch_version: str) -> str:
+    """Why the torch_xla backend cannot start when torch_xla is not installed, and what gives a backend."""
+    wanted = TORCH_XLA_PINS.get(minor_of(torch_version) or "")
+    if wanted:
+        return f"torch_xla is not installed (python install.py in the pack folder installs torch_xla=={wanted})"
+    return (f"torch_xla is not installed, and no torch_xla release matches torch {torch_version} (torch_xla exists "
+            f"for torch {supported_torch()}){_torchax_instead(torch_version)}")
+
+
 def supported_torch() -> str:
     """The torch versions that have a torch_xla release, for messages ("2.5, 2.6, ...")."""
     ordered = sorted(TORCH_XLA_PINS, key=lambda v: tuple(int(p) for p in v.split(".")))
@@ -91,7 +108,7 @@ def plan_install(torch_version: Optional[str], torch_xla_version: Optional[str],
     if not wanted:
         return InstallPlan(action="refuse", message=(
             f"no torch_xla release matches torch {torch_version}; torch_xla exists for torch "
-            f"{supported_torch()}, so the pack will run ComfyUI stock"))
+            f"{supported_torch()}, so the pack will run ComfyUI stock{_torchax_instead(torch_version)}"))
     requirement = requirement_for(wanted, platform_tpu)
     return InstallPlan(action="install", requirement=requirement, message=(
         f"torch_xla is missing: {requirement} matches torch {torch_version} (torch stays as is)"))
@@ -102,23 +119,54 @@ def plan_install(torch_version: Optional[str], torch_xla_version: Optional[str],
 TORCHAX_PINS = {"torchax": "0.0.13", "jax": "0.10.2"}
 
 
-#: torchax releases -> the newest torch minor they import on (measured: torchax 0.0.13 imports on torch 2.12.1 and
-#: fails at import on 2.13.0 and 2.14.1 with ``AttributeError: aten.prod has no overload 'dim_Dimname'`` in
-#: torchax/amp.py; fixed in torchax's repository, not released). CI runs it on torch 2.9.
+#: torchax releases -> the newest torch minor they import on by themselves (measured: torchax 0.0.13 imports on
+#: torch 2.12.1 and fails at import on 2.13.0 and 2.14.1 with ``AttributeError: aten.prod has no overload
+#: 'dim_Dimname'`` in torchax/amp.py: torch 2.13 removed the named-tensor overloads and ``aten.cholesky``/``qr``
+#: that torchax's tables name). CI runs it on torch 2.9.
 TORCHAX_NEWEST_TORCH = {"0.0.13": (2, 12)}
+
+#: torchax releases -> the newest torch minor they run on with the pack's placeholders for those removed names
+#: (``backends/torchax_torch_compat.py``; measured: tiny SD1.5 and Flux through ``nodes.common_ksampler``, parity
+#: 1e-3, no recompile, the restart loads JAX's cache, on torch 2.14.1 with jax 0.10.2: ``make check-newest-torch``).
+#: A newer torch is unchecked: refused, naming what runs. torchax's nightly 0.0.14.dev20261026 imports on torch
+#: 2.14.1 by itself (a dev build: not pinned).
+TORCHAX_NEWEST_TORCH_WITH_PLACEHOLDERS = {"0.0.13": (2, 14)}
+
+#: The newest torch release the torchax backend was checked on end to end (the figures in bench/RESULTS.md).
+NEWEST_TORCH_CHECKED = "2.14.1"
+
+
+def _minor_tuple(version: Optional[str]) -> Optional[tuple[int, int]]:
+    minor = minor_of(version)
+    return tuple(int(p) for p in minor.split(".")) if minor else None  # type: ignore[return-value]
+
+
+def torchax_needs_placeholders(torch_version: Optional[str], torchax_version: Optional[str]) -> bool:
+    """True when this torchax names aten ops this torch removed (the pack then sets placeholders while it loads)."""
+    minor = _minor_tuple(torch_version)
+    newest = TORCHAX_NEWEST_TORCH.get(torchax_version or TORCHAX_PINS["torchax"])
+    return minor is not None and newest is not None and minor > newest
 
 
 def torchax_torch_problem(torch_version: Optional[str], torchax_version: Optional[str]) -> Optional[str]:
     """Why this torchax cannot run on this torch (None when it can, or when nothing is known against it)."""
-    minor = minor_of(torch_version)
-    newest = TORCHAX_NEWEST_TORCH.get(torchax_version or TORCHAX_PINS["torchax"])
-    if minor is None or newest is None or tuple(int(p) for p in minor.split(".")) <= newest:
+    minor = _minor_tuple(torch_version)
+    release = torchax_version or TORCHAX_PINS["torchax"]
+    newest = TORCHAX_NEWEST_TORCH_WITH_PLACEHOLDERS.get(release)
+    if minor is None or newest is None or minor <= newest:
         return None
-    return (f"torchax {torchax_version or TORCHAX_PINS['torchax']} fails at import on torch {torch_version} "
-            f"(AttributeError: aten.prod has no overload 'dim_Dimname', in torchax/amp.py; fixed in torchax's "
-            f"repository, not released): the torchax backend needs torch <= {newest[0]}.{newest[1]} "
-            f"(CI: torch 2.9.0 with torchax {TORCHAX_PINS['torchax']}, jax {TORCHAX_PINS['jax']}); torch_xla "
-            f"needs torch {supported_torch()}")
+    return (f"torchax {release} is unchecked on torch {torch_version}: it fails at import on torch >= 2.13 by "
+            f"itself (AttributeError: aten.prod has no overload 'dim_Dimname', in torchax/amp.py), and the pack's "
+            f"placeholders for the aten names torch removed are checked up to torch {NEWEST_TORCH_CHECKED}: "
+            f"{working_stacks()}")
+
+
+def working_stacks() -> str:
+    """Which torch each backend runs on, as one sentence for refusals (install.py, the start line, the doctor)."""
+    return (f"the torchax backend runs on torch <= 2.14 (checked: 2.9.0 in CI, {NEWEST_TORCH_CHECKED} by make "
+            f"check-newest-torch; torchax {TORCHAX_PINS['torchax']}, "
+            f"jax {TORCHAX_PINS['jax']}: python install.py --backend torchax); torch_xla needs torch "
+            f"{supported_torch()}")
 
 
 def torchax_requirements(platform_tpu: bool) -> list[str]:

@@ -111,6 +111,12 @@ def adapters_stay_on_device(conds: Any) -> Iterator[None]:
             control.t2i_model = module
 
 
+#: A ControlNet model's keyword inputs that a run passes unchanged to every call: ComfyUI's ``get_control``
+#: computes ``cond_hint`` once a run (``hint=self.cond_hint``), so a backend that holds inputs on the device
+#: (torchax) uploads it once a run, not once a call.
+HELD_CONTROL_INPUTS = ("hint",)
+
+
 @contextlib.contextmanager
 def control_models_replayed(conds: Any, stand_in_for: Callable[[torch.nn.Module, str], Any],
                             before_call: Callable[[], None], resident: bool = False) -> Iterator[None]:
@@ -131,6 +137,7 @@ def control_models_replayed(conds: Any, stand_in_for: Callable[[torch.nn.Module,
                 stand_in = stand_in_for(module, f"{type(control).__name__} ({type(module).__name__})")
                 stand_in.before_call = before_call
                 stand_in.resident_outputs = resident
+                stand_in.held_inputs = HELD_CONTROL_INPUTS if resident else ()
                 saved.append((control, name, held, stand_in))
                 setattr(control, name, _StaysOnDevice(stand_in) if isinstance(held, _StaysOnDevice) else stand_in)
         yield
@@ -139,6 +146,7 @@ def control_models_replayed(conds: Any, stand_in_for: Callable[[torch.nn.Module,
             setattr(control, name, held)
             stand_in.before_call = None
             stand_in.resident_outputs = False
+            stand_in.held_inputs = ()
 
 
 @contextlib.contextmanager

@@ -92,12 +92,15 @@ class TPUSettings(BaseSettings):
         default_note="auto", accepted="an integer >= 0 (0 = auto: wait one step behind the device)")
     cache_dir: Optional[Path] = setting(None, "where the pack keeps its files", accepted="a directory path",
                                         default_note="`<ComfyUI user dir>/comfy-tpu`")
-    backend: Literal["torch_xla", "torchax"] = setting(
+    backend: Literal["torch_xla", "torchax", "auto"] = setting(
         "torch_xla", "`torch_xla`: PyTorch/XLA; `torchax`: PyTorch on JAX (the diffusion model jitted by JAX, "
                      "whose compilation cache survives restarts; replay execution only; needs the `torchax` "
-                     "extra); see [docs/torchax.md](docs/torchax.md). One per process, chosen at start",
+                     "extra); see [docs/torchax.md](docs/torchax.md); `auto`: torchax on a TPU when it runs on "
+                     "this torch, else torch_xla (off a TPU torch_xla, or torchax where torch_xla has no release "
+                     "for this torch). One per process, chosen at start; the start line and the doctor say which "
+                     "and why",
         metavar="NAME", default_note="why: the Backends section below",
-        accepted="torch_xla or torchax (torchax needs the extra: python install.py --backend torchax)")
+        accepted="torch_xla, torchax or auto (torchax needs the extra: python install.py --backend torchax)")
     execution: Literal["replay", "compiled", "lazy"] = setting(
         "replay", "`replay`: the diffusion model is traced once per call shape and replayed as its own program; "
                 "`compiled`: captured once by dynamo (openxla backend); `lazy`: re-traced every step, fused with "
