@@ -48,7 +48,7 @@ def resolve(mode: str, backend) -> int:
     programs on ``backend`` (torch_xla: this module; torchax: ``block_functions``); 0: none (off; SPMD
     over several devices: a chain recorded there gave wrong results in tests/test_block_programs.py, so
     such a model runs as one whole-model program, as before)."""
-    if mode == "off" or backend.device_total() > 1:
+    if mode == "off":
         return 0
     return 2 if mode == "on" else AUTO_LEAST_BLOCKS
 
