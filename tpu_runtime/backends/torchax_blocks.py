@@ -145,6 +145,9 @@ class JaxChain:
         if current:
             segments.append(("glue", current))
         self.block_steps = sum(1 for kind, _ in segments if kind == "block")
+        #: Arguments of block programs that are the call's own arrays (a block's weights), split over the mesh
+        #: on the first call: a program is compiled for its arguments' shardings, so these stay split in it.
+        self.split_weight_arguments: Optional[int] = None
         # Backwards: what each step must hand on (read by a later step, or the call's output), and what it
         # reads for the last time (dropped after it: a whole program's buffers are reused by XLA, a chain
         # holding every block's activations to the end of the call would not free them).
@@ -175,6 +178,9 @@ class JaxChain:
             steps.append((program, inputs, [v if v in kept else None for v in slots], last_reads))
         steps.reverse()
         self._steps = steps
+        invars = set(self._invars)
+        self._block_weights = [v for kind, eqns in segments if kind == "block" for v in eqns[0].invars
+                               if not isinstance(v, Literal) and v in invars]
 
     def __call__(self, arrays: list[Any]) -> list[Any]:
         env: dict[Any, Any] = dict(self._consts)
@@ -184,6 +190,9 @@ class JaxChain:
         def read(v: Any) -> Any:
             return v.val if isinstance(v, literal) else env[v]
 
+        if self.split_weight_arguments is None:
+            self.split_weight_arguments = sum(1 for v in self._block_weights if _split(env[v]))
+
         for program, inputs, outputs, last_reads in self._steps:
             results = program(*[read(v) for v in inputs])
             for var in last_reads:
@@ -192,6 +201,12 @@ class JaxChain:
                 if var is not None:
                     env[var] = value
         return [read(v) for v in self._outvars]
+
+
+def _split(array: Any) -> bool:
+    """Whether a JAX array is split over several devices (not whole on each)."""
+    sharding = getattr(array, "sharding", None)
+    return sharding is not None and len(sharding.device_set) > 1 and not sharding.is_fully_replicated
 
 
 def whole_or_chain(traced: Callable[[list[Any]], list[Any]], make: Callable[[list[Any]], Optional[Any]]

@@ -289,7 +289,7 @@ class XlaBackend:
         xlac._xla_warm_up_cache(outputs, [])  # compiles, unless XLA's cache has this graph already
         seed_id = xlac._get_seed_info_id()
         slots = [input_ids.get(tensor_id) for tensor_id in graph_ids]
-        if None in slots:
+        if self.spmd.on and None in slots:
             self._match_by_buffer(slots, graph_ids, graph_values, inputs, seed_id)
         constants = [None if slot is not None else value for slot, value in zip(slots, graph_values)]
         seed_slots = [index for index, tensor_id in enumerate(graph_ids) if tensor_id == seed_id]
@@ -312,10 +312,15 @@ class XlaBackend:
         if not unmatched:
             return
         materialised = [index for index, pending in enumerate(self.written_inputs(inputs)) if not pending]
+        try:
+            input_handles = xlac._get_tensors_handle([inputs[i] for i in materialised])
+            graph_handles = xlac._get_tensors_handle([graph_values[i] for i in unmatched])
+        except RuntimeError as exc:  # left as constants, the program would replay stale values: not replayed
+            raise ReplayUnsupported(f"its graph's inputs could not be matched by device buffer ({exc})") from exc
         by_buffer: dict[int, int] = {}
-        for index, handle in zip(materialised, xlac._get_tensors_handle([inputs[i] for i in materialised])):
+        for index, handle in zip(materialised, input_handles):
             by_buffer.setdefault(handle, index)
-        for index, handle in zip(unmatched, xlac._get_tensors_handle([graph_values[i] for i in unmatched])):
+        for index, handle in zip(unmatched, graph_handles):
             slots[index] = by_buffer.get(handle)
 
     def tensor_ids(self, tensors: list[torch.Tensor]) -> list[int]:
