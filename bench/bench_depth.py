@@ -17,6 +17,8 @@ ComfyUI's ``common_ksampler`` (euler, 64x64, fp32, replay execution):
 
     PJRT_DEVICE=CPU .venv/bin/python bench/bench_depth.py [--families flux,sd3,wan] [--depths 1,4,19] \
         [--backends torch_xla,torchax] [--modes off,on]
+    PJRT_DEVICE=CPU .venv/bin/python bench/bench_depth.py --families flux --depths 1,19 \
+        --backends torch_xla,torchax --mesh data=2,model=2   # under SPMD, 4 CPU devices (--devices)
     PJRT_DEVICE=CPU .venv/bin/python bench/bench_depth.py --warm-pairs --families flux --depths 19 \
         --backends torch_xla,torchax   # warm s/step on vs off, interleaved in one process
 """
@@ -137,11 +139,20 @@ def _block_figures() -> dict:
     return models.block_figures() if hasattr(models, "block_figures") else {}
 
 
-def run_row(family: str, depth: int, backend: str, blocks: str, child: str = "--child") -> dict:
+def mesh_env(mesh: str, devices: int) -> dict:
+    """The environment of an SPMD row: ``devices`` CPU devices (PJRT's for torch_xla, JAX's for torchax)."""
+    if not mesh:
+        return {}
+    return {"COMFY_TPU_SPMD": "on", "COMFY_TPU_MESH": mesh, "CPU_NUM_DEVICES": str(devices),
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+
+
+def run_row(family: str, depth: int, backend: str, blocks: str, child: str = "--child", mesh: str = "",
+            devices: int = 4) -> dict:
     with tempfile.TemporaryDirectory(prefix="comfy-tpu-depth-") as cache_dir:
         env = {**os.environ, "PJRT_DEVICE": "CPU", "COMFY_TPU_ENABLE": "1", "COMFY_TPU_AUTOCAST_BF16": "0",
                "COMFY_TPU_BACKEND": backend, "COMFY_TPU_CACHE_DIR": cache_dir, "COMFY_TPU_EXECUTION": "replay",
-               "COMFY_TPU_BLOCK_PROGRAMS": blocks}
+               "COMFY_TPU_BLOCK_PROGRAMS": blocks, **mesh_env(mesh, devices)}
         command = [sys.executable, os.path.abspath(__file__), child, family, str(depth)]
         out = subprocess.run(command, env=env, cwd=PACK, capture_output=True, text=True)
     lines = [line for line in out.stdout.splitlines() if line.startswith(PREFIX)]
@@ -180,6 +191,8 @@ def main() -> int:
     parser.add_argument("--warm-pairs", action="store_true",
                         help="warm s/step on vs off interleaved in one process per family, depth and backend")
     parser.add_argument("--pair-child", nargs=2, default=None)
+    parser.add_argument("--mesh", default="", help="an SPMD mesh for every row, e.g. data=2,model=2")
+    parser.add_argument("--devices", type=int, default=4, help="CPU devices of --mesh")
     args = parser.parse_args()
     if args.child:
         sys.path.insert(0, PACK)
@@ -198,7 +211,7 @@ def main() -> int:
         for depth in map(int, args.depths.split(",")):
             for backend in args.backends.split(","):
                 for mode in args.modes.split(","):
-                    r = run_row(family, depth, backend, mode)
+                    r = run_row(family, depth, backend, mode, mesh=args.mesh, devices=args.devices)
                     lines.append(f"| {family} | {depth} | {backend} | {mode} | {r['first_compile_s']:.2f} "
                                  f"({r['first_compiles']}) | {r['first_wall_s']:.2f} | {r['warm_s_per_step']:.3f} "
                                  f"({r['warm_compiles']}) | {_ms(r['host_ms_per_call'])} | {r['diff']:.1e} |")

@@ -105,6 +105,18 @@ def torchax_runs(nodes, family: str) -> dict:
     return result
 
 
+def spmd_runs(nodes, family: str = "flux", steps: int = 2) -> dict:
+    """Under an SPMD mesh (the parent's env): ``depth_runs`` (a shallow then a deeper model, each run twice),
+    then a LoRA at three strengths on the deep one (``lora_runs``); the block figures of each."""
+    import comfy.model_management
+
+    result = depth_runs(nodes, family, steps=steps)
+    comfy.model_management.unload_all_models()  # the LoRA's block figures are its model's own
+    gc.collect()
+    result["lora"] = lora_runs(nodes, family, steps=steps)
+    return result
+
+
 def first_run(nodes, family: str, depth: int, steps: int = 2, dtype: str = "float32") -> dict:
     """A fresh process's first run of the zoo's ``family`` at ``depth`` (``bench_depth.depth_overrides``): its
     compile seconds and compiles (the backend's counters: JAX's compile events on torchax), the persistent

@@ -94,22 +94,6 @@ def test_a_controlnet_adding_residuals_per_block_keeps_parity():
     assert not result["replay_fallbacks"], result["replay_fallbacks"]
 
 
-def test_under_spmd_the_whole_model_program_runs_and_keeps_parity():
-    """SPMD on 4 PJRT CPU devices, a ``data=2,model=2`` mesh (weights split over the model axis): block
-    programs stay off there (a chain recorded under SPMD was 3.2 off eager: not built for shardings yet),
-    so the model runs as one program, with parity and no compile after its first run."""
-    result = run_child("cases_blocks:depth_runs", family="flux",
-                       env={"COMFY_TPU_EXECUTION": "replay", "COMFY_TPU_BLOCK_PROGRAMS": "on", "CPU_NUM_DEVICES": "4",
-                            "COMFY_TPU_SPMD": "on", "COMFY_TPU_MESH": "data=2,model=2"})
-    for run in result["runs"]:
-        assert run["diff"] <= PARITY, run
-        assert not run["fallbacks"], run
-    assert _run(result, "shallow", "again")["compiles"] == 0, result["runs"]
-    assert _run(result, "deep", "again")["compiles"] == 0, result["runs"]
-    assert result["blocks"].get("block_kinds", 0) == 0, result["blocks"]
-    assert "split over 'model'" in result["log"], result["log"][-2000:]
-
-
 def test_a_bf16_run_after_an_fp32_run_traces_its_own_block_programs():
     """A block program keeps the casts it was traced with: with autocast in its key, a bf16 run of the same
     shapes gets programs of its own (one per kind per autocast state) and computes in bf16."""

@@ -118,7 +118,19 @@ def make_chain(traced: Callable[[list[Any]], list[Any]], arrays: list[Any], inst
 
     with installed:
         closed = jax.make_jaxpr(traced)(arrays)
-    return JaxChain(closed, programs)
+    chain = JaxChain(closed, programs)
+    chain.wait_each_step = _cpu_mesh(arrays)
+    return chain
+
+
+def _cpu_mesh(arrays: list[Any]) -> bool:
+    """Whether ``arrays`` span several devices of JAX's CPU client. There, programs with collectives that are
+    dispatched ahead of each other share the client's few threads: a chain of 57 block programs under a
+    ``data=2,model=2`` mesh on a 2-core host stopped in a collective's rendezvous (devices waiting for
+    threads held by later programs; JAX aborts the process after 40 s). One program at a time avoids it; a
+    TPU runs each device's programs in order on the device and needs no wait."""
+    devices = {device for array in arrays for device in getattr(getattr(array, "sharding", None), "device_set", ())}
+    return len(devices) > 1 and all(device.platform == "cpu" for device in devices)
 
 
 class JaxChain:
@@ -145,6 +157,10 @@ class JaxChain:
         if current:
             segments.append(("glue", current))
         self.block_steps = sum(1 for kind, _ in segments if kind == "block")
+        #: Arguments of block programs that are the call's own arrays (a block's weights), split over the mesh
+        #: on the first call: a program is compiled for its arguments' shardings, so these stay split in it.
+        self.split_weight_arguments: Optional[int] = None
+        self.wait_each_step = False  # wait for each program before the next (``_cpu_mesh``)
         # Backwards: what each step must hand on (read by a later step, or the call's output), and what it
         # reads for the last time (dropped after it: a whole program's buffers are reused by XLA, a chain
         # holding every block's activations to the end of the call would not free them).
@@ -175,8 +191,13 @@ class JaxChain:
             steps.append((program, inputs, [v if v in kept else None for v in slots], last_reads))
         steps.reverse()
         self._steps = steps
+        invars = set(self._invars)
+        self._block_weights = [v for kind, eqns in segments if kind == "block" for v in eqns[0].invars
+                               if not isinstance(v, Literal) and v in invars]
 
     def __call__(self, arrays: list[Any]) -> list[Any]:
+        import jax
+
         env: dict[Any, Any] = dict(self._consts)
         env.update(zip(self._invars, arrays))
         literal = self._literal
@@ -184,14 +205,25 @@ class JaxChain:
         def read(v: Any) -> Any:
             return v.val if isinstance(v, literal) else env[v]
 
+        if self.split_weight_arguments is None:
+            self.split_weight_arguments = sum(1 for v in self._block_weights if _split(env[v]))
+
         for program, inputs, outputs, last_reads in self._steps:
             results = program(*[read(v) for v in inputs])
+            if self.wait_each_step:
+                jax.block_until_ready(results)
             for var in last_reads:
                 del env[var]
             for var, value in zip(outputs, results):
                 if var is not None:
                     env[var] = value
         return [read(v) for v in self._outvars]
+
+
+def _split(array: Any) -> bool:
+    """Whether a JAX array is split over several devices (not whole on each)."""
+    sharding = getattr(array, "sharding", None)
+    return sharding is not None and len(sharding.device_set) > 1 and not sharding.is_fully_replicated
 
 
 def whole_or_chain(traced: Callable[[list[Any]], list[Any]], make: Callable[[list[Any]], Optional[Any]]

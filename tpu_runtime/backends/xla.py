@@ -291,12 +291,39 @@ class XlaBackend:
         xlac._xla_warm_up_cache(outputs, [])  # compiles, unless XLA's cache has this graph already
         seed_id = xlac._get_seed_info_id()
         slots = [input_ids.get(tensor_id) for tensor_id in graph_ids]
+        if self.spmd.on and None in slots:
+            self._match_by_buffer(slots, graph_ids, graph_values, inputs, seed_id)
         constants = [None if slot is not None else value for slot, value in zip(slots, graph_values)]
         seed_slots = [index for index, tensor_id in enumerate(graph_ids) if tensor_id == seed_id]
         program = XlaProgram(graph_hash, slots, constants, seed_slots, len(outputs))
         if written:
             program.traced = dict(zip(slots, graph_values))
         return program
+
+    def _match_by_buffer(self, slots: list[Optional[int]], graph_ids: list[int], graph_values: list[torch.Tensor],
+                         inputs: list[torch.Tensor], seed_id: int) -> None:
+        """Fill ``slots`` of graph parameters that no input's id named, by the device buffer they read.
+
+        A graph names its device data by the id of the tensor the data was made for. Under SPMD the outputs of a
+        program run by ``_run_cached_graph`` (a chain's glue and block programs) reach a later trace as data
+        named by another id, so matching by id alone left them constants of the program: right on the run
+        that recorded it, stale on every replay (the chain of block programs was 3.2 off eager). The buffer
+        is what the parameter reads, so an input holding the same buffer is the parameter."""
+        xlac = self._torch_xla._XLAC
+        unmatched = [index for index, slot in enumerate(slots) if slot is None and graph_ids[index] != seed_id]
+        if not unmatched:
+            return
+        materialised = [index for index, pending in enumerate(self.written_inputs(inputs)) if not pending]
+        try:
+            input_handles = xlac._get_tensors_handle([inputs[i] for i in materialised])
+            graph_handles = xlac._get_tensors_handle([graph_values[i] for i in unmatched])
+        except RuntimeError as exc:  # left as constants, the program would replay stale values: not replayed
+            raise ReplayUnsupported(f"its graph's inputs could not be matched by device buffer ({exc})") from exc
+        by_buffer: dict[int, int] = {}
+        for index, handle in zip(materialised, input_handles):
+            by_buffer.setdefault(handle, index)
+        for index, handle in zip(unmatched, graph_handles):
+            slots[index] = by_buffer.get(handle)
 
     def tensor_ids(self, tensors: list[torch.Tensor]) -> list[int]:
         """torch_xla's ids of ``tensors`` (what a graph's parameters are matched by)."""

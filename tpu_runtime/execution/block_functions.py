@@ -66,6 +66,7 @@ class FunctionBlockPrograms:
         self.block_calls = 0
         self.chains = 0
         self.whole = 0  # calls compiled whole because their chain could not be made
+        self._chains: list[Any] = []  # the chains made (their figures)
         found = describe(self.groups)
         if found:
             log.info("comfy-tpu: %s: repeated blocks traced and compiled once per kind: %s", model_name, found)
@@ -78,7 +79,8 @@ class FunctionBlockPrograms:
                 "block_traces": self.traces, "block_calls": self.block_calls,
                 "block_kinds_off": sum(1 for k in self._kinds if k.off is not None),
                 "glue_programs": len(self._programs.glue), "block_chains": self.chains,
-                "block_chains_whole": self.whole}
+                "block_chains_whole": self.whole,
+                "block_weights_split": sum(chain.split_weight_arguments or 0 for chain in self._chains)}
 
     def chain(self, traced: Callable[[list[Any]], list[Any]]) -> Callable[[list[Any]], list[Any]]:
         """What runs in place of ``jax.jit(traced)`` (``capture_function``'s ``split``): at the first call the
@@ -99,6 +101,7 @@ class FunctionBlockPrograms:
             self.whole += 1
             return None
         self.chains += 1
+        self._chains.append(chain)
         self.block_calls += chain.block_steps
         return chain
 

@@ -45,10 +45,10 @@ AUTO_LEAST_BLOCKS = 4
 
 def resolve(mode: str, backend) -> int:
     """The least member count of a kind that ``COMFY_TPU_BLOCK_PROGRAMS`` (auto, on, off) runs as shared
-    programs on ``backend`` (torch_xla: this module; torchax: ``block_functions``); 0: none (off; SPMD
-    over several devices: a chain recorded there gave wrong results in tests/test_block_programs.py, so
-    such a model runs as one whole-model program, as before)."""
-    if mode == "off" or backend.device_total() > 1:
+    programs on ``backend`` (torch_xla: this module; torchax: ``block_functions``); 0: none (off). The same
+    on one device and under SPMD (a mesh's 'data' and 'model' axes: each program is compiled for the
+    shardings of the values it is run on, tests/test_block_programs_spmd.py)."""
+    if mode == "off":
         return 0
     return 2 if mode == "on" else AUTO_LEAST_BLOCKS
 
@@ -116,7 +116,11 @@ class BlockPrograms:
     def figures(self) -> dict[str, int]:
         return {"block_kinds": len(self._kinds), "block_programs": sum(len(k.programs) for k in self._kinds),
                 "block_traces": self.traces, "block_calls": self.block_calls,
-                "block_kinds_off": sum(1 for k in self._kinds if k.off is not None)}
+                "block_kinds_off": sum(1 for k in self._kinds if k.off is not None),
+                # Weights each kind's programs take split over the mesh (a program is compiled for its
+                # parameters' shardings: these stay split over the 'model' axis inside the block).
+                "block_weights_split": sum(_split(entry.weight_layout) for k in self._kinds
+                                           for entry in k.programs.values())}
 
     # -- one block's call --------------------------------------------------------------------------
     def _block_call(self, kind: _Kind, index: int, member: torch.nn.Module) -> Callable[..., Any]:
@@ -207,6 +211,11 @@ class BlockPrograms:
         kind.off = reason
         log.debug("comfy-tpu: %s: blocks %s run as part of the model's lazy graph: %s", self._model_name,
                   kind.group.kind, reason)
+
+
+def _split(layout: tuple) -> int:
+    """How many weights of a layout (``call_keys._layout``: shape, dtype, sharding) are split over devices."""
+    return sum(1 for _, _, sharding in layout if "devices=" in sharding)
 
 
 def _weights(member: torch.nn.Module) -> list[torch.Tensor]:

@@ -113,9 +113,9 @@ class TPUSettings(BaseSettings):
                 "compile does not grow with depth (torch_xla and torchax); `on`: also for kinds of 2 or 3 blocks; "
                 "`off`: the whole model as one program; see [docs/block_programs.md](docs/block_programs.md)",
         scope="run",
-        default_note="on, on one device (torch_xla or torchax), for a model with a kind of 4 blocks or more; off "
-                     "under SPMD (several devices)",
-        accepted="auto, on or off (auto: on for models with 4 or more blocks of a kind, one device)")
+        default_note="on (torch_xla or torchax, one device or an SPMD mesh) for a model with a kind of 4 blocks "
+                     "or more",
+        accepted="auto, on or off (auto: on for models with 4 or more blocks of a kind)")
     compiled_graph_break_limit: int = setting(
         0, "graph breaks a captured model may have before it falls back to lazy", ge=0, scope="run")
     conv_kernel_layout: Literal["auto", "hwio", "native"] = setting(
