@@ -209,6 +209,7 @@ class TorchaxBackend:
         #: Host seconds spent blocked on the device (the compute of the programs): bench_step_host's meter;
         #: and spent sending a call's tensors up and its outputs back (bench_backends' share of a step).
         self.device_wait_s = 0.0
+        self.dispatch_s = 0.0
         self.upload_s = 0.0
         self.fetch_s = 0.0
         self._counts = {"executions": 0, "transfers_to_host": 0, "transfers_to_device": 0, "device_ops": 0}
@@ -371,7 +372,9 @@ class TorchaxBackend:
         arrays = [self._upload(tensor, self._placement(tensor)) for tensor in calls] + self.twins.arrays(
             inputs[program.input_count:])
         self.upload_s += time.perf_counter() - start
+        start = time.perf_counter()
         outputs = program.jitted(arrays)
+        self.dispatch_s += time.perf_counter() - start  # JAX's CPU client may run the program inside the call
         if resident:
             self._counts["executions"] += 1
             return [self._resident.wrap(output) for output in outputs]
