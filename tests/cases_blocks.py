@@ -107,14 +107,28 @@ def torchax_runs(nodes, family: str) -> dict:
 
 def spmd_runs(nodes, family: str = "flux", steps: int = 2) -> dict:
     """Under an SPMD mesh (the parent's env): ``depth_runs`` (a shallow then a deeper model, each run twice),
-    then a LoRA at three strengths on the deep one (``lora_runs``); the block figures of each."""
+    then a LoRA at three strengths on the deep one (``lora_runs``), then a ControlNet adding residuals per
+    block at two strengths (``cases_control.family_runs``); the block figures of each."""
     import comfy.model_management
+
+    from tests.cases_control import family_runs
 
     result = depth_runs(nodes, family, steps=steps)
     comfy.model_management.unload_all_models()  # the LoRA's block figures are its model's own
     gc.collect()
     result["lora"] = lora_runs(nodes, family, steps=steps)
+    comfy.model_management.unload_all_models()  # the ControlNet run's block figures are its model's own
+    gc.collect()
+    result["control"] = family_runs(nodes, family, strengths=[0.9, 0.5], steps=steps,
+                                    overrides={"depth": 3, "depth_single_blocks": 4})
+    result["control"]["blocks"] = _current_block_figures()
     return result
+
+
+def _current_block_figures() -> dict:
+    from tpu_runtime import runtime
+
+    return runtime.current().replayed_models.block_figures()
 
 
 def first_run(nodes, family: str, depth: int, steps: int = 2, dtype: str = "float32") -> dict:

@@ -6,7 +6,8 @@ One fresh child per backend (compile counts): a shallow then a deeper tiny Flux,
 ComfyUI's ``common_ksampler``, then a LoRA on the deep one at three strengths. Block programs run (each
 kind one program, run once per block), the split weights are arguments of the block programs with their
 'model' shardings, every run matches eager CPU, later runs and the deeper model compile nothing, and a LoRA
-strength change compiles nothing.
+strength change compiles nothing; then a ControlNet adding residuals per block (Flux's, at two strengths)
+keeps parity through the block programs and its strength change compiles nothing.
 """
 from __future__ import annotations
 
@@ -71,3 +72,16 @@ def test_a_lora_strength_change_under_spmd_compiles_nothing(measured):
     assert lora["blocks"]["block_traces"] == KINDS, lora["blocks"]  # the LoRA's weights: no block traced again
     assert other["compiles"] == 0, lora["runs"]  # 0.5 -> 0.8
     assert max(abs(a - b) for a, b in zip(base["samples"], first["samples"])) > 100 * PARITY  # applied
+
+
+def test_a_controlnet_adding_residuals_per_block_under_spmd_keeps_parity(measured):
+    backend, result = measured
+    control = result["control"]
+    first, second = control["runs"]
+    for run in control["runs"]:
+        assert run["diff"] <= PARITY, (backend, run)
+        assert run["control_effect"] > 10 * PARITY, (backend, run)  # the control changes the result
+        assert not run["fallbacks"], (backend, run)
+    assert control["blocks"]["block_calls"] > 0 and control["blocks"]["block_kinds_off"] == 0, control["blocks"]
+    assert second["compiles"] == 0, control["runs"]  # 0.9 -> 0.5
+    assert not control["replay_fallbacks"], control["replay_fallbacks"]

@@ -230,19 +230,20 @@ def test_torchax_extra_matches_the_install_pins():
 
 def test_torchax_on_a_torch_it_cannot_import_on_is_refused_with_what_works():
     """torchax 0.0.13 fails at import on torch >= 2.13 by itself; with the pack's placeholders it runs on torch
-    2.14 (checked on 2.14.1): install.py installs it there, refuses a newer torch (unchecked) and says which stack
+    2.13 - 2.15 (checked on 2.14.1 and 2.15.0): install.py installs it there, refuses a newer torch (unchecked) and says which stack
     works; the device report (start line, doctor) says the same. torch_xla's refusal names torchax where it runs."""
     from tpu_runtime.install.plan import plan_install, plan_torchax_install, torchax_torch_problem
 
-    plan = plan_torchax_install("2.15.0", None, None, platform_tpu=False)
+    plan = plan_torchax_install("2.16.0", None, None, platform_tpu=False)
     assert plan.action == "refuse" and plan.requirement is None
-    assert "unchecked on torch 2.15.0" in plan.message and "dim_Dimname" in plan.message
-    assert "torch <= 2.14" in plan.message and "torch_xla needs torch 2.5" in plan.message
+    assert "unchecked on torch 2.16.0" in plan.message and "dim_Dimname" in plan.message
+    assert "torch <= 2.15" in plan.message and "torch_xla needs torch 2.5" in plan.message
     assert plan_torchax_install("2.12.1", None, None, platform_tpu=False).action == "install"
     assert plan_torchax_install("2.14.1+cu130", None, None, platform_tpu=False).action == "install"
     assert torchax_torch_problem("2.9.0+cu128", "0.0.13") is None
     assert torchax_torch_problem("2.14.1", "0.0.13") is None
-    assert "dim_Dimname" in torchax_torch_problem("2.15.0", "0.0.13")
+    assert torchax_torch_problem("2.15.0+cu132", "0.0.13") is None  # checked end to end
+    assert "dim_Dimname" in torchax_torch_problem("2.16.0", "0.0.13")
     assert "python install.py --backend torchax" in plan_install("2.14.1", None, platform_tpu=False).message
-    assert "torchax" not in plan_install("2.15.0", None, platform_tpu=False).message
+    assert "torchax" not in plan_install("2.16.0", None, platform_tpu=False).message
     assert torchax_torch_problem("2.15.0", "0.0.99") is None  # a release nothing is known against

@@ -52,10 +52,10 @@ def test_the_facts_come_from_what_is_installed(mocker):
     mocker.patch.object(versions, "installed_version", side_effect=lambda name: installed.get(name))
     mocker.patch.object(versions, "torch_xla_version", return_value=None)
     mocker.patch.object(device, "_tpu_runtime_present", return_value=True)
-    mocker.patch("torch.__version__", "2.15.0")
+    mocker.patch("torch.__version__", "2.16.0")
     facts = backend_choice.facts_here()
     assert facts.on_tpu and facts.torch_xla_problem == "torch_xla is not installed"
-    assert "unchecked on torch 2.15.0" in facts.torchax_problem  # newer than the placeholders were checked on
+    assert "unchecked on torch 2.16.0" in facts.torchax_problem  # newer than the placeholders were checked on
     mocker.patch("torch.__version__", "2.14.1")
     assert backend_choice.facts_here().torchax_problem is None
     assert backend_choice.resolve("auto").name == "torchax"
@@ -77,4 +77,4 @@ def test_a_missing_torch_xla_names_what_gives_a_backend_on_this_torch():
     newest = torch_xla_missing("2.14.1+cu130")
     assert "no torch_xla release matches torch 2.14.1+cu130" in newest
     assert "python install.py --backend torchax" in newest and "COMFY_TPU_BACKEND=torchax (or auto)" in newest
-    assert "torchax" not in torch_xla_missing("2.15.0")
+    assert "torchax" not in torch_xla_missing("2.16.0")

@@ -26,7 +26,8 @@ import torch
 log = logging.getLogger("comfy_tpu")
 
 #: aten ``op`` -> overloads (``None``: the whole op) that torchax 0.0.13 names and torch >= 2.13 lacks
-#: (found on torch 2.14.1 by resolving every name torchax looks up while it imports and loads its ops).
+#: (found on torch 2.14.1 by resolving every name torchax looks up while it imports and loads its ops; the same 23
+#: on torch 2.15.0).
 REMOVED_ATEN: dict[str, Optional[tuple[str, ...]]] = {
     "cholesky": None,
     "qr": None,

@@ -127,13 +127,14 @@ TORCHAX_NEWEST_TORCH = {"0.0.13": (2, 12)}
 
 #: torchax releases -> the newest torch minor they run on with the pack's placeholders for those removed names
 #: (``backends/torchax_torch_compat.py``; measured: tiny SD1.5 and Flux through ``nodes.common_ksampler``, parity
-#: 1e-3, no recompile, the restart loads JAX's cache, on torch 2.14.1 with jax 0.10.2: ``make check-newest-torch``).
+#: 1e-3, no recompile, the restart loads JAX's cache, on torch 2.14.1 and 2.15.0 (the registry's newest, Dec 2026)
+#: with jax 0.10.2: ``make check-newest-torch``).
 #: A newer torch is unchecked: refused, naming what runs. torchax's nightly 0.0.14.dev20261026 imports on torch
 #: 2.14.1 by itself (a dev build: not pinned).
-TORCHAX_NEWEST_TORCH_WITH_PLACEHOLDERS = {"0.0.13": (2, 14)}
+TORCHAX_NEWEST_TORCH_WITH_PLACEHOLDERS = {"0.0.13": (2, 15)}
 
 #: The newest torch release the torchax backend was checked on end to end (the figures in bench/RESULTS.md).
-NEWEST_TORCH_CHECKED = "2.14.1"
+NEWEST_TORCH_CHECKED = "2.15.0"
 
 
 def _minor_tuple(version: Optional[str]) -> Optional[tuple[int, int]]:
@@ -163,7 +164,7 @@ def torchax_torch_problem(torch_version: Optional[str], torchax_version: Optiona
 
 def working_stacks() -> str:
     """Which torch each backend runs on, as one sentence for refusals (install.py, the start line, the doctor)."""
-    return (f"the torchax backend runs on torch <= 2.14 (checked: 2.9.0 in CI, {NEWEST_TORCH_CHECKED} by make "
+    return (f"the torchax backend runs on torch <= 2.15 (checked: 2.9.0 in CI, 2.14.1 and {NEWEST_TORCH_CHECKED} by make "
             f"check-newest-torch; torchax {TORCHAX_PINS['torchax']}, "
             f"jax {TORCHAX_PINS['jax']}: python install.py --backend torchax); torch_xla needs torch "
             f"{supported_torch()}")
