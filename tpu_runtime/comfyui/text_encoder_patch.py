@@ -195,9 +195,7 @@ def _program_call(transformer: torch.nn.Module, programs: Any, state: "PackState
         try:
             outputs = programs.run(("clip", static), function, tensors)
         except NotReplayable as exc:
-            programs.lazy_reason = str(exc)
-            if state.notices.first_time("text encoder lazy", programs.name, str(exc)):
-                log.warning("comfy-tpu: %s runs lazily on the device (no program): %s", programs.name, exc)
+            _lazy_from_now(programs, state, exc)
             return call(*args, **kwargs)
         return tuple(token_buckets.cut_dim(output, chunks, 0) for output in outputs)
 
@@ -240,10 +238,15 @@ def _t5_program_call(transformer: torch.nn.Module, programs: Any, state: "PackSt
         try:
             outputs = programs.run(("t5", static), function, [first, mask])
         except NotReplayable as exc:
-            programs.lazy_reason = str(exc)
-            if state.notices.first_time("text encoder lazy", programs.name, str(exc)):
-                log.warning("comfy-tpu: %s runs lazily on the device (no program): %s", programs.name, exc)
+            _lazy_from_now(programs, state, exc)
             return call(*args, **kwargs)
         return tuple(token_buckets.cut_dim(output, length, 1) for output in outputs)
 
     return call
+
+
+def _lazy_from_now(programs: Any, state: "PackState", exc: Exception) -> None:
+    """An encoder whose call cannot be a program runs lazily on the device from now on (said once)."""
+    programs.lazy_reason = str(exc)
+    if state.notices.first_time("text encoder lazy", programs.name, str(exc)):
+        log.warning("comfy-tpu: %s runs lazily on the device (no program): %s", programs.name, exc)

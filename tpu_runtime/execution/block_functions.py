@@ -26,7 +26,7 @@ import torch
 from torch.utils._pytree import tree_flatten
 
 from tpu_runtime.execution.block_programs import INDEX_OPTIONS, _layer_functions
-from tpu_runtime.execution.call_keys import autocast_state, call_key
+from tpu_runtime.execution.call_keys import autocast_state, call_key, weight_slots
 from tpu_runtime.execution.repeated_blocks import BlockGroup, describe, find_repeated_blocks
 from tpu_runtime.execution.stand_in import STEP_DEPENDENT_OPTIONS
 
@@ -142,7 +142,7 @@ class FunctionBlockPrograms:
         left_out = STEP_DEPENDENT_OPTIONS + (() if patched else INDEX_OPTIONS)
         key, tensors = call_key(args, kwargs, self._own_wrappers, _every_tensor, patches_by_identity=True,
                                 left_out=left_out)
-        slots = _weight_slots(member)
+        slots = weight_slots(member)
         key = (key, _layer_functions(member), options.get("block_index") if patched else None,
                autocast_state(self._backend))
         function = kind.functions.get(key)
@@ -165,13 +165,3 @@ class FunctionBlockPrograms:
                   kind.group.kind, reason)
 
 
-def _weight_slots(member: torch.nn.Module) -> list[tuple[dict, str]]:
-    """The block's parameters and buffers as (owner's table, name), each tensor once."""
-    found, seen = [], set()
-    for module in member.modules():
-        for table in (module._parameters, module._buffers):
-            for name, tensor in table.items():
-                if tensor is not None and id(tensor) not in seen:
-                    seen.add(id(tensor))
-                    found.append((table, name))
-    return found

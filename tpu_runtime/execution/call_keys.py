@@ -152,3 +152,17 @@ def call_with_views(inner: Callable, template: list, spec: Any, positions: list[
     finally:
         for (table, name), tensor in zip(slots, saved):
             table[name] = tensor
+
+
+def weight_slots(module: torch.nn.Module) -> list[tuple[dict, str]]:
+    """Every parameter and buffer of ``module`` as (its owner's parameter or buffer dict, name), each tensor
+    once: where a traced call binds its weight arguments (a slot read afresh gets the tensor ComfyUI put there
+    last: a LoRA patched in or out, a reload)."""
+    found, seen = [], set()
+    for owner in module.modules():
+        for table in (owner._parameters, owner._buffers):
+            for name, tensor in table.items():
+                if tensor is not None and id(tensor) not in seen:
+                    seen.add(id(tensor))
+                    found.append((table, name))
+    return found

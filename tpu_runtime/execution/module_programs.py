@@ -24,7 +24,7 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from tpu_runtime.backends.xla import ReplayUnsupported
-from tpu_runtime.execution.call_keys import NotReplayable, _layout
+from tpu_runtime.execution.call_keys import NotReplayable, _layout, weight_slots
 
 log = logging.getLogger("comfy_tpu")
 
@@ -44,14 +44,7 @@ class CallPrograms:
 
     def slots(self) -> list[tuple[dict, str]]:
         """Every parameter and buffer as (its owner's parameter or buffer dict, name), each tensor once."""
-        found, seen = [], set()
-        for module in self._module.modules():
-            for table in (module._parameters, module._buffers):
-                for name, tensor in table.items():
-                    if tensor is not None and id(tensor) not in seen:
-                        seen.add(id(tensor))
-                        found.append((table, name))
-        return found
+        return weight_slots(self._module)
 
     def weights(self) -> list[torch.Tensor]:
         """Every parameter and buffer, read afresh each call: a reload (new tensors) runs the same program."""

@@ -30,7 +30,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from tpu_runtime.backends.xla import ReplayUnsupported
 from tpu_runtime.execution.call_keys import (  # noqa: F401  (re-exported: tests import them from here)
     CHAIN, HOST_VALUES_IN_KEY, IGNORED_OPTIONS, PER_CALL_PATCHES, NotReplayable, _distinct, _layout, _Program,
-    autocast_state, call_key, call_with_views)
+    autocast_state, call_key, call_with_views, weight_slots)
 from tpu_runtime.execution.block_programs import BlockPrograms
 from tpu_runtime.execution.host_values import without_twins
 from tpu_runtime.execution.block_functions import FunctionBlockPrograms
@@ -79,14 +79,7 @@ class ReplayedDiffusionModel(ModelStandIn):
         afresh at each call (two dict lookups each), so a weight ComfyUI replaced (a LoRA patched in
         or out, a reload) is the one the program gets."""
         if self._weights is None:
-            slots, seen = [], set()
-            for module in self.inner.modules():
-                for table in (module._parameters, module._buffers):
-                    for name, tensor in table.items():
-                        if tensor is not None and id(tensor) not in seen:
-                            seen.add(id(tensor))
-                            slots.append((table, name))
-            self.__dict__["_weights"] = slots
+            self.__dict__["_weights"] = weight_slots(self.inner)
         return self._weights
 
     def _current_weights(self) -> list[torch.Tensor]:
