@@ -17,6 +17,10 @@ import torch
 
 from tpu_runtime.execution.attention import program_audit, route
 
+# Its tests have XLA compile the programs they audit: in a fresh process with its own cache dir, so a graph an
+# earlier test compiled cannot stand in for one that would not compile (tests/fresh_process.py).
+pytestmark = pytest.mark.fresh_process
+
 TOKENS, HEADS, DIM = 21 * 45 * 80, 40, 128
 LIMIT = 256 << 20
 CONTEXT = 512  # Wan's text context
