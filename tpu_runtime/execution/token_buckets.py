@@ -15,6 +15,8 @@ from typing import Optional
 
 import torch
 
+from tpu_runtime.execution.attention import blockwise
+
 #: Token-length step of a T5 bucket: the lane width a TPU pads a matmul's dims to anyway.
 TOKEN_STEP = 128
 
@@ -30,13 +32,9 @@ def chunk_bucket(chunks: int) -> int:
 
 
 def pad_dim(tensor: torch.Tensor, size: int, dim: int, value: float = 0) -> torch.Tensor:
-    """``tensor`` grown along ``dim`` to ``size`` with ``value`` (itself when it is that size already)."""
-    extra = size - tensor.shape[dim]
-    if extra <= 0:
-        return tensor
-    shape = list(tensor.shape)
-    shape[dim] = extra
-    return torch.cat([tensor, torch.full(shape, value, dtype=tensor.dtype, device=tensor.device)], dim=dim)
+    """``tensor`` grown along ``dim`` to ``size`` with ``value`` (itself when it is that size already): the
+    attention's padding, argument order of this module."""
+    return blockwise._pad(tensor, dim, size, value)
 
 
 def cut_dim(value: Optional[torch.Tensor], size: int, dim: int) -> Optional[torch.Tensor]:
