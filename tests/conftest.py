@@ -5,6 +5,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from tests.suite_threads import share_cores_between_workers
 from tests.suite_xla_flags import with_suite_flags
 
 # Before torch_xla or ComfyUI is imported anywhere in the test process.
@@ -26,6 +27,9 @@ SNAPSHOT_ENV = "COMFY_TPU_TEST_COMFYUI_SNAPSHOT"
 
 
 def pytest_configure(config) -> None:
+    threads = share_cores_between_workers()  # before any child starts: children inherit it
+    if threads:
+        torch.set_num_threads(threads)  # torch is imported already (the pack's __init__ imports it)
     config.addinivalue_line("markers", f"{MARKER}: run this module in a fresh pytest process with its own "
                                        "cache dir (it counts compiles)")
     config.addinivalue_line("markers", f"{BOTH_BACKENDS_MARKER}: a {MARKER} module run once per backend "
