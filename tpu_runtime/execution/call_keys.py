@@ -2,8 +2,9 @@
 (``replay``), its chains of programs (``program_chain``) and the block programs (``block_programs``)."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
@@ -144,11 +145,19 @@ def call_with_views(inner: Callable, template: list, spec: Any, positions: list[
     for index, view in zip(positions, views):
         bound[index] = view
     args, kwargs = tree_unflatten(bound, spec)
-    saved = [table[name] for table, name in slots]
-    for (table, name), view in zip(slots, views[len(positions):]):
-        table[name] = view
-    try:
+    with weights_bound(slots, views[len(positions):]):
         return inner(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def weights_bound(slots: list[tuple[dict, str]], weights: list) -> Iterator[None]:
+    """The module's weight ``slots`` hold ``weights`` (a trace's views of its weight arguments) inside the
+    block, and the tensors they held before it after, even if the body raises."""
+    saved = [table[name] for table, name in slots]
+    for (table, name), weight in zip(slots, weights):
+        table[name] = weight
+    try:
+        yield
     finally:
         for (table, name), tensor in zip(slots, saved):
             table[name] = tensor

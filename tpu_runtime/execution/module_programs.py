@@ -24,7 +24,7 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from tpu_runtime.backends.xla import ReplayUnsupported
-from tpu_runtime.execution.call_keys import NotReplayable, _layout, weight_slots
+from tpu_runtime.execution.call_keys import NotReplayable, _layout, weight_slots, weights_bound
 
 log = logging.getLogger("comfy_tpu")
 
@@ -83,14 +83,8 @@ class CallPrograms:
         forms: list[tuple[Any, list[Optional[int]]]] = []
 
         def traced(views: list[torch.Tensor]) -> list[torch.Tensor]:
-            saved = [table[name] for table, name in slots]
-            for (table, name), view in zip(slots, views[count:]):
-                table[name] = view
-            try:
+            with weights_bound(slots, views[count:]):
                 output = function(views[:count])
-            finally:
-                for (table, name), tensor in zip(slots, saved):
-                    table[name] = tensor
             leaves, spec = tree_flatten(output)
             if not all(leaf is None or isinstance(leaf, torch.Tensor) for leaf in leaves):
                 raise NotReplayable("it returns values that are not tensors")
