@@ -78,3 +78,20 @@ def test_the_description_says_the_split_under_spmd():
     assert "on mesh data=2,model=2" in on_mesh and "heads over 'model'" in on_mesh
     assert "mesh" not in choice.describe("auto", "torchax", "TPU")
     assert "mesh" not in choice.describe("sdpa", "torch_xla", "TPU", "data=4")  # SDPA is left to the partitioner
+
+
+def test_the_router_counts_the_device_calls_each_implementation_ran(mocker):
+    import torch
+
+    router = route.AttentionRouter("auto", "torch_xla", "CPU")
+    mocker.patch.object(route, "comfy_sdpa", lambda q, *args, **kwargs: q)
+    mocker.patch.object(route, "_kernels", lambda backend: {"blockwise": lambda call, mesh: call.q})
+    on_device = mocker.patch.object(route, "on_device", return_value=True)
+    short, long = torch.zeros(1, 16, 8), torch.zeros(1, AUTO_MIN_TOKENS, 8)
+    router(None, short, short, short, 2)
+    router(None, long, long, long, 2)
+    router(None, long, short, short, 2)
+    assert router.calls == {"sdpa": 1, "blockwise": 2}
+    on_device.return_value = False  # a model run eagerly on the host: ComfyUI's attention, not counted
+    router(None, long, long, long, 2)
+    assert router.calls == {"sdpa": 1, "blockwise": 2}

@@ -6,6 +6,7 @@ changes only when the setting or the SPMD mesh does. Under SPMD the router hands
 the kernels, which split each call by rows and heads over it (``split``)."""
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 from typing import Any, Callable
@@ -47,6 +48,9 @@ class AttentionRouter:
         self.setting, self.backend, self.device_type, self.mesh = setting, backend, device_type, mesh
         self._said: set[str] = set()
         self.calls_on_mesh = 0  # calls handed to a kernel with the mesh (tests read it)
+        #: Device calls per implementation run (tests read it). Inside a jitted or traced program a
+        #: call is counted when it is traced: it counts the attention sites put into programs.
+        self.calls: collections.Counter[str] = collections.Counter()
 
     def __repr__(self) -> str:
         on_mesh = "" if self.mesh is None else ", on a mesh"
@@ -66,6 +70,7 @@ class AttentionRouter:
         if picked.note and picked.note not in self._said:
             self._said.add(picked.note)
             log.warning("comfy-tpu: attention %s: %s", self.setting, picked.note)
+        self.calls[picked.implementation] += 1
         if picked.implementation == "sdpa":
             return comfy_sdpa(*args, **kwargs)
         call = layout.to_heads(*args, **kwargs)
