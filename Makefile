@@ -85,8 +85,8 @@ setup-compat: setup
 	fi
 
 # The compat layer: the tests marked `compat` (the sampling path, the five families and a LoRA, the
-# server, a ControlNet, an interrupt, a warm-up, the ComfyUI version check), with the second venv,
-# COMFYUI_PATH = the copy, and the default backend (torch_xla).
+# server, a ControlNet, an interrupt, a warm-up, the ComfyUI version check, the VAE and text encoders
+# on the device), with the second venv, COMFYUI_PATH = the copy, and the default backend (torch_xla).
 test-compat: setup-compat
 	@if [ -f "$(COMPAT_VENV)/.comfyui" ] && [ -f "$(COMFYUI_COMPAT_SOURCE)/main.py" ]; then \
 	  echo "comfy-tpu: the compat layer: ComfyUI at $(COMPAT_COMFYUI)"; \

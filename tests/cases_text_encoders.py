@@ -173,3 +173,49 @@ def parts_after_restart(nodes) -> dict:
         clip.encode_from_tokens(tokens, return_pooled=True)
     after = backend.counters()
     return {key: after[key] - before[key] for key in keys}
+
+
+def encoders_across_restart(nodes, kinds: list, prompts: list) -> dict:
+    """Each of ``kinds``'s text encoders (tiny, random weights) encodes ``prompts`` in order: per prompt its
+    compiles and its parity with ComfyUI's own encode on the host; the log's re-warm lines. Run twice with
+    one cache dir: the second process is a restart (``test_text_encoder_rewarm.py``)."""
+    import logging
+
+    import torch
+
+    from bench import workflow_parts
+    from tpu_runtime import runtime
+
+    backend = runtime.current().backend
+    lines: list[str] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record):
+            if "re-warm" in record.getMessage():
+                lines.append(record.getMessage())
+
+    handler = Catch()
+    logging.getLogger("comfy_tpu").addHandler(handler)
+    result: dict = {}
+    try:
+        for kind in kinds:
+            device_clip = workflow_parts.build_text_encoder(kind, seed=5)
+            host_clip = workflow_parts.build_text_encoder(kind, seed=5, host=True)
+            runs = []
+            for text in prompts:
+                tokens = workflow_parts.fold_t5_tokens(host_clip.tokenize(text))
+                before = backend.counters()
+                with torch.inference_mode():
+                    device = device_clip.encode_from_tokens(tokens, return_pooled=True, return_dict=True)
+                after = backend.counters()
+                with torch.inference_mode():
+                    host = host_clip.encode_from_tokens(tokens, return_pooled=True, return_dict=True)
+                runs.append({"compiles": after["compiles"] - before["compiles"],
+                             "cache_hits": after["persistent_cache_hits"] - before["persistent_cache_hits"],
+                             "diff": _diff(device, host), "scale": float(host["cond"].abs().max()),
+                             "lengths": {key: [len(chunk) for chunk in chunks] for key, chunks in tokens.items()}})
+            result[kind] = runs
+    finally:
+        logging.getLogger("comfy_tpu").removeHandler(handler)
+    result["rewarm_log"] = lines
+    return result

@@ -13,6 +13,9 @@ import pytest
 
 from tests.child import run_child
 
+#: Also in the compat layer (`make test-compat`, ComfyUI 0.33.0).
+pytestmark = pytest.mark.compat
+
 TOLERANCE = 1e-4  # fp32 on both sides; the results are of order 1..10
 #: Encoder calls per encode: SD3 CLIP-L, CLIP-G and T5; Flux CLIP-L and T5; Wan umt5.
 ENCODERS = {"sd3": 3, "flux": 2, "wan21": 1}

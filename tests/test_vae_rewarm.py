@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import tempfile
 
+import pytest
+
 from tests.child import run_child
+
+#: Also in the compat layer (`make test-compat`, ComfyUI 0.33.0).
+pytestmark = pytest.mark.compat
 
 #: Wan 2.1's causal video VAE (tiny): one latent frame at two sizes.
 SMALL, WIDE = [1, 16, 1, 8, 8], [1, 16, 1, 8, 12]

@@ -29,3 +29,20 @@ def test_each_backend_has_its_file_and_an_unreadable_one_starts_empty(tmp_path, 
         assert PartShapes(path).recorded("WanVAE", "x") == []
     assert "unreadable" in caplog.text
     PartShapes(None).record(_shape(8))  # memory only: nothing to write
+
+
+def test_earlier_only_leaves_out_what_this_session_recorded(tmp_path):
+    path = part_shapes_file(tmp_path, "torch_xla")
+    PartShapes(path).record(_shape(8))
+    shapes = PartShapes(path)
+    shapes.record(_shape(12))
+    layout = _shape(8).layout
+    assert shapes.recorded("WanVAE", layout) == [_shape(8), _shape(12)]
+    assert shapes.recorded("WanVAE", layout, earlier_only=True) == [_shape(8)]
+
+
+def test_a_file_of_an_older_pack_without_call_forms_still_loads(tmp_path):
+    path = part_shapes_file(tmp_path, "torch_xla")
+    path.write_text('{"format": "comfy-tpu-part-shapes", "version": 1, "entries": [{"module": "WanVAE", '
+                    '"layout": "x", "method": "decode", "shape": [1, 16, 1, 8, 8], "dtype": "float32"}]}')
+    assert [entry.call for entry in PartShapes(path).recorded("WanVAE", "x")] == [""]

@@ -33,6 +33,10 @@ class TokenIds:
         self.ids: Optional[torch.Tensor] = None
         self._stand_in: Optional[torch.Tensor] = None
 
+    def hold(self, ids: Optional[torch.Tensor], stand_in: Optional[torch.Tensor]) -> None:
+        """``stand_in`` (embeddings of zeros) stands for the table's rows of ``ids`` in the next call."""
+        self.ids, self._stand_in = ids, stand_in
+
     def of(self, embeds: Any) -> Optional[torch.Tensor]:
         """The (batch, tokens) host ids ``embeds`` stands in for; None when ``embeds`` are real embeddings."""
         return self.ids if embeds is not None and embeds is self._stand_in else None
@@ -73,7 +77,7 @@ def process_tokens(method: Callable, embedding: torch.nn.Module, holder: TokenId
 
     def call(*args, **kwargs):
         given = Call(args, kwargs, PROCESS_TOKENS_CALL)
-        holder.ids, holder._stand_in = None, None
+        holder.hold(None, None)
         ids = plain_ids(given.get("tokens"))
         if ids is None:
             copies = _HostCopies()
@@ -97,7 +101,7 @@ def process_tokens(method: Callable, embedding: torch.nn.Module, holder: TokenId
             vars(embedding).pop("forward", None)
         embeds = result[0]
         if tuple(embeds.shape[:2]) == tuple(ids.shape):
-            holder.ids, holder._stand_in = ids, embeds
+            holder.hold(ids, embeds)
             return result
         given.set("device", embedding.weight.device)  # not the rows of ids after all: ComfyUI's own lookup
         return given.forward(method)

@@ -18,6 +18,12 @@ from a Python list on the weights' device and multiplies the host result by it (
 ``zero_out_masked``); the mask is kept as the host tensor of that same list, so nothing comes back but
 the program's outputs.
 
+Re-warm after a restart (``COMFY_TPU_REWARM``): each call that compiled a program is recorded, per
+encoder class and weight layout, with its whole form (the options and token shapes: ``cache/call_form.py``)
+in the cache dir (``cache/part_shapes.py``, the VAE's file). At an encoder's first call in a new process
+the recorded calls are made once with blank tokens, so a prompt in any recorded bucket compiles nothing.
+A failure there is logged once; the user's call goes on as without it.
+
 What stays where stock ComfyUI puts it (said once): a CLIP object with an encoder that is neither (LLMs:
 not programs yet), masked-output CLIP variants, textual-inversion embeddings of another kind than plain
 vectors.
@@ -29,6 +35,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from tpu_runtime.cache import call_form
+from tpu_runtime.cache.part_shapes import PartShape, layout_key
 from tpu_runtime.comfyui import encoder_tokens
 from tpu_runtime.comfyui.calls import Call, positional_names
 from tpu_runtime.execution import token_buckets
@@ -124,11 +132,13 @@ def _clip_forward(original: Callable, state: "PackState", parts: "DeviceParts") 
         programs = parts.programs(transformer, f"text encoder {type(self).__name__}")
         make = _program_call if clip else _t5_program_call
         ids = encoder_tokens.TokenIds()
-        vars(transformer)["forward"] = make(transformer, programs, state, ids)
+        vars(transformer)["forward"] = make(transformer, programs, state, parts, ids)
         vars(self)["process_tokens"] = encoder_tokens.process_tokens(
             type(self).process_tokens.__get__(self), transformer.get_input_embeddings(), ids)
         try:
             with parts.timed("text_encoders", "device"):
+                if parts.first_use(transformer) and parts.rewarm:
+                    _rewarm(transformer, programs, state, parts, make)
                 return original(self, *args, **kwargs)
         finally:
             vars(transformer).pop("forward", None)
@@ -153,7 +163,63 @@ def _as_comfyui(given: Call, method: Callable, holder: encoder_tokens.TokenIds, 
     return given.forward(method)
 
 
-def _program_call(transformer: torch.nn.Module, programs: Any, state: "PackState",
+def _rewarm(transformer: torch.nn.Module, programs: Any, state: "PackState", parts: "DeviceParts",
+            make: Callable) -> None:
+    """Make the calls this encoder (its class and weight layout) compiled in earlier sessions, with blank
+    tokens, before its first call in this process. A failure is logged once and ends the re-warm only."""
+    try:
+        layout = layout_key(programs.layout())
+    except NotReplayable:
+        return
+    recorded = [entry for entry in parts.shapes.recorded(type(transformer).__name__, layout, earlier_only=True)
+                if entry.method == _kind(make) and entry.call]
+    if not recorded or programs.lazy_reason is not None:
+        return
+    holder = encoder_tokens.TokenIds()
+    call = make(transformer, programs, state, parts, holder)
+    device = transformer.get_input_embeddings().weight.device
+
+    def blank(form: call_form.TensorForm) -> torch.Tensor:
+        tensor = torch.zeros(form.shape, dtype=form.dtype)
+        tensor = tensor.to(device) if form.on_device else tensor
+        if form.marked:  # the stand-in embeddings of a prompt of token ids: the program looks up blank ids
+            holder.hold(torch.zeros(form.shape[:2], dtype=torch.long), tensor)
+        return tensor
+
+    try:
+        for entry in recorded:
+            args, kwargs = call_form.decode(entry.call, blank)
+            call(*args, **kwargs)
+            if programs.lazy_reason is not None:
+                raise NotReplayable(programs.lazy_reason)
+    except Exception as exc:  # noqa: BLE001 - the user's call runs as it would without the re-warm
+        programs.lazy_reason = None
+        if state.notices.first_time("text encoder rewarm", programs.name):
+            log.warning("comfy-tpu: re-warm of %s failed (%s: %s); its calls compile when they come", programs.name,
+                        type(exc).__name__, str(exc)[:300])
+        return
+    log.info("comfy-tpu: re-warmed %d %s call(s) recorded in earlier sessions", len(recorded), programs.name)
+
+
+def _kind(make: Callable) -> str:
+    return "clip" if make is _program_call else "t5"
+
+
+def _record(transformer: torch.nn.Module, kind: str, args: tuple, kwargs: dict, embeds: torch.Tensor,
+            stand_in: bool, programs: Any, parts: "DeviceParts") -> None:
+    """A call that compiled a program: its form, for a later session's re-warm (nothing when it holds a
+    value the form cannot keep). ``stand_in``: ``embeds`` stand for token ids (``encoder_tokens``)."""
+    device = transformer.get_input_embeddings().weight.device
+    form = call_form.encode(args, kwargs, lambda tensor: tensor.device == device,
+                            marked=embeds if stand_in else None)
+    if form is None or programs.lazy_reason is not None:
+        return
+    parts.shapes.record(PartShape(module=type(transformer).__name__, layout=layout_key(programs.layout()),
+                                  method=kind, shape=tuple(embeds.shape), dtype=str(embeds.dtype).removeprefix("torch."),
+                                  call=form))
+
+
+def _program_call(transformer: torch.nn.Module, programs: Any, state: "PackState", parts: "DeviceParts",
                   holder: encoder_tokens.TokenIds) -> Callable:
     """The CLIP transformer's call as a program per (chunk bucket, tokens) shape, from the token ids where
     the prompt is ids only; lazily on the device when it cannot be one (an embedding of another kind, a
@@ -193,7 +259,10 @@ def _program_call(transformer: torch.nn.Module, programs: Any, state: "PackState
             return hidden, intermediate, transformer.text_projection(pooled), pooled
 
         try:
+            traces = programs.traces
             outputs = programs.run(("clip", static), function, tensors)
+            if programs.traces != traces:
+                _record(transformer, "clip", args, kwargs, embeds, ids is not None, programs, parts)
         except NotReplayable as exc:
             _lazy_from_now(programs, state, exc)
             return call(*args, **kwargs)
@@ -202,7 +271,7 @@ def _program_call(transformer: torch.nn.Module, programs: Any, state: "PackState
     return call
 
 
-def _t5_program_call(transformer: torch.nn.Module, programs: Any, state: "PackState",
+def _t5_program_call(transformer: torch.nn.Module, programs: Any, state: "PackState", parts: "DeviceParts",
                      holder: encoder_tokens.TokenIds) -> Callable:
     """T5's call as a program per (batch, length bucket): the ids (or embeddings) padded to the bucket, the
     added keys masked out, the result cut back; lazily on the device when it cannot be a program."""
@@ -236,7 +305,10 @@ def _t5_program_call(transformer: torch.nn.Module, programs: Any, state: "PackSt
             return given.forward(method)
 
         try:
+            traces = programs.traces
             outputs = programs.run(("t5", static), function, [first, mask])
+            if programs.traces != traces:
+                _record(transformer, "t5", args, kwargs, embeds, ids is not None, programs, parts)
         except NotReplayable as exc:
             _lazy_from_now(programs, state, exc)
             return call(*args, **kwargs)

@@ -75,7 +75,8 @@ class TPUSettings(BaseSettings):
                                 ge=1, le=1000, scope="manager", seed=True)
     rewarm: bool = setting(
         True, "after a restart, compile the signatures recorded in earlier sessions before a model's first step "
-              "(each at most once a process; ones this process cannot reproduce are skipped, with the reason)")
+              "(each at most once a process; ones this process cannot reproduce are skipped, with the reason), "
+              "and a VAE's or text encoder's recorded calls at its first call")
     autocast_bf16: bool = setting(
         True, "bf16 autocast around the diffusion model (and a bf16 UNet)", scope="run", seed=True,
         change_note="; a model already loaded keeps its UNet dtype until ComfyUI loads it again")
