@@ -17,11 +17,15 @@ With ``PROBE``, ``scan_layers`` itself and ``scan`` on the function above are tr
 call and their errors recorded (:func:`probe_scan_layers`): ``scan_layers`` hands ``layer(*carry)`` the
 carry and wants the same structure back, which these blocks' calls are not.
 
-``scan`` traces its function with AOTAutograd and runs ``torch.autograd.backward`` on the trace to get the
-backward graph (``scan.py`` ``value_and_grad_partitioned``); under ComfyUI's ``torch.inference_mode()``
-that fails ("element 0 of tensors does not require grad"), and with inference mode off, ``Scan.apply``
-refuses inference tensors ("Inference tensors cannot be saved for backward"). So the call runs under
-``torch.inference_mode(False)`` and ``torch.no_grad()`` (the trace turns grad on for itself).
+The timed rows run scan's forward loop without its autograd layer (``scan._scan_impl_pytree``, private;
+``IMPLEMENTATION`` "core"): ``scan`` itself traces its function with AOTAutograd and runs
+``torch.autograd.backward`` on the trace to get the backward graph (``scan.py``
+``value_and_grad_partitioned``), which fails on Flux's blocks (they write their stream in place after a
+layer norm saved it). Under ComfyUI's ``torch.inference_mode()`` that trace fails too ("element 0 of
+tensors does not require grad"), and with inference mode off ``Scan.apply`` refuses inference tensors
+("Inference tensors cannot be saved for backward"): ``scan`` runs under ``torch.inference_mode(False)`` and
+``torch.no_grad()`` here (the trace turns grad on for itself). Findings: bench/RESULTS.md, "Chain against a
+scan, torch_xla".
 """
 from __future__ import annotations
 
