@@ -199,3 +199,58 @@ def install(diffusion_model: torch.nn.Module, figures: dict) -> list[ScannedRun]
         runs.append(ScannedRun(group.members, figures))
         figures.setdefault("kinds", []).append(f"{group.kind} x{len(group.members)}")
     return runs
+
+
+def inplace_check() -> None:
+    """Flux's single block under the public ``scan`` as ComfyUI writes it, then with its one in-place add
+    (``x += apply_mod(...)``) written out of place in this process: the error is that write.
+
+        PJRT_DEVICE=CPU .venv/bin/python bench/xla_block_scan.py
+    """
+    import inspect
+    import sys
+    import textwrap
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from bench.comfy_host import import_comfy_core
+
+    import_comfy_core()
+    import comfy.ldm.flux.layers as layers
+    import torch_xla
+    from torch_xla.experimental.scan import scan
+
+    from bench import tiny_zoo
+
+    model = tiny_zoo.build_model("flux", overrides={"depth": 2, "depth_single_blocks": 2}).diffusion_model
+    device = torch_xla.device()
+    blocks = [block.to(device) for block in model.single_blocks]
+    x, vec = torch.randn(1, 32, 64, device=device), torch.randn(1, 64, device=device)
+    pe = model.pe_embedder(torch.zeros(1, 32, 3)).to(device)
+    names = [name for name, _ in blocks[0].named_parameters()]
+    weights = {n: torch.stack([dict(b.named_parameters())[n] for b in blocks]) for n in names}
+
+    def run() -> torch.Tensor:
+        def step(carry, w):
+            out = torch.func.functional_call(blocks[0], w, (carry[0],), {"vec": carry[1], "pe": carry[2]})
+            return (out, carry[1], carry[2]), None
+
+        with torch.no_grad():
+            final = scan(step, (x, vec, pe), weights)[0][0]
+        torch_xla.sync()
+        return final
+
+    print("as ComfyUI writes it:", _probe(run))
+    source = textwrap.dedent(inspect.getsource(layers.SingleStreamBlock.forward))
+    assert source.count("x += apply_mod(") == 1, "ComfyUI's SingleStreamBlock changed"
+    scope: dict = {}
+    exec(source.replace("x += apply_mod(", "x = x + apply_mod("), layers.__dict__, scope)
+    layers.SingleStreamBlock.forward = scope["forward"]
+    loop = x
+    with torch.no_grad():
+        for block in blocks:
+            loop = block(loop, vec=vec, pe=pe)
+    print("x += written x = x + ...: ran, max |scan - loop|", (run() - loop).abs().max().item())
+
+
+if __name__ == "__main__":
+    inplace_check()
