@@ -1,5 +1,8 @@
-"""Block programs on torchax: the chain (one dispatch per block) against a ``jax.lax.scan`` over each run
-of blocks (figures for bench/RESULTS.md, not a test; the scan is this experiment's, not the pack's).
+"""Block programs: the chain (one program per block kind, called once per block) against a scan over each
+run of blocks with stacked weights (figures for bench/RESULTS.md, not a test; the scan is this
+experiment's, not the pack's). ``--backend torchax`` (default): chain against ``jax.lax.scan``, below;
+``--backend torch_xla``: the whole graph (``off``), the chain (``on``) and the whole graph with each run of
+blocks one ``torch_xla.experimental.scan`` (``scan``, see ``xla_block_scan.py``).
 
 The scan variant rewrites a chain (``backends.torchax_blocks.JaxChain``) after it is cut: each run of
 consecutive calls of one block program whose inputs are the previous call's outputs (carries), the
@@ -8,6 +11,8 @@ stacks the weights (``jnp.stack``, a copy per call) and scans the block over the
 process with an empty cache dir, as ``bench_depth.py`` (whose child it runs):
 
     PJRT_DEVICE=CPU .venv/bin/python bench/bench_block_scan.py [--families flux] [--depths 1,19]
+    PJRT_DEVICE=CPU .venv/bin/python bench/bench_block_scan.py --backend torch_xla --families flux,wan \
+        --depths 4,19
 """
 from __future__ import annotations
 
@@ -125,18 +130,44 @@ def _child_with_scan(family: str, depth: int) -> dict:
     return result
 
 
-def run_row(family: str, depth: int, variant: str) -> dict:
+def _child_with_xla_scan(family: str, depth: int) -> dict:
+    """bench_depth's child, block programs off, every run of blocks of the device model one scan."""
+    from bench import bench_depth, tiny_zoo, xla_block_scan
+
+    figures: dict = {}
+    original = tiny_zoo.build_patcher
+
+    def build_patcher(name, seed=0, load_device=None, dtype=None, overrides=None):
+        patcher = original(name, seed, load_device=load_device, dtype=dtype, overrides=overrides)
+        if load_device is None or str(load_device) != "cpu":  # the eager reference stays as ComfyUI runs it
+            xla_block_scan.install(patcher.model.diffusion_model, figures)
+        return patcher
+
+    tiny_zoo.build_patcher = build_patcher
+    result = bench_depth._child(family, depth)
+    result["scan"] = figures
+    return result
+
+
+# backend -> variant -> COMFY_TPU_BLOCK_PROGRAMS of its process
+VARIANTS = {"torchax": {"chain": "on", "scan": "on"}, "torch_xla": {"off": "off", "on": "on", "scan": "off"}}
+
+
+def run_row(family: str, depth: int, variant: str, backend: str = "torchax", scan: str = "core",
+            probe: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="comfy-tpu-scan-") as cache_dir:
         env = {**os.environ, "PJRT_DEVICE": "CPU", "COMFY_TPU_ENABLE": "1", "COMFY_TPU_AUTOCAST_BF16": "0",
-               "COMFY_TPU_BACKEND": "torchax", "COMFY_TPU_CACHE_DIR": cache_dir, "COMFY_TPU_EXECUTION": "replay",
-               "COMFY_TPU_BLOCK_PROGRAMS": "on"}
-        command = [sys.executable, os.path.abspath(__file__), "--child", family, str(depth), variant]
+               "COMFY_TPU_BACKEND": backend, "COMFY_TPU_CACHE_DIR": cache_dir, "COMFY_TPU_EXECUTION": "replay",
+               "COMFY_TPU_BLOCK_PROGRAMS": VARIANTS[backend][variant], "COMFY_TPU_BENCH_SCAN": scan,
+               "COMFY_TPU_BENCH_SCAN_PROBE": "1" if probe else "0"}
+        command = [sys.executable, os.path.abspath(__file__), "--child", family, str(depth), variant,
+                   "--backend", backend]
         out = subprocess.run(command, env=env, cwd=PACK, capture_output=True, text=True)
     lines = [line for line in out.stdout.splitlines() if line.startswith(PREFIX)]
     if out.returncode or not lines:
-        raise RuntimeError(f"{family} {depth} {variant} failed:\n{out.stderr[-3000:]}")
+        raise RuntimeError(f"{family} {depth} {backend} {variant} failed:\n{out.stderr[-3000:]}")
     result = json.loads(lines[-1][len(PREFIX):])
-    print(family, depth, variant, json.dumps(result), flush=True)
+    print(family, depth, backend, variant, json.dumps(result), flush=True)
     return result
 
 
@@ -145,11 +176,19 @@ def main() -> int:
     parser.add_argument("--child", nargs=3, default=None)
     parser.add_argument("--families", default="flux")
     parser.add_argument("--depths", default="1,19")
+    parser.add_argument("--backend", default="torchax", choices=sorted(VARIANTS))
+    parser.add_argument("--variants", default="", help="comma-separated; default: all of the backend's")
+    parser.add_argument("--scan", default="core", choices=("core", "public", "public-detached"),
+                        help="torch_xla: which scan runs the blocks (xla_block_scan.IMPLEMENTATION)")
+    parser.add_argument("--probe", action="store_true",
+                        help="torch_xla: also try scan_layers and scan on each kind (adds to the first run)")
     args = parser.parse_args()
     if args.child:
         sys.path.insert(0, PACK)
         family, depth, variant = args.child
-        if variant == "scan":
+        if variant == "scan" and args.backend == "torch_xla":
+            result = _child_with_xla_scan(family, int(depth))
+        elif variant == "scan":
             result = _child_with_scan(family, int(depth))
         else:
             from bench import bench_depth
@@ -161,8 +200,8 @@ def main() -> int:
              "| max abs diff vs eager |", "|---|---|---|---|---|---|---|"]
     for family in args.families.split(","):
         for depth in map(int, args.depths.split(",")):
-            for variant in ("chain", "scan"):
-                r = run_row(family, depth, variant)
+            for variant in (args.variants.split(",") if args.variants else VARIANTS[args.backend]):
+                r = run_row(family, depth, variant, args.backend, args.scan, args.probe)
                 lines.append(f"| {family} | {depth} | {variant} | {r['first_compile_s']:.2f} ({r['first_compiles']}) "
                              f"| {r['first_wall_s']:.2f} | {r['warm_s_per_step']:.3f} ({r['warm_compiles']}) "
                              f"| {r['diff']:.1e} |")
