@@ -218,7 +218,7 @@ def install(state: "PackState") -> Patches:
         model, model_options = call.get("model"), call.get("model_options")
         result = orig_prepare(*args, **kwargs)
         if is_xla(getattr(model, "load_device", None)):
-            _choose_model_axis(state, model)  # before ComfyUI sizes the load against the free memory
+            choose_model_axis(state, model)  # before ComfyUI sizes the load against the free memory
             host_schedules.remember(model.get_model_object("model_sampling"))
             sampling.attach(model_options, state)
         return result
@@ -288,9 +288,10 @@ def _repatch_on_device(is_xla: Callable[[Any], bool], state: "PackState") -> Cal
     return partially_load
 
 
-def _choose_model_axis(state: "PackState", patcher: Any) -> None:
+def choose_model_axis(state: "PackState", patcher: Any) -> None:
     """Auto mode (``COMFY_TPU_SPMD=auto``, no mesh given): the first model whose weights do not fit one
-    chip gets the mesh a 'model' axis, logged with the plan. Models loaded before keep their placement."""
+    chip (a diffusion model at its sampling, a text encoder when its CLIP is made for the device) gets
+    the mesh a 'model' axis, logged with the plan. Models loaded before keep their placement."""
     backend, settings = state.backend, state.settings
     if settings.spmd != "auto" or settings.mesh or backend.model_axis() > 1 or backend.device_total() <= 1:
         return
@@ -323,8 +324,9 @@ def _split_on_load(is_xla: Callable[[Any], bool], state: "PackState") -> Callabl
         device_to = Call.of(load, (self, *args), kwargs, fallback=("self", "device_to")).get("device_to")
         result = load(self, *args, **kwargs)
         if is_xla(device_to):
-            config = type(getattr(self.model, "model_config", None)).__name__
-            state.placement.shard_model(self.model, f"{config} ({type(self.model).__name__})")
+            config = getattr(self.model, "model_config", None)  # a text encoder's model has none
+            label = type(self.model).__name__
+            state.placement.shard_model(self.model, f"{type(config).__name__} ({label})" if config is not None else label)
         return result
 
     return split_load
