@@ -4,7 +4,7 @@ Flux's text encoders (tiny CLIP-L + T5, ComfyUI's own classes, random weights) o
 The CLIP is made as a loader makes it (for the XLA device) and again on the host (ComfyUI's own encode, the
 same weights). Two prompts of different token lengths within one bucket are encoded on both. What comes
 back: per encode its compiles, executions, device-to-host transfers, seconds and distance to the host's
-result; per weight of the device encoders its shape, bytes, sharding and the bytes each device holds (the
+result; per weight and buffer of the device CLIP model its shape, bytes, sharding and the bytes each device holds (the
 backend's own reading: torch_xla's shard indices, JAX's shards of the torchax twins); the pack's measure of
 the CLIP model's bytes per chip (``Placement.figures``).
 """
@@ -41,15 +41,15 @@ def flux_encode_split(nodes) -> dict:
                      "seconds": seconds, "diff": _diff(device, host), "scale": float(host["cond"].abs().max()),
                      "t5_length": len(tokens["t5xxl"][0]), "cond_device": str(device["cond"].device)})
     transformers = encoders(device_clip.cond_stage_model)
+    model = device_clip.cond_stage_model
+    modules = dict(model.named_modules())
     weights = {}
-    for transformer in transformers:
-        modules = dict(transformer.named_modules())
-        for name, tensor in transformer.named_parameters():
-            owner = modules[name.rpartition(".")[0]]
-            weights[f"{type(transformer).__name__}.{name}"] = {
-                "shape": list(tensor.shape), "numel": tensor.numel(), "bytes": tensor.numel() * tensor.element_size(),
-                "linear": isinstance(owner, torch.nn.Linear), "embedding": isinstance(owner, torch.nn.Embedding),
-                "sharding": backend.tensor_sharding(tensor), "per_device": backend.device_bytes(tensor)}
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        owner = modules[name.rpartition(".")[0]]
+        weights[name] = {"shape": list(tensor.shape), "numel": tensor.numel(),
+                         "bytes": tensor.numel() * tensor.element_size(), "floating": tensor.is_floating_point(),
+                         "linear": isinstance(owner, torch.nn.Linear), "embedding": isinstance(owner, torch.nn.Embedding),
+                         "sharding": backend.tensor_sharding(tensor), "per_device": backend.device_bytes(tensor)}
     parts = state.device_parts
     return {"runs": runs, "weights": weights, "backend": backend.name, "model_axis": backend.model_axis(),
             "devices": backend.device_total(), "mesh": backend.mesh_description(),

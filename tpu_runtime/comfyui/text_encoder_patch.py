@@ -31,6 +31,7 @@ import torch
 
 from tpu_runtime.comfyui import encoder_tokens
 from tpu_runtime.comfyui.calls import Call, positional_names
+from tpu_runtime.comfyui.model_axis import auto_model_axis_for
 from tpu_runtime.execution import token_buckets
 from tpu_runtime.execution.call_keys import NotReplayable
 
@@ -81,9 +82,7 @@ def _clip_init(original: Callable, state: "PackState", parts: "DeviceParts", hos
     makes one for the device under a mesh with a 'model' axis on the host (its weights then reach the chips
     split, each chip its part only, at ComfyUI's load: ``weight_shard.Placement``, as the diffusion model's).
     In auto mode (``COMFY_TPU_SPMD=auto``) a text encoder that does not fit one chip gives the mesh its
-    'model' axis, as a diffusion model does (``patches.choose_model_axis``)."""
-    from tpu_runtime.comfyui.patches import choose_model_axis
-
+    'model' axis, as a diffusion model does (``model_axis.auto_model_axis_for``)."""
     kinds = device_encoder_types()
 
     def init(self, *args, **kwargs):
@@ -110,7 +109,7 @@ def _clip_init(original: Callable, state: "PackState", parts: "DeviceParts", hos
         for transformer in encoders(self.cond_stage_model):
             parts.load_for_device(transformer)
         if not any(state.backend.is_device(p.device) for p in self.cond_stage_model.parameters()):
-            choose_model_axis(state, patcher)  # made on the host: not loaded yet
+            auto_model_axis_for(state, patcher)  # made on the host: not loaded yet
         return result
 
     init.__wrapped__ = original
