@@ -45,7 +45,8 @@ log = logging.getLogger("comfy_tpu")
 #: CLIPTextModel_.forward's parameters in ComfyUI 0.3.75 .. 0.33 (the form this was written against).
 TRANSFORMER_CALL = ("input_tokens", "attention_mask", "embeds", "num_tokens", "intermediate_output",
                     "final_layer_norm_intermediate", "dtype", "embeds_info")
-#: CLIP.__init__'s parameters in ComfyUI 0.3.75 .. 0.33.
+#: CLIP.__init__'s parameters in ComfyUI 0.3.75 (0.33 adds state_dict before model_options): a fallback, the names are
+#: read from the signature.
 CLIP_INIT = ("self", "target", "embedding_directory", "no_init", "tokenizer_data", "parameters", "model_options")
 #: T5.forward's parameters in ComfyUI 0.3.75 .. 0.33 (the rest are keywords for its T5Stack).
 T5_CALL = ("input_ids", "attention_mask", "embeds", "num_tokens")
