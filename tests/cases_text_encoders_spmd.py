@@ -14,9 +14,13 @@ from __future__ import annotations
 PROMPTS = ("cat " * 260, "dog " * 290)
 
 
-def flux_encode_split(nodes) -> dict:
+def flux_encode_split(nodes, comfy_places_on_device: bool = False) -> dict:
+    """``comfy_places_on_device``: ComfyUI's ``text_encoder_initial_device`` answers the load device, as it
+    does for a text encoder that fits the memory ComfyUI is told (M chips' worth under a 'model' axis): the
+    CLIP would be made whole on the device; ``made_on`` says where its weights were right after it was made."""
     import time
 
+    import comfy.model_management as mm
     import torch
 
     from bench import workflow_parts
@@ -26,7 +30,15 @@ def flux_encode_split(nodes) -> dict:
 
     state = runtime.current()
     backend = state.backend
-    device_clip = workflow_parts.build_text_encoder("flux", seed=5)
+    stock = mm.text_encoder_initial_device
+    if comfy_places_on_device:
+        mm.text_encoder_initial_device = lambda load_device, *args, **kwargs: load_device
+    try:
+        with torch.inference_mode():  # as ComfyUI's loader nodes run
+            device_clip = workflow_parts.build_text_encoder("flux", seed=5)
+    finally:
+        mm.text_encoder_initial_device = stock
+    made_on = sorted({str(p.device.type) for p in device_clip.cond_stage_model.parameters()})
     host_clip = workflow_parts.build_text_encoder("flux", seed=5, host=True)
     runs = []
     for text in PROMPTS:
@@ -51,7 +63,7 @@ def flux_encode_split(nodes) -> dict:
                          "linear": isinstance(owner, torch.nn.Linear), "embedding": isinstance(owner, torch.nn.Embedding),
                          "sharding": backend.tensor_sharding(tensor), "per_device": backend.device_bytes(tensor)}
     parts = state.device_parts
-    return {"runs": runs, "weights": weights, "backend": backend.name, "model_axis": backend.model_axis(),
+    return {"runs": runs, "weights": weights, "made_on": made_on, "backend": backend.name, "model_axis": backend.model_axis(),
             "devices": backend.device_total(), "mesh": backend.mesh_description(),
             "figures": state.placement.figures() if state.placement is not None else [],
             "on_device": [parts.loaded_for_device(t) for t in transformers],

@@ -28,7 +28,7 @@ ENV = {"COMFY_TPU_TEXT_ENCODERS": "device", "COMFY_TPU_SPMD": "on", "COMFY_TPU_M
 
 @pytest.fixture(scope="module")
 def torch_xla_run():
-    return run_child("cases_text_encoders_spmd:flux_encode_split", timeout=900,
+    return run_child("cases_text_encoders_spmd:flux_encode_split", timeout=900, comfy_places_on_device=True,
                      env={**ENV, "COMFY_TPU_BACKEND": "torch_xla", "CPU_NUM_DEVICES": str(DEVICES)})
 
 
@@ -51,6 +51,13 @@ def test_the_encoders_run_as_programs_on_the_mesh(run):
     assert run["on_device"] == [True, True] and not run["lazy"], run
     assert run["programs"] == [{"programs": 1, "traces": 1, "replays": 2}] * 2, run["programs"]
     assert f"FluxClipModel_ weights split over model={WAYS}" in run["log"]
+
+
+def test_a_clip_comfyui_would_make_on_the_device_is_made_on_the_host(torch_xla_run):
+    """Told it fits (ComfyUI's ``text_encoder_initial_device`` answers the device), ComfyUI would make the CLIP
+    on the device, whole on every chip until its load split it; under a 'model' axis the pack has it made on
+    the host, so its load uploads each chip's part only (and it is split: the next test)."""
+    assert torch_xla_run["made_on"] == ["cpu"], torch_xla_run["made_on"]
 
 
 def test_each_device_holds_half_of_the_encoders_weights(run):
