@@ -63,9 +63,19 @@ def flux_encode_split(nodes, comfy_places_on_device: bool = False) -> dict:
                          "linear": isinstance(owner, torch.nn.Linear), "embedding": isinstance(owner, torch.nn.Embedding),
                          "sharding": backend.tensor_sharding(tensor), "per_device": backend.device_bytes(tensor)}
     parts = state.device_parts
-    return {"runs": runs, "weights": weights, "made_on": made_on, "backend": backend.name, "model_axis": backend.model_axis(),
+    programs = [parts.programs(t, "").figures() for t in transformers]
+    figures = state.placement.figures() if state.placement is not None else []
+    held_before, before = state.placement.held_per_chip() if state.placement is not None else 0, backend.counters()
+    mm.unload_all_models()  # ComfyUI's own unload: the split weights come back to the host part by part
+    after, host_weights = backend.counters(), dict(host_clip.cond_stage_model.named_parameters())
+    unload = {"compiles": after["compiles"] - before["compiles"],
+              "left_on_device": sum(backend.is_device(p.device) for p in model.parameters()),
+              "equal_to_the_host_model": all(torch.equal(p.detach().cpu(), host_weights[name].detach())
+                                             for name, p in model.named_parameters()),
+              "held_per_chip": [held_before, state.placement.held_per_chip() if state.placement is not None else 0]}
+    return {"runs": runs, "weights": weights, "made_on": made_on, "unload": unload, "backend": backend.name, "model_axis": backend.model_axis(),
             "devices": backend.device_total(), "mesh": backend.mesh_description(),
-            "figures": state.placement.figures() if state.placement is not None else [],
+            "figures": figures,
             "on_device": [parts.loaded_for_device(t) for t in transformers],
-            "programs": [parts.programs(t, "").figures() for t in transformers],
+            "programs": programs,
             "lazy": parts.stats()["lazy"]}

@@ -89,6 +89,15 @@ def _check_split(run: dict, ways: int) -> None:
     assert figures[0]["weight_bytes"] == total and figures[0]["whole_bytes"] == whole, figures
 
 
+def test_unloading_brings_the_split_weights_back_without_compiling(torch_xla_run):
+    """ComfyUI's unload (the diffusion model's hook, for any model placed split): every weight back on the
+    host, equal to the host model's, nothing compiled, and the chips' budget no longer counts them."""
+    unload = dict(torch_xla_run["unload"])
+    held_before, held_after = unload.pop("held_per_chip")
+    assert unload == {"compiles": 0, "left_on_device": 0, "equal_to_the_host_model": True}, unload
+    assert held_before == max(torch_xla_run["figures"][0]["bytes_per_chip"]) and held_after == 0, (held_before, held_after)
+
+
 def test_parity_with_the_host_and_a_second_prompt_compiles_nothing(run):
     _check_encodes(run)
 
