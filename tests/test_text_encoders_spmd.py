@@ -113,13 +113,19 @@ def _check_encodes(run: dict) -> None:
         assert encode["transfers_to_host"] == TRANSFERS[run["backend"]], encode
 
 
-def test_auto_mode_splits_a_text_encoder_bigger_than_a_chip():
+@pytest.mark.parametrize("backend", ["torch_xla", "torchax"])
+def test_auto_mode_splits_a_text_encoder_bigger_than_a_chip(backend):
     """No mesh given (``COMFY_TPU_SPMD=auto``): Flux's tiny text encoders are 6.6 MB in fp32; told a chip has
     4.3 MB (0.004 GiB), auto mode gives the mesh a 'model' axis of 4 when the CLIP is made for the device
     (half of it, 3.3 MB, is over 70% of a chip) and says its plan; the encoders are then loaded split."""
+    if backend == "torchax" and importlib.util.find_spec("torchax") is None:
+        pytest.skip("torchax is not installed (make setup installs the comfy-tpu[torchax] extra)")
+    devices = ({"CPU_NUM_DEVICES": str(DEVICES)} if backend == "torch_xla"
+               else {"XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES}"})
     run = run_child("cases_text_encoders_spmd:flux_encode_split", timeout=900, env={
         "COMFY_TPU_TEXT_ENCODERS": "device", "COMFY_TPU_SPMD": "auto", "COMFY_TPU_HBM_PER_CHIP_GIB": "0.004",
-        "COMFY_TPU_BACKEND": "torch_xla", "CPU_NUM_DEVICES": str(DEVICES)})
+        "COMFY_TPU_BACKEND": backend, **devices})
+    assert run["backend"] == backend
     assert "auto SPMD: FluxClipModel_ doesn't fit one chip" in run["log"], run["log"][-3000:]
     assert run["model_axis"] == 4 and run["mesh"] == "data=1,model=4", run
     _check_split(run, 4)
