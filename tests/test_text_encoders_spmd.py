@@ -5,7 +5,9 @@ Flux's text encoders (tiny CLIP-L + T5, ComfyUI's own classes, random weights) o
 same rule as the diffusion model's weights (``weight_shard.Placement`` at ComfyUI's load), so each device
 holds 1/2 of the encoders' weights plus the small tensors left whole; two prompts of different T5 lengths
 within one bucket: both within the text encoders' bound of ComfyUI's encode on the host, the second
-compiles nothing, and each encode transfers what it transfers without a mesh.
+compiles nothing, and each encode transfers what it transfers without a mesh; ComfyUI's unload brings the
+split weights back without compiling (torch_xla). Auto mode (no mesh, a chip told smaller than the
+encoders) gives the mesh its 'model' axis for them, on each backend (a child each).
 """
 from __future__ import annotations
 
