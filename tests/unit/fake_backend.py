@@ -59,6 +59,9 @@ class FakeBackend:
         self._counters["transfers_to_host"] += 1
         return [tensor.to("cpu") for tensor in tensors]
 
+    def replicated(self, tensor):
+        return tensor
+
     def data_tensor(self, tensor: torch.Tensor) -> bool:
         return tensor.device.type != "cpu"
 

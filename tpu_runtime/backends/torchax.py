@@ -293,6 +293,10 @@ class TorchaxBackend:
         """A program's outputs are host tensors already (``run_program`` fetched them)."""
         return list(tensors)
 
+    def replicated(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A jitted program's outputs come to the host whole (``run_program`` fetches them): nothing to ask."""
+        return tensor
+
     def data_tensor(self, tensor: torch.Tensor) -> bool:
         """Every tensor of a model call is program input (none is read on the host while tracing)."""
         return True

@@ -39,6 +39,7 @@ class Backend(Protocol):
     def tensor_token(self, tensor: torch.Tensor) -> Any: ...
     def to_host(self, tensor: torch.Tensor) -> torch.Tensor: ...
     def all_to_host(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]: ...
+    def replicated(self, tensor: torch.Tensor) -> torch.Tensor: ...
     def data_tensor(self, tensor: torch.Tensor) -> bool: ...
     def autocast(self, dtype: torch.dtype) -> ContextManager: ...
     def counters(self) -> dict[str, int]: ...
@@ -200,10 +201,17 @@ class XlaBackend:
         Under SPMD a result still split over the chips would be gathered by a replication program that
         torch_xla compiles anew on every transfer; asking for it replicated on the device instead
         makes that part of a cached graph (measured: 1 compile per run before, 0 after the first)."""
-        if self.spmd.on and tensor.dim() > 0:
-            tensor = tensor.clone()
-            self._xs.mark_sharding(tensor, self._mesh, (None,) * tensor.dim())
-        return tensor.to("cpu")
+        return self.replicated(tensor).to("cpu")
+
+    def replicated(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Under SPMD, a copy of ``tensor`` asked to be whole on every device, for a result traced into a
+        program: the gather is then part of the program, not a replication program torch_xla compiles anew
+        at each transfer of a still-split tensor. Without SPMD (or a scalar): ``tensor`` itself."""
+        if not self.spmd.on or tensor.dim() == 0:
+            return tensor
+        tensor = tensor.clone()
+        self._xs.mark_sharding(tensor, self._mesh, (None,) * tensor.dim())
+        return tensor
 
     def all_to_host(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         """Host copies of several device tensors in one transfer (a program's outputs: a VAE's image, a

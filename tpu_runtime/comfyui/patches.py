@@ -45,7 +45,7 @@ from tpu_runtime import sampling
 from tpu_runtime.comfyui.calls import Call, positional_names
 from tpu_runtime.backends.chip_memory import chip_memory
 from tpu_runtime.execution.host_values import as_host
-from tpu_runtime.backends.weight_shard import auto_model_axis
+from tpu_runtime.comfyui.model_axis import auto_model_axis_for
 
 if TYPE_CHECKING:
     from tpu_runtime.state import PackState
@@ -218,7 +218,7 @@ def install(state: "PackState") -> Patches:
         model, model_options = call.get("model"), call.get("model_options")
         result = orig_prepare(*args, **kwargs)
         if is_xla(getattr(model, "load_device", None)):
-            _choose_model_axis(state, model)  # before ComfyUI sizes the load against the free memory
+            auto_model_axis_for(state, model)  # before ComfyUI sizes the load against the free memory
             host_schedules.remember(model.get_model_object("model_sampling"))
             sampling.attach(model_options, state)
         return result
@@ -288,30 +288,6 @@ def _repatch_on_device(is_xla: Callable[[Any], bool], state: "PackState") -> Cal
     return partially_load
 
 
-def _choose_model_axis(state: "PackState", patcher: Any) -> None:
-    """Auto mode (``COMFY_TPU_SPMD=auto``, no mesh given): the first model whose weights do not fit one
-    chip gets the mesh a 'model' axis, logged with the plan. Models loaded before keep their placement."""
-    backend, settings = state.backend, state.settings
-    if settings.spmd != "auto" or settings.mesh or backend.model_axis() > 1 or backend.device_total() <= 1:
-        return
-    if getattr(patcher.model, "device", None) is not None and backend.is_device(patcher.model.device):
-        return  # already loaded as it is
-    memory = chip_memory(state)
-    size, plan = auto_model_axis(patcher.model_size(), memory[0] if memory else None, backend.device_total())
-    if size > 1:
-        try:
-            backend.set_model_axis(size)
-        except ValueError as exc:  # this backend keeps weights whole: the model loads as it would, said once
-            if state.notices.first_time("auto model axis refused", str(exc)):
-                log.error("comfy-tpu: auto SPMD: %s doesn't fit one chip (%s), but %s", type(patcher.model).__name__,
-                          plan, exc)
-            return
-        log.info("comfy-tpu: auto SPMD: %s doesn't fit one chip (%s); its weights are split over 'model'",
-                 type(patcher.model).__name__, plan)
-    elif state.notices.first_time("auto model axis", plan):
-        log.debug("comfy-tpu: auto SPMD: %s", plan)
-
-
 def _split_on_load(is_xla: Callable[[Any], bool], state: "PackState") -> Callable:
     """``ModelPatcher.load`` that, for the XLA device, splits the model's weights over the 'model' axis
     right after ComfyUI moved them (before anything reads them: each chip receives its part only)."""
@@ -323,8 +299,9 @@ def _split_on_load(is_xla: Callable[[Any], bool], state: "PackState") -> Callabl
         device_to = Call.of(load, (self, *args), kwargs, fallback=("self", "device_to")).get("device_to")
         result = load(self, *args, **kwargs)
         if is_xla(device_to):
-            config = type(getattr(self.model, "model_config", None)).__name__
-            state.placement.shard_model(self.model, f"{config} ({type(self.model).__name__})")
+            config = getattr(self.model, "model_config", None)  # a text encoder's model has none
+            label = type(self.model).__name__
+            state.placement.shard_model(self.model, f"{type(config).__name__} ({label})" if config is not None else label)
         return result
 
     return split_load

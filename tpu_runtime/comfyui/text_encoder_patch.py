@@ -39,6 +39,7 @@ from tpu_runtime.cache import call_form
 from tpu_runtime.cache.part_shapes import PartShape, layout_key
 from tpu_runtime.comfyui import encoder_tokens
 from tpu_runtime.comfyui.calls import Call, positional_names
+from tpu_runtime.comfyui.model_axis import auto_model_axis_for
 from tpu_runtime.execution import token_buckets
 from tpu_runtime.execution.call_keys import NotReplayable
 
@@ -52,6 +53,9 @@ log = logging.getLogger("comfy_tpu")
 #: CLIPTextModel_.forward's parameters in ComfyUI 0.3.75 .. 0.33 (the form this was written against).
 TRANSFORMER_CALL = ("input_tokens", "attention_mask", "embeds", "num_tokens", "intermediate_output",
                     "final_layer_norm_intermediate", "dtype", "embeds_info")
+#: CLIP.__init__'s parameters in ComfyUI 0.3.75 (0.33 adds state_dict before model_options): a fallback, the names are
+#: read from the signature.
+CLIP_INIT = ("self", "target", "embedding_directory", "no_init", "tokenizer_data", "parameters", "model_options")
 #: T5.forward's parameters in ComfyUI 0.3.75 .. 0.33 (the rest are keywords for its T5Stack).
 T5_CALL = ("input_ids", "attention_mask", "embeds", "num_tokens")
 
@@ -83,11 +87,21 @@ def device_encoder_types() -> tuple[type, ...]:
 
 
 def _clip_init(original: Callable, state: "PackState", parts: "DeviceParts", host_device: Any) -> Callable:
-    """``CLIP.__init__`` that keeps a CLIP with encoders other than CLIP and T5 transformers on the host."""
+    """``CLIP.__init__`` that keeps a CLIP with encoders other than CLIP and T5 transformers on the host, and
+    makes one for the device under a mesh with a 'model' axis on the host (its weights then reach the chips
+    split, each chip its part only, at ComfyUI's load: ``weight_shard.Placement``, as the diffusion model's).
+    In auto mode (``COMFY_TPU_SPMD=auto``) a text encoder that does not fit one chip gives the mesh its
+    'model' axis, as a diffusion model does (``model_axis.auto_model_axis_for``)."""
     kinds = device_encoder_types()
 
     def init(self, *args, **kwargs):
-        result = original(self, *args, **kwargs)
+        call = Call.of(original, (self, *args), kwargs, fallback=CLIP_INIT)
+        options = call.get("model_options") or {}
+        if state.backend.model_axis() > 1 and "initial_device" not in options and call.get("no_init") is not True:
+            # ComfyUI would make a CLIP that fits the chips' (M x one chip's) memory on the device, whole on
+            # every chip before its load splits it: made on the host instead, it is loaded split.
+            call.set("model_options", {**options, "initial_device": host_device})
+        result = call.forward(original)
         patcher = getattr(self, "patcher", None)
         if patcher is None or not state.backend.is_device(patcher.load_device):
             return result
@@ -103,6 +117,8 @@ def _clip_init(original: Callable, state: "PackState", parts: "DeviceParts", hos
             return result
         for transformer in encoders(self.cond_stage_model):
             parts.load_for_device(transformer)
+        if not any(state.backend.is_device(p.device) for p in self.cond_stage_model.parameters()):
+            auto_model_axis_for(state, patcher)  # made on the host: not loaded yet
         return result
 
     init.__wrapped__ = original

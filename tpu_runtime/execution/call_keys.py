@@ -122,7 +122,13 @@ def _layout(weights: list[torch.Tensor], backend) -> tuple:
     raises NotReplayable when one is off the device."""
     if any(tensor is None or not backend.data_tensor(tensor) for tensor in weights):
         raise NotReplayable("some of its weights are on the CPU (a partly loaded model)")
-    return tuple((tuple(w.shape), w.dtype, backend.tensor_sharding(w)) for w in weights)
+    return tuple((tuple(w.shape), w.dtype, _whole_is_none(backend.tensor_sharding(w))) for w in weights)
+
+
+def _whole_is_none(sharding: str) -> str:
+    """torch_xla gives a whole weight the sharding "{replicated}" once a program under SPMD has read it (before:
+    none): both mean whole on every device, one program (else a mesh's second call would trace anew)."""
+    return "" if sharding == "{replicated}" else sharding
 
 
 def autocast_state(backend) -> Any:

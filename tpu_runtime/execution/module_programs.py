@@ -136,6 +136,9 @@ class CallPrograms:
             positions.append(index)
         if backend.counters()["transfers_to_host"] != transfers:
             return self._lazy(output, "its Python reads device values while it runs (a host sync)")
+        # Under SPMD (weights split over 'model'), a result would leave the program split: its gather is
+        # made part of the program, so each transfer compiles nothing.
+        distinct = [backend.replicated(leaf) for leaf in distinct]
         start = time.perf_counter()
         try:
             program = backend.capture_program(distinct, tensors + weights)

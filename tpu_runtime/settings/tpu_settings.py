@@ -133,13 +133,14 @@ class TPUSettings(BaseSettings):
                      "blockwise elsewhere",
         accepted="auto, sdpa, blockwise or flash")
     spmd: Literal["auto", "on", "off"] = setting(
-        "auto", "split the diffusion model's batch over every chip (torch_xla SPMD), and in `auto` its weights "
-                "over a `model` axis when they do not fit one chip; see [docs/scaling.md](docs/scaling.md)",
+        "auto", "split the diffusion model's batch over every chip (torch_xla SPMD), and in `auto` weights over a "
+                "`model` axis when a model (the diffusion model, or text encoders on the device) does not fit one "
+                "chip; see [docs/scaling.md](docs/scaling.md)",
         default_note="on with more than one XLA device",
         accepted="auto, on or off (auto: on when more than one XLA device is present)")
     mesh: Optional[str] = setting(
         None, "the SPMD mesh, `axis=size` pairs with a `data` axis (their product = the device count); a `model` "
-              "axis splits the diffusion model's weights over its chips",
+              "axis splits the weights of the diffusion model and of the text encoders on the device over its chips",
         metavar="data=N", default_note="every device on one `data` axis",
         accepted="axis=size pairs separated by commas with a 'data' axis, e.g. data=8 or data=4,model=2 "
                  "(unset: every device on one 'data' axis)")
@@ -156,7 +157,8 @@ class TPUSettings(BaseSettings):
     text_encoders: Literal["auto", "device", "host"] = setting(
         "auto", "where the text encoders (CLIP-L, CLIP-G, T5-XXL, umt5) run: `device`: on the XLA device, a "
                 "program per token bucket (CLIP: 77 per chunk, chunk count a power of two; T5: length a "
-                "multiple of 128, the added keys masked), the result back to the host in one transfer; "
+                "multiple of 128, the added keys masked), the result back to the host in one transfer; under "
+                "a mesh with a `model` axis their weights are split over it as the diffusion model's; "
                 "`host`: where stock ComfyUI puts them (LLM encoders stay there). torch_xla and torchax",
         metavar="auto|device|host", default_note="`auto`: `device` on a TPU, `host` elsewhere",
         accepted="auto, device or host")
