@@ -147,7 +147,40 @@ def torchax_parts(nodes) -> dict:
     result["text"] = runs
     stats = parts.stats()
     result.update(lazy=stats["lazy"], programs=stats["programs"], traces=stats["traces"], replays=stats["replays"])
+    result["unload"] = _unload_and_encode_again(backend, device_vae, device_clip, host_vae, host_clip, calls["decode"])
     return result
+
+
+def _unload_and_encode_again(backend, vae, clip, host_vae, host_clip, decode) -> dict:
+    """ComfyUI unloads every model (as before loading another): the device copies the backend holds of the
+    VAE's and the text encoders' weights, loaded and unloaded; then a decode and an encode again (what they
+    compiled and uploaded, their parity with the host)."""
+    import comfy.model_management
+    import torch
+
+    from bench import workflow_parts
+
+    modules = {"vae": vae.first_stage_model, "text": clip.cond_stage_model}
+
+    def held() -> dict:
+        return {name: sum(backend.twins.twin(t) is not None for t in [*m.parameters(), *m.buffers()])
+                for name, m in modules.items()}
+
+    loaded = held()
+    comfy.model_management.unload_all_models()
+    unloaded = held()
+    tokens = workflow_parts.fold_t5_tokens(host_clip.tokenize("cat " * 260))
+    call, inputs = decode
+    before = backend.counters()
+    with torch.inference_mode():
+        image = call(vae, inputs[0])
+        text = clip.encode_from_tokens(tokens, return_pooled=True, return_dict=True)
+    after = backend.counters()
+    with torch.inference_mode():
+        image_diff = float((image - call(host_vae, inputs[0])).abs().max())
+        text_diff = _diff(text, host_clip.encode_from_tokens(tokens, return_pooled=True, return_dict=True))
+    return {"held_loaded": loaded, "held_unloaded": unloaded, "held_again": held(), **_change(before, after),
+            "image_diff": image_diff, "text_diff": text_diff}
 
 
 def _change(before: dict, after: dict) -> dict:

@@ -4,7 +4,9 @@ torchax backend's ``capture_function`` / ``run_program``, in one fresh child.
 Flux's 16-channel VAE (full size, random weights: decode of an 8x8 latent, encode of a 64x64 image) and
 Flux's text encoders (tiny CLIP-L + T5, two prompts of different lengths in one bucket): each call is one
 jitted program per shape, compiled once (JAX compile events) and replayed with 0 compiles and 0 weight
-uploads, within 1e-4 of ComfyUI's own decode/encode on the host (same weights).
+uploads, within 1e-4 of ComfyUI's own decode/encode on the host (same weights). When ComfyUI unloads the
+models, the device copies of their weights are dropped (a cached model would otherwise hold the chip), and
+the next decode and encode upload them again and compile nothing.
 """
 from __future__ import annotations
 
@@ -44,3 +46,13 @@ def test_torchax_results_match_comfyuis_on_the_host(torchax_run, call):
     for run in torchax_run[call]:
         diff = run["diff"] if isinstance(run["diff"], float) else max(run["diff"].values())
         assert diff <= TOLERANCE and run["scale"] > 0.5, run
+
+
+def test_unloading_drops_the_device_copies_and_the_next_call_compiles_nothing(torchax_run):
+    unload = torchax_run["unload"]
+    assert all(count > 0 for count in unload["held_loaded"].values()), unload
+    assert unload["held_unloaded"] == {"vae": 0, "text": 0}, unload
+    assert unload["compiles"] == 0 and unload["weight_uploads"] > 0, unload  # uploaded again, nothing compiled
+    assert all(count > 0 for count in unload["held_again"].values()), unload
+    text_diff = unload["text_diff"] if isinstance(unload["text_diff"], float) else max(unload["text_diff"].values())
+    assert unload["image_diff"] <= TOLERANCE and text_diff <= TOLERANCE, unload

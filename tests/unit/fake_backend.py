@@ -141,6 +141,9 @@ class FakeBackend:
         self._counters["transfers_to_host"] += 1
         return tensor.to("cpu")
 
+    def release_weights(self, module: torch.nn.Module) -> int:
+        return 0  # its weights are the device tensors themselves (as torch_xla's)
+
     def device_bytes(self, tensor: torch.Tensor) -> list[int]:
         """Each device's part, as XLA would hold it: the split dim divided by the model axis."""
         size = tensor.numel() * tensor.element_size()

@@ -104,9 +104,14 @@ class WeightTwins:
         version = None if weight.is_inference() else weight._version
         return entry[2] if entry is not None and entry[0]() is weight and entry[1] == version else None
 
-    def forget(self, weight: torch.Tensor) -> None:
-        """Drop ``weight``'s twin: the next use uploads it again (its placement changed)."""
-        self._twins.pop(id(weight), None)
+    def forget(self, weight: torch.Tensor) -> bool:
+        """Drop ``weight``'s twin: the next use uploads it again (its placement changed, its model was
+        unloaded). True if it had one."""
+        entry = self._twins.get(id(weight))
+        if entry is None or entry[0]() is not weight:
+            return False
+        del self._twins[id(weight)]
+        return True
 
     def _forget(self, key: int) -> Callable[[Any], None]:
         twins = self._twins
@@ -478,6 +483,16 @@ class TorchaxBackend:
 
     def device_total(self) -> int:
         return len(self._devices) if self.spmd.on else 1
+
+    def release_weights(self, module: torch.nn.Module) -> int:
+        """Drop the device copies (twins) of ``module``'s parameters and buffers: ComfyUI unloaded it. Its
+        weights are host tensors that the loader keeps for a later prompt, so their twins would hold the
+        chip's memory as long as the model is cached; a later use uploads them again (no compile).
+        Returns how many were dropped."""
+        dropped = 0
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dropped += self.twins.forget(tensor)
+        return dropped
 
     def shard_tensor(self, tensor: torch.Tensor, spec: tuple[Optional[str], ...]) -> None:
         """Record a weight's split; its twin is (re)uploaded split at its next use."""

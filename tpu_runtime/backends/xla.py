@@ -65,6 +65,7 @@ class Backend(Protocol):
     def tensor_sharding(self, tensor: torch.Tensor) -> str: ...
     def device_bytes(self, tensor: torch.Tensor) -> list[int]: ...
     def gather_on_host(self, tensor: torch.Tensor) -> torch.Tensor: ...
+    def release_weights(self, module: torch.nn.Module) -> int: ...
 
 
 class ReplayUnsupported(Exception):
@@ -529,6 +530,11 @@ class XlaBackend:
             region = host[tuple(slices)]
             region.copy_(part[tuple(slice(0, size) for size in region.shape)])  # an uneven last part is padded
         return host
+
+    def release_weights(self, module: torch.nn.Module) -> int:
+        """Nothing to drop: a model's weights are XLA tensors themselves, and ComfyUI's unload moves them to
+        the host (the device buffers go with the old tensors)."""
+        return 0
 
     def device_bytes(self, tensor: torch.Tensor) -> list[int]:
         """Bytes of ``tensor`` each device holds, from its sharding (no data is read)."""

@@ -22,7 +22,8 @@ Only what ComfyUI offers no hook for is patched here:
   split as its weight: nothing is gathered). ComfyUI has no hook before a weight is patched.
 * ``comfy.model_patcher.ModelPatcher.unpatch_model``: when ComfyUI moves a model off the device, its
   split weights are read to the host part by part first (torch_xla's ``.to("cpu")`` would gather each
-  whole on the device, with a program compiled per weight shape).
+  whole on the device, with a program compiled per weight shape); on torchax the device copies of its
+  host weights are dropped after (ComfyUI's move of a host tensor to the host moves nothing).
 * ``optimized_attention`` in ComfyUI's model modules, only where ComfyUI has no
   ``optimized_attention_override`` hook: device calls go to the pack's router (``attention_patch``).
 * ``comfy.sd.VAE``'s decode/encode methods, ``vae_device``/``vae_dtype``, and the text encoders' device,
@@ -234,7 +235,8 @@ def install(state: "PackState") -> Patches:
     if backend.device_total() > 1:  # under SPMD (auto mode may add a 'model' axis later)
         patches.set("comfy.model_patcher.ModelPatcher", "load", _split_on_load(is_xla, state))
         patches.set("comfy.model_patcher.ModelPatcher", "patch_weight_to_device", _split_before_patch(is_xla, state))
-        patches.set("comfy.model_patcher.ModelPatcher", "unpatch_model", _parts_to_host_on_unload(is_xla, state))
+    if backend.device_total() > 1 or getattr(backend, "weights_on_host", False) is True:
+        patches.set("comfy.model_patcher.ModelPatcher", "unpatch_model", _off_the_chips_on_unload(is_xla, state))
     log.debug("comfy-tpu: patches installed")
     return patches
 
@@ -348,10 +350,12 @@ def _split_before_patch(is_xla: Callable[[Any], bool], state: "PackState") -> Ca
     return split_patch
 
 
-def _parts_to_host_on_unload(is_xla: Callable[[Any], bool], state: "PackState") -> Callable:
+def _off_the_chips_on_unload(is_xla: Callable[[Any], bool], state: "PackState") -> Callable:
     """``ModelPatcher.unpatch_model`` that, when ComfyUI moves a model off the XLA device (offload, unload,
-    a full reload), first brings its split weights to the host part by part: torch_xla would gather each
-    whole on the device and compile a program per weight shape to do it."""
+    a full reload), first brings its split weights to the host part by part (torch_xla would gather each
+    whole on the device and compile a program per weight shape to do it), and after it drops the device
+    copies a backend keeps of host weights (torchax's twins: ComfyUI's move of a host tensor to the host
+    moves nothing, so without this an unloaded model would hold the chips while the loader caches it)."""
     import comfy.model_patcher
 
     unpatch = comfy.model_patcher.ModelPatcher.unpatch_model
@@ -364,6 +368,10 @@ def _parts_to_host_on_unload(is_xla: Callable[[Any], bool], state: "PackState") 
             state.placement.bring_to_host(self.model)
         result = unpatch(self, *args, **kwargs)
         if leaving:
+            released = state.backend.release_weights(self.model)
+            if released:
+                log.debug("comfy-tpu: %s unloaded: %d device copies of its weights dropped",
+                          type(self.model).__name__, released)
             state.placement.remeasure(self.model)
         return result
 
