@@ -2,7 +2,7 @@
 device, fp32, 64x64, euler, 2 steps, two runs): what the router sent each implementation, the first run's
 compiles and compile seconds, each run's wall seconds, the max difference from eager CPU. With ``flash``
 the Pallas kernel runs in Pallas's TPU interpret mode off a TPU: where its cost in the families suite
-(``tests/test_attention_flash_families.py``) goes.
+(``tests/test_attention_forced_families.py``) goes.
 
     python bench/bench_attention_families.py [flash sdpa blockwise ...]
 """
@@ -25,7 +25,7 @@ def main(implementations: list[str]) -> None:
     print("|---|---|---|---|---|---|---|")
     for implementation in implementations:
         start = time.perf_counter()
-        result = run_child("cases_attention_flash:flash_families", families=FAMILIES,
+        result = run_child("cases_attention_forced:forced_families", families=FAMILIES,
                            env={"COMFY_TPU_BACKEND": "torchax", "COMFY_TPU_ATTENTION": implementation})
         child_s = time.perf_counter() - start
         for name, figures in result["families"].items():

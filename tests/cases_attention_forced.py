@@ -1,6 +1,6 @@
-"""Bodies run in fresh processes (``tests/child.py``) by ``test_attention_flash_families``: every family of
-the tiny zoo sampled through ComfyUI's ``common_ksampler`` on torchax with ``COMFY_TPU_ATTENTION=flash``
-(JAX's Pallas TPU flash kernel; off a TPU in Pallas's TPU interpret mode), twice, each run against
+"""Bodies run in fresh processes (``tests/child.py``) by ``test_attention_forced_families``: every family of
+the tiny zoo sampled through ComfyUI's ``common_ksampler`` on torchax with ``COMFY_TPU_ATTENTION`` forcing
+one implementation (flash: JAX's Pallas TPU flash kernel, off a TPU in Pallas's TPU interpret mode), twice, each run against
 eager CPU running ComfyUI's own attention on the same weights and inputs.
 
 Per run: the attention calls the router handed each implementation (counted when the model's program is
@@ -17,7 +17,7 @@ FRAMES = 2
 STEPS = 2
 
 
-def flash_families(nodes, families: list, steps: int = STEPS, runs: int = 2) -> dict:
+def forced_families(nodes, families: list, steps: int = STEPS, runs: int = 2) -> dict:
     """Each family, ``runs`` euler runs of ``steps`` steps (seeds 0, 1, ...), each compared with eager CPU."""
     import torch
 
