@@ -49,7 +49,8 @@ class AttentionRouter:
         self._said: set[str] = set()
         self.calls_on_mesh = 0  # calls handed to a kernel with the mesh (tests read it)
         #: Device calls per implementation run (tests read it). Inside a jitted or traced program a
-        #: call is counted when it is traced: it counts the attention sites put into programs.
+        #: call is counted when it is traced: it counts the attention sites put into programs (not
+        #: while dynamo captures a model in compiled execution: there it is not counted).
         self.calls: collections.Counter[str] = collections.Counter()
 
     def __repr__(self) -> str:
@@ -70,7 +71,8 @@ class AttentionRouter:
         if picked.note and picked.note not in self._said:
             self._said.add(picked.note)
             log.warning("comfy-tpu: attention %s: %s", self.setting, picked.note)
-        self.calls[picked.implementation] += 1
+        if not torch.compiler.is_compiling():  # a count dynamo traced would be a guard: a recompile each call
+            self.calls[picked.implementation] += 1
         if picked.implementation == "sdpa":
             return comfy_sdpa(*args, **kwargs)
         call = layout.to_heads(*args, **kwargs)
