@@ -24,6 +24,20 @@ def _wan_tokens(real: int, length: int, seed: int) -> dict:
     return {"umt5xxl": [[(token, 1.0) for token in chunk]]}
 
 
+def _encode_on_both(backend, device_clip, host_clip, tokens) -> tuple:
+    """``tokens`` encoded by the device CLIP (the backend's counters around it), then by the host CLIP:
+    (device result, host result, counters before, counters after)."""
+    import torch
+
+    before = backend.counters()
+    with torch.inference_mode():
+        device = device_clip.encode_from_tokens(tokens, return_pooled=True, return_dict=True)
+    after = backend.counters()
+    with torch.inference_mode():
+        host = host_clip.encode_from_tokens(tokens, return_pooled=True, return_dict=True)
+    return device, host, before, after
+
+
 def _diff(device: dict, host: dict) -> dict:
     result = {}
     for key, value in host.items():
@@ -82,12 +96,7 @@ def _with_a_vector(backend, device_clip, host_clip) -> dict:
     tokens = _wan_tokens(100, 170, seed=7)
     vector = torch.randn(1, workflow_width(device_clip), generator=torch.Generator().manual_seed(8))
     tokens["umt5xxl"][0].insert(50, (vector, 1.0))
-    before = backend.counters()
-    with torch.inference_mode():
-        device = device_clip.encode_from_tokens(tokens, return_pooled=True, return_dict=True)
-    after = backend.counters()
-    with torch.inference_mode():
-        host = host_clip.encode_from_tokens(tokens, return_pooled=True, return_dict=True)
+    device, host, before, after = _encode_on_both(backend, device_clip, host_clip, tokens)
     return {"compiles": after["compiles"] - before["compiles"], "diff": _diff(device, host),
             "shape": list(host["cond"].shape)}
 
@@ -214,7 +223,6 @@ def encoders_across_restart(nodes, kinds: list, prompts: list) -> dict:
     one cache dir: the second process is a restart (``test_text_encoder_rewarm.py``)."""
     import logging
 
-    import torch
 
     from bench import workflow_parts
     from tpu_runtime import runtime
@@ -237,12 +245,7 @@ def encoders_across_restart(nodes, kinds: list, prompts: list) -> dict:
             runs = []
             for text in prompts:
                 tokens = workflow_parts.fold_t5_tokens(host_clip.tokenize(text))
-                before = backend.counters()
-                with torch.inference_mode():
-                    device = device_clip.encode_from_tokens(tokens, return_pooled=True, return_dict=True)
-                after = backend.counters()
-                with torch.inference_mode():
-                    host = host_clip.encode_from_tokens(tokens, return_pooled=True, return_dict=True)
+                device, host, before, after = _encode_on_both(backend, device_clip, host_clip, tokens)
                 runs.append({"compiles": after["compiles"] - before["compiles"],
                              "cache_hits": after["persistent_cache_hits"] - before["persistent_cache_hits"],
                              "diff": _diff(device, host), "scale": float(host["cond"].abs().max()),
